@@ -1,0 +1,40 @@
+# medaug: the two commands are `make demo` and `make test`; both set everything up first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BUNDLE ?= bundles/imbalance_baselines
+RUNS   ?= $(BUNDLE)/runs
+PORT   ?= 5000
+
+.PHONY: install demo test bench mlflow-ui clean
+
+install: $(STAMP)
+
+# Re-installs only when the package definition or the pinned versions change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]" -c constraints.txt
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m monai.bundle run \
+		--config_file $(BUNDLE)/configs/train.json \
+		--bundle_root $(BUNDLE) --output_dir $(RUNS)
+	@echo
+	@echo "Runs are tracked in MLflow at $(RUNS)/mlflow.db; open the UI with: make mlflow-ui"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/baselines.py
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS))/mlflow.db \
+		--default-artifact-root $(abspath $(RUNS))/mlartifacts --port $(PORT)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(RUNS) benchmarks/results/tmp
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

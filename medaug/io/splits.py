@@ -1,0 +1,129 @@
+"""Patient-level stratified splits and seeded imbalance simulation.
+
+Splits are fixed first, on real data only; imbalance simulation then subsamples the train split
+and never touches validation or test, so every strategy is scored on the same untouched images.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+
+
+def _carve(entries: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split ``entries`` into (rest, carved) with ``carved`` about ``fraction`` of them, whole
+    patients at a time and class proportions kept (scikit-learn's StratifiedGroupKFold: its first
+    fold is the carved part)."""
+    if not entries or fraction <= 0:
+        return entries, []
+    groups = np.array([e["patient_id"] for e in entries])
+    n_groups = len(set(groups))
+    n_splits = int(min(max(2, round(1 / fraction)), n_groups))
+    if n_splits < 2:
+        raise ValueError(f"cannot split {len(entries)} images from {n_groups} patient(s): need at least 2 patients")
+    labels = np.array([e["label"] for e in entries])
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, carved_idx = next(folds.split(np.zeros(len(entries)), labels, groups))
+    carved_set = set(carved_idx.tolist())
+    rest = [e for i, e in enumerate(entries) if i not in carved_set]
+    carved = [e for i, e in enumerate(entries) if i in carved_set]
+    return rest, carved
+
+
+def assign_splits(entries: list[dict], fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0) -> list[dict]:
+    """Give every entry a ``split``; splits fixed by the source are kept.
+
+    Entries without a split are divided train/val/test by ``fractions`` at the patient level
+    (no patient in two splits). When the source fixed some splits but not all (say train and test
+    only), the missing one is carved out of train in the same way.
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    train_f, val_f, test_f = fractions
+    fixed = [dict(e) for e in entries if e.get("split")]
+    free = [dict(e) for e in entries if not e.get("split")]
+    # Entries of a patient already placed by the source follow that patient.
+    placed = {e["patient_id"]: e["split"] for e in fixed}
+    for e in free:
+        if e["patient_id"] in placed:
+            e["split"] = placed[e["patient_id"]]
+    fixed += [e for e in free if e.get("split")]
+    free = [e for e in free if not e.get("split")]
+    rest, test = _carve(free, test_f, seed)
+    rest, val = _carve(rest, val_f / max(train_f + val_f, 1e-9), seed + 1)
+    for split, part in (("train", rest), ("val", val), ("test", test)):
+        for e in part:
+            e["split"] = split
+    out = fixed + rest + val + test
+    present = {e["split"] for e in out}
+    for split, share in (("test", test_f), ("val", val_f / max(train_f + val_f, 1e-9))):
+        if split not in present and share > 0:
+            train = [e for e in out if e["split"] == "train"]
+            others = [e for e in out if e["split"] != "train"]
+            train, carved = _carve(train, share, seed + 2)
+            for e in carved:
+                e["split"] = split
+            out = others + train + carved
+    order = {id(e): i for i, e in enumerate(out)}
+    return sorted(out, key=lambda e: (SPLITS.index(e["split"]), order[id(e)]))
+
+
+def patients_in_several_splits(entries: list[dict]) -> dict[str, list[str]]:
+    """Patient pseudonyms found in more than one split (a leak when splits come fixed from the source)."""
+    seen: dict[str, set] = {}
+    for e in entries:
+        seen.setdefault(e["patient_id"], set()).add(e["split"])
+    return {pid: sorted(s) for pid, s in seen.items() if len(s) > 1}
+
+
+def _class_index(value, class_names: Sequence[str]) -> int:
+    if isinstance(value, str) and value in class_names:
+        return list(class_names).index(value)
+    if isinstance(value, (int, np.integer)) and 0 <= int(value) < len(class_names):
+        return int(value)
+    if isinstance(value, str) and value.isdigit() and int(value) < len(class_names):
+        return int(value)
+    raise ValueError(f"imbalance class {value!r} is not one of the classes {list(class_names)}")
+
+
+def simulate_imbalance(
+    entries: list[dict], spec: Mapping | None, class_names: Sequence[str], seed: int = 0
+) -> tuple[list[dict], dict]:
+    """Subsample one class of the **train split only** (seeded), to study a rarer minority.
+
+    ``spec`` (the bundle's ``imbalance`` section), one of:
+        ``{"class": "malignant", "keep_fraction": 0.25}``: keep 25% of that class's train images;
+        ``{"class": "malignant", "ratio": 0.1}``: keep as many as 0.1 x the largest other class.
+    None or ``{}`` leaves the data as it is. Validation and test entries are returned untouched.
+    Returns ``(entries, summary)``; the summary records what was removed.
+    """
+    if not spec:
+        return entries, {}
+    target = _class_index(spec.get("class"), class_names)
+    train = [e for e in entries if e["split"] == "train"]
+    candidates = [i for i, e in enumerate(entries) if e["split"] == "train" and e["label"] == target]
+    counts = Counter(e["label"] for e in train)
+    if "keep_fraction" in spec:
+        fraction = float(spec["keep_fraction"])
+        if not 0 < fraction <= 1:
+            raise ValueError(f"imbalance keep_fraction must be in (0, 1], got {fraction}")
+        keep_n = round(len(candidates) * fraction)
+    elif "ratio" in spec:
+        largest_other = max((n for label, n in counts.items() if label != target), default=0)
+        keep_n = min(len(candidates), round(float(spec["ratio"]) * largest_other))
+    else:
+        raise ValueError("imbalance section needs 'keep_fraction' or 'ratio' (and 'class')")
+    keep_n = max(keep_n, 0)
+    rng = np.random.default_rng(seed)
+    kept = set(rng.choice(candidates, size=keep_n, replace=False).tolist()) if keep_n else set()
+    dropped = set(candidates) - kept
+    out = [e for i, e in enumerate(entries) if i not in dropped]
+    summary = {"class": class_names[target], "train_before": len(candidates), "train_after": keep_n}
+    return out, summary

@@ -1,0 +1,189 @@
+"""From a bundle's data keys to the train/val/test datalists a study runs on.
+
+``build_study_data`` is what bundle configs call (``study_data`` section): source -> entries ->
+index (decode, skip unusable files) -> splits -> imbalance simulation (train only) -> checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medaug.io.atomic import write_csv_atomic, write_json_atomic
+from medaug.io.scan import cross_split_duplicates, scan_entries
+from medaug.io.sources import source_entries
+from medaug.io.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, patients_in_several_splits, simulate_imbalance
+
+logger = logging.getLogger("medaug.data")
+REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
+
+def shipped_data_path(name: str) -> str:
+    """Path of a dataset shipped in the repository's ``data/`` folder (see data/ATTRIBUTION.md)."""
+    path = REPO_DATA_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(f"shipped dataset {name!r} not found in {REPO_DATA_DIR}")
+    return str(path)
+
+
+class TooFewImagesError(ValueError):
+    """Too few usable images remain to train or evaluate (names the class, split and folder)."""
+
+
+@dataclass
+class StudyData:
+    """The datalists of one study run, and what was learnt while building them."""
+
+    dataset_dir: str
+    data_format: str
+    class_names: list[str]
+    entries: list[dict]
+    skipped: list[dict] = field(default_factory=list)
+    leaks: list[dict] = field(default_factory=list)
+    patient_leaks: dict = field(default_factory=dict)
+    imbalance: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> list[dict]:
+        return [e for e in self.entries if e["split"] == name]
+
+    @property
+    def train(self) -> list[dict]:
+        return self.split("train")
+
+    @property
+    def val(self) -> list[dict]:
+        return self.split("val")
+
+    @property
+    def test(self) -> list[dict]:
+        return self.split("test")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return np.array([e["label"] for e in self.train], dtype=np.int64)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {class name: count}}`` with every class listed, zeros included."""
+        out = {}
+        for split in SPLITS:
+            tally = Counter(e["label"] for e in self.split(split))
+            out[split] = {name: tally.get(i, 0) for i, name in enumerate(self.class_names)}
+        return out
+
+    def content_hash(self) -> str:
+        """SHA-256 over (split, label, pixel hash) of every image: changes when any pixel, label or
+        split assignment changes, not when files are merely renamed or moved."""
+        digest = hashlib.sha256()
+        for key in sorted(f"{e['split']}|{e['label']}|{e['pixel_hash']}|{e.get('frame')}" for e in self.entries):
+            digest.update(key.encode())
+        return digest.hexdigest()
+
+    def fingerprint(self) -> dict:
+        """What MLflow records about the data of a run."""
+        return {
+            "source": str(Path(self.dataset_dir).resolve()),
+            "format": self.data_format,
+            "classes": list(self.class_names),
+            "counts": self.counts(),
+            "content_hash": self.content_hash(),
+            "skipped": len(self.skipped),
+            "cross_split_duplicates": len(self.leaks),
+            "imbalance": self.imbalance,
+        }
+
+    def sizes(self) -> Counter:
+        return Counter(f"{e['height']}x{e['width']}" for e in self.entries)
+
+    def modalities(self) -> Counter:
+        return Counter(str(e.get("modality") or "unknown") for e in self.entries)
+
+    def write_reports(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """``skipped.csv``, ``leaks.csv`` (when any) and ``datalist.json`` in ``out_dir``."""
+        out_dir = Path(out_dir)
+        paths = {"skipped": write_csv_atomic(out_dir / "skipped.csv", self.skipped, ["path", "reason"])}
+        if self.leaks:
+            rows = [{"pixel_hash": g["pixel_hash"], "splits": " ".join(g["splits"]), "images": " | ".join(g["images"])}
+                    for g in self.leaks]  # fmt: skip
+            paths["leaks"] = write_csv_atomic(out_dir / "leaks.csv", rows, ["pixel_hash", "splits", "images"])
+        keys = ("image", "frame", "label", "class_name", "patient_id", "split", "source", "synthetic", "modality")
+        slim = [{k: e.get(k) for k in keys if k in e} for e in self.entries]
+        paths["datalist"] = write_json_atomic(out_dir / "datalist.json", slim)
+        return paths
+
+
+def build_study_data(
+    dataset_dir: str | os.PathLike,
+    data_format: str | None = None,
+    labels_csv: str | None = None,
+    exclude: Sequence[str] | None = (),
+    class_names: Sequence[str] | None = None,
+    split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    imbalance: Mapping | None = None,
+    seed: int = 0,
+    channels: int = 1,
+    frames: str = "middle",
+    min_train_per_class: int = 2,
+    report_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> StudyData:
+    """Build the datalists of a study from a bundle's data keys.
+
+    Args:
+        dataset_dir: an .npz archive, a folder per class (optionally under split folders), or a
+            DICOM folder with a labels CSV.
+        data_format: ``npz``, ``folder`` or ``dicom_csv`` to override detection.
+        labels_csv: the labels CSV (default ``labels.csv`` at the top of ``dataset_dir``).
+        exclude: glob patterns of files to leave out (e.g. ``['*_mask*']``).
+        class_names: names of the integer labels of an .npz archive (ignored by other sources,
+            whose names come from folders or the CSV).
+        split_fractions: train/val/test shares where the source fixes no split.
+        imbalance: the ``imbalance`` section (see :func:`medaug.io.splits.simulate_imbalance`).
+        seed: seeds the split and the imbalance simulation.
+        channels: 1 (grayscale) or 3.
+        frames: ``middle`` or ``all`` frames of multi-frame files.
+        min_train_per_class: fewer usable train images in a class stops the run with a clear error.
+        report_dir: where ``skipped.csv`` / ``leaks.csv`` / ``datalist.json`` are written.
+    """
+    dataset_dir = str(dataset_dir)
+    fmt, raw, names, skipped = source_entries(
+        dataset_dir, data_format, labels_csv=labels_csv, exclude=list(exclude or ()), class_names=class_names
+    )
+    usable, unreadable = scan_entries(raw, channels=channels, frames=frames, progress=progress)
+    skipped = skipped + unreadable
+    entries = assign_splits(usable, split_fractions, seed=seed)
+    entries, imbalance_summary = simulate_imbalance(entries, imbalance, names, seed=seed)
+    data = StudyData(dataset_dir, fmt, list(names), entries, skipped, imbalance=imbalance_summary)
+    data.leaks = cross_split_duplicates(entries)
+    data.patient_leaks = patients_in_several_splits(entries)
+
+    if skipped:
+        logger.warning("%d file(s) skipped as unusable (see skipped.csv), %d image(s) used", len(skipped), len(entries))
+    if data.leaks:
+        logger.warning(
+            "data leak: %d image(s) with identical pixels appear in more than one split (see leaks.csv)", len(data.leaks)
+        )
+    if data.patient_leaks:
+        logger.warning("data leak: %d patient(s) appear in more than one fixed split", len(data.patient_leaks))
+    if report_dir is not None:
+        data.write_reports(report_dir)
+    for name, n in data.counts()["train"].items():
+        if n < min_train_per_class:
+            raise TooFewImagesError(
+                f"class {name!r} has {n} usable training image(s) in {dataset_dir} (need at least "
+                f"{min_train_per_class}); {len(skipped)} file(s) were skipped, see skipped.csv"
+            )
+    for split in ("val", "test"):
+        if not data.split(split):
+            raise TooFewImagesError(f"no usable {split} images in {dataset_dir}")
+    return data

@@ -1,0 +1,141 @@
+"""Classifier factory: MONAI's networks by name, sized for the study's images, with optional local
+pretrained weights (never downloaded)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.networks import nets
+from torch import nn
+
+logger = logging.getLogger("medaug.models")
+
+
+def _resnet_stem(spatial_size: Sequence[int] | None) -> dict:
+    """ResNet's ImageNet stem (7x7 stride-2 conv + max-pool) shrinks a 28 px image to 7 px before the
+    first residual block. MedMNIST's ResNet baselines use a 3x3 stride-1 stem for that reason; we do
+    the same for small inputs and keep the max-pool from 33 to 96 px, where it halves the cost."""
+    smallest = min(spatial_size) if spatial_size else 224
+    if smallest <= 32:
+        return {"conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True}
+    if smallest <= 96:
+        return {"conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": False}
+    return {"conv1_t_size": 7, "conv1_t_stride": 2, "no_max_pool": False}
+
+
+def _resnet(depth: int) -> Callable[..., nn.Module]:
+    def build(in_channels, num_classes, spatial_size, **kwargs):
+        factory = getattr(nets, f"resnet{depth}")
+        return factory(spatial_dims=2, n_input_channels=in_channels, num_classes=num_classes,
+                       **{**_resnet_stem(spatial_size), **kwargs})  # fmt: skip
+
+    return build
+
+
+def _densenet121(in_channels, num_classes, spatial_size, **kwargs):
+    return nets.DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, **kwargs)
+
+
+def _efficientnet(variant: str) -> Callable[..., nn.Module]:
+    def build(in_channels, num_classes, spatial_size, **kwargs):
+        # pretrained=False: MONAI would otherwise download ImageNet weights; use pretrained_path instead.
+        return nets.EfficientNetBN(variant, pretrained=False, progress=False, spatial_dims=2,
+                                   in_channels=in_channels, num_classes=num_classes, **kwargs)  # fmt: skip
+
+    return build
+
+
+def _small_cnn(in_channels, num_classes, spatial_size, **kwargs):
+    """MONAI's ``Classifier`` (residual conv units + linear head): a few seconds per epoch on a CPU."""
+    if not spatial_size:
+        raise ValueError("small_cnn needs spatial_size (its linear head depends on the input size)")
+    options = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2, 2), "num_res_units": 1, "dropout": 0.2}
+    return nets.Classifier(in_shape=(in_channels, *spatial_size), classes=num_classes, **{**options, **kwargs})
+
+
+CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": _resnet(18),
+    "resnet34": _resnet(34),
+    "resnet50": _resnet(50),
+    "densenet121": _densenet121,
+    "efficientnet-b0": _efficientnet("efficientnet-b0"),
+    "small_cnn": _small_cnn,
+}
+
+
+def build_classifier(
+    name: str,
+    in_channels: int = 1,
+    num_classes: int = 2,
+    spatial_size: Sequence[int] | None = None,
+    pretrained_path: str | os.PathLike | None = None,
+    **kwargs,
+) -> nn.Module:
+    """A 2D classifier that outputs logits of shape (N, num_classes).
+
+    Args:
+        name: one of :data:`CLASSIFIERS` (``resnet18``, ``densenet121``, ``efficientnet-b0``, ``small_cnn``, ...).
+        in_channels: 1 for grayscale images, 3 for RGB.
+        num_classes: number of output classes.
+        spatial_size: (H, W) the network will see; sizes the ResNet stem and the small CNN's head.
+        pretrained_path: a local state dict to start from (see :func:`load_pretrained`).
+        kwargs: passed to the MONAI network.
+    """
+    key = name.lower().replace("_", "-")
+    key = "small_cnn" if key == "small-cnn" else key
+    if key not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {name!r}; choose one of {sorted(CLASSIFIERS)}")
+    spatial = tuple(int(s) for s in spatial_size) if spatial_size is not None else None
+    model = CLASSIFIERS[key](in_channels, num_classes, spatial, **kwargs)
+    if pretrained_path:
+        load_pretrained(model, pretrained_path)
+    return model
+
+
+def _unwrap_state_dict(obj) -> dict:
+    for key in ("state_dict", "model", "network", "net"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            return _unwrap_state_dict(obj[key])
+    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
+    """Load local weights into ``model``, as far as they fit; nothing is downloaded.
+
+    A first convolution trained on RGB is adapted to grayscale input by summing its kernels over the
+    colour channels (the response to a gray image is then unchanged). Tensors whose shapes still do
+    not match (e.g. a classification head for 1000 ImageNet classes) are left at their initial values.
+    Returns and logs ``{"missing": [...], "unexpected": [...], "mismatched": [...]}``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained_path {str(path)!r} does not exist")
+    source = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    target = model.state_dict()
+    usable, mismatched = {}, []
+    for key, tensor in source.items():
+        if key not in target:
+            continue
+        want = target[key].shape
+        if tensor.shape != want and tensor.ndim == 4 and tensor.shape[1] == 3 and want[1] == 1 and tensor.shape[0] == want[0]:
+            tensor = tensor.sum(dim=1, keepdim=True)
+        if tensor.shape == want:
+            usable[key] = tensor
+        else:
+            mismatched.append(key)
+    result = model.load_state_dict(usable, strict=False)
+    report = {
+        "missing": sorted(set(result.missing_keys)),
+        "unexpected": sorted(k for k in source if k not in target),
+        "mismatched": sorted(mismatched),
+    }
+    logger.info(
+        "loaded %d tensors from %s; %d missing, %d unexpected, %d with mismatched shapes",
+        len(usable), path, len(report["missing"]), len(report["unexpected"]), len(report["mismatched"]),
+    )  # fmt: skip
+    for kind, keys in report.items():
+        if keys:
+            logger.info("%s keys: %s", kind, ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+    return report

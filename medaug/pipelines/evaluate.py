@@ -1,0 +1,169 @@
+"""Final evaluation on the real test split: metrics with bootstrap CIs, plots, predictions, MLflow.
+
+The test split is scored once, with the checkpoint chosen on validation, by a MONAI
+``SupervisedEvaluator`` from the bundle config; this module turns its predictions into what a study
+reports: ``test_<metric>`` with ``_ci_low`` / ``_ci_high``, per-class values, ``metrics.json``,
+``predictions.csv``, confusion-matrix, ROC and training-curve plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Events
+
+from medaug.io.atomic import write_csv_atomic, write_json_atomic
+from medaug.pipelines import metrics as M
+from medaug.pipelines import plots
+
+logger = logging.getLogger("medaug.evaluate")
+
+
+class PredictionCollector:
+    """Ignite handler keeping every (reference, label, probabilities) an evaluator produces.
+
+    MONAI's ``ClassificationSaver`` writes predictions to CSV but drops labels and keeps no arrays
+    in memory, which the metrics and plots need.
+    """
+
+    def __init__(self) -> None:
+        self.refs: list[str] = []
+        self.frames: list = []
+        self.labels: list[int] = []
+        self.probs: list[np.ndarray] = []
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def reset(self) -> None:
+        self.refs, self.frames, self.labels, self.probs = [], [], [], []
+
+    def __call__(self, engine) -> None:
+        for item in engine.state.output:
+            image = item.get("image")
+            meta = getattr(image, "meta", {}) or {}
+            self.refs.append(str(meta.get("filename_or_obj", "")))
+            self.frames.append(meta.get("frame"))
+            label = item.get("label")
+            self.labels.append(int(torch.as_tensor(label).reshape(())) if label is not None else -1)
+            self.probs.append(torch.as_tensor(item["pred"]).detach().float().cpu().reshape(-1).numpy())
+
+    @property
+    def y_true(self) -> np.ndarray:
+        return np.asarray(self.labels, dtype=np.int64)
+
+    @property
+    def y_prob(self) -> np.ndarray:
+        return np.stack(self.probs) if self.probs else np.zeros((0, 0), dtype=np.float32)
+
+
+def resolve_positive_class(positive_class, class_names: Sequence[str]) -> int:
+    """Index of the positive (disease) class for binary metrics; a name or an index. Unknown names
+    fall back to index 1 (scikit-learn's convention) with a warning, so a bundle pointed at other
+    data still runs."""
+    if positive_class is None:
+        return 1 if len(class_names) > 1 else 0
+    if isinstance(positive_class, str) and positive_class in class_names:
+        return list(class_names).index(positive_class)
+    if isinstance(positive_class, (int, np.integer)) and 0 <= int(positive_class) < len(class_names):
+        return int(positive_class)
+    logger.warning("positive_class %r is not one of %s; using %r", positive_class, list(class_names), class_names[1])
+    return 1
+
+
+def test_metric_names(metrics: dict, cis: dict) -> dict[str, float]:
+    """``{"test_auc": .., "test_auc_ci_low": .., "test_auc_ci_high": .., "test_f1_class_x": ..}``."""
+    out = {}
+    for name, value in metrics.items():
+        if name == "n":
+            continue
+        out[f"test_{name}"] = value
+        if name in cis:
+            out[f"test_{name}_ci_low"], out[f"test_{name}_ci_high"] = cis[name]
+    return out
+
+
+class TestEvaluation:
+    """Score the best checkpoint on the test split and close the MLflow run.
+
+    Args:
+        evaluator: a MONAI ``SupervisedEvaluator`` over the test data whose handlers load the checkpoint.
+        class_names: names of the classes, in label order.
+        output_dir: where metrics, predictions and plots are written (then logged to MLflow).
+        tracker: the run's :class:`~medaug.pipelines.tracking.RunTracker` (None: no MLflow).
+        positive_class: name or index of the positive class for binary metrics.
+        checkpoint: the checkpoint to log as an artifact.
+        n_bootstrap: bootstrap resamples for the 95% CIs (>= 1000 for reports).
+        seed: seeds the bootstrap.
+        curves: metric names of the run to plot as training curves.
+    """
+
+    def __init__(self, evaluator, class_names: Sequence[str], output_dir: str | os.PathLike, tracker=None,
+                 positive_class=None, checkpoint: str | os.PathLike | None = None, n_bootstrap: int = 1000,
+                 seed: int = 0, curves: Sequence[str] = ("train_loss", "val_balanced_accuracy", "val_auc"),
+                 prefix: str = "test") -> None:  # fmt: skip
+        self.evaluator = evaluator
+        self.class_names = list(class_names)
+        self.output_dir = Path(output_dir)
+        self.tracker = tracker
+        self.positive_class = resolve_positive_class(positive_class, self.class_names)
+        self.checkpoint = checkpoint
+        self.n_bootstrap = n_bootstrap
+        self.seed = seed
+        self.curves = tuple(curves)
+        self.prefix = prefix
+        self.collector = PredictionCollector()
+        self.collector.attach(evaluator)
+        self.results: dict = {}
+
+    def _write_predictions(self, y_prob: np.ndarray) -> Path:
+        fields = ["image", "frame", "label", "predicted", *[f"prob_{n}" for n in self.class_names]]
+        rows = []
+        for ref, frame, label, prob in zip(self.collector.refs, self.collector.frames, self.collector.labels, y_prob):
+            row = {"image": ref, "frame": "" if frame is None else frame, "label": self.class_names[label],
+                   "predicted": self.class_names[int(np.argmax(prob))]}  # fmt: skip
+            row.update({f"prob_{n}": f"{p:.6f}" for n, p in zip(self.class_names, prob)})
+            rows.append(row)
+        return write_csv_atomic(self.output_dir / "predictions.csv", rows, fields)
+
+    def run(self) -> dict:
+        self.evaluator.run()
+        y_true, y_prob = self.collector.y_true, self.collector.y_prob
+        k = len(self.class_names)
+        kw = {"num_classes": k, "positive_class": self.positive_class, "class_names": self.class_names}
+        metrics = M.compute_metrics(y_true, y_prob, **kw)
+        cis = M.bootstrap_ci(y_true, y_prob, n_resamples=self.n_bootstrap, seed=self.seed, **kw)
+        logged = {name.replace("test_", f"{self.prefix}_", 1): v for name, v in test_metric_names(metrics, cis).items()}
+        self.results = {"metrics": metrics, "ci95": {n: list(v) for n, v in cis.items()}, "logged": logged,
+                        "positive_class": self.class_names[self.positive_class], "n_bootstrap": self.n_bootstrap,
+                        "class_names": self.class_names}  # fmt: skip
+        out = self.output_dir
+        artifacts = [
+            write_json_atomic(out / "metrics.json", self.results),
+            self._write_predictions(y_prob),
+            plots.plot_confusion_matrix(y_true, y_prob.argmax(1), self.class_names, out / "confusion_matrix.png",
+                                        title=f"{self.prefix} confusion matrix"),  # fmt: skip
+            plots.plot_roc_curves(y_true, y_prob, self.class_names, out / "roc.png", positive_class=self.positive_class,
+                                  title=f"{self.prefix} ROC"),  # fmt: skip
+        ]
+        if self.tracker is not None and self.tracker.run_id:
+            history = self.tracker.metric_history(*self.curves)
+            if any(history.values()):
+                artifacts.append(plots.plot_training_curves(history, out / "training_curves.png"))
+            self.tracker.log_metrics(logged)
+            if self.checkpoint and Path(self.checkpoint).is_file():
+                self.tracker.log_artifact(self.checkpoint, "checkpoint")
+            for path in artifacts:
+                self.tracker.log_artifact(path)
+            self.tracker.end("FINISHED")
+        table = M.format_metrics_table(metrics, cis)
+        print(f"\n{self.prefix} metrics on {len(y_true)} real {self.prefix} images "
+              f"(positive class: {self.class_names[self.positive_class]}; 95% stratified bootstrap CIs, "
+              f"{self.n_bootstrap} resamples):\n{table}\nOutputs: {out}")  # fmt: skip
+        return self.results

@@ -1,0 +1,216 @@
+"""One MLflow run per bundle run.
+
+The run is opened before training so that MONAI's ``MLFlowHandler`` instances on the trainer and
+the evaluator (given the same ``run_name``) log their per-epoch values into it, and it is closed by
+the test evaluation, which adds the final metrics and artifacts. Where it lives:
+``MLFLOW_TRACKING_URI`` when set (a server, or any database URI), else an embedded SQLite store
+``<output_dir>/mlflow.db`` with artifacts in ``<output_dir>/mlruns`` (MONAI's layout for SQLite).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+from ignite.engine import Events
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+from medaug.io.atomic import write_json_atomic
+
+logger = logging.getLogger("medaug.tracking")
+MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def default_tracking_uri(output_dir: str | os.PathLike) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<output_dir>/mlflow.db``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_location_for(uri: str) -> str | None:
+    """Artifacts of a local SQLite store go in ``mlruns`` beside the database (never into the
+    current folder); a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
+    return None
+
+
+def safe_key(name: str) -> str:
+    """MLflow accepts letters, digits, ``_ - . space /`` in names; bundle ids use ``#``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(name).replace("#", "."))
+
+
+def flatten(config, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"train.trainer.max_epochs": "40", ...}`` (values as text, truncated to
+    MLflow's limit)."""
+    items = {}
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            items.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(config, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in config):
+        for i, value in enumerate(config):
+            items.update(flatten(value, f"{prefix}.{i}"))
+    else:
+        text = json.dumps(config, default=str) if not isinstance(config, str) else config
+        items[safe_key(prefix)] = text[:MAX_PARAM_VALUE]
+    return items
+
+
+def current_bundle_parser():
+    """The ``ConfigParser`` of the ``monai.bundle`` workflow running this code, or None outside one.
+
+    Bundle expressions have no reference to their own parser, so this finds the ``ConfigWorkflow``
+    in the call stack; it is the only way to log every key a user set, including command-line
+    overrides, and the values they resolved to.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, ConfigWorkflow):
+            return candidate.parser
+        frame = frame.f_back
+    return None
+
+
+def _is_plain(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def resolved_config(parser) -> dict:
+    """The bundle config with every reference or expression that has already been evaluated to a
+    plain value (a path, a number, a name) replaced by that value; objects and not-yet-evaluated
+    expressions stay as written. Nothing is evaluated here."""
+    resolved = parser.ref_resolver.resolved_content
+
+    def walk(node, ids):
+        if isinstance(node, dict):
+            return {k: walk(v, ids + [str(k)]) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, ids + [str(i)]) for i, v in enumerate(node)]
+        if isinstance(node, str) and node[:1] in ("$", "@"):
+            key = "::".join(ids)
+            if key in resolved and _is_plain(resolved[key]):
+                return resolved[key]
+        return node
+
+    return walk(parser.get(), [])
+
+
+class RunTracker:
+    """Opens, feeds and closes the MLflow run of one bundle run.
+
+    Args:
+        experiment_name: usually the bundle name.
+        output_dir: where the embedded store lives when ``MLFLOW_TRACKING_URI`` is unset.
+        run_dir: this run's own folder (its reports, then logged as artifacts).
+        run_name: unique name; MONAI's ``MLFlowHandler`` finds the run by it.
+        tags: e.g. ``{"strategy": "class_weight", "seed": 0}``.
+        params: extra parameters besides the flattened bundle config.
+    """
+
+    def __init__(self, experiment_name: str, output_dir: str | os.PathLike, run_name: str,
+                 run_dir: str | os.PathLike | None = None, tags: Mapping | None = None,
+                 params: Mapping | None = None) -> None:  # fmt: skip
+        self.experiment_name = experiment_name
+        self.output_dir = Path(output_dir)
+        self.run_dir = Path(run_dir) if run_dir else self.output_dir / run_name
+        self.run_name = run_name
+        self.tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.params = dict(params or {})
+        self.tracking_uri = default_tracking_uri(output_dir)
+        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        self.run_id: str | None = None
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment_name, artifact_location_for(self.tracking_uri))
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel run
+            return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    def start(self, study_data=None) -> str:
+        """Open the run; log the bundle config, extra params, the dataset fingerprint and its reports."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run = self.client.create_run(self._experiment_id(), run_name=self.run_name,
+                                     tags={"mlflow.runName": self.run_name, **self.tags})  # fmt: skip
+        self.run_id = run.info.run_id
+        parser = current_bundle_parser()
+        config = resolved_config(parser) if parser is not None else {}
+        # Bundle metadata is a file of its own; only its version matters for comparing runs.
+        meta = config.pop("_meta_", {}) if isinstance(config, dict) else {}
+        params = flatten(config)
+        params["bundle_version"] = str(meta.get("version", "unknown"))
+        if parser is not None:
+            self.log_artifact(write_json_atomic(self.run_dir / "config.json", parser.get()))
+        params.update(flatten(self.params))
+        if study_data is not None:
+            fingerprint = study_data.fingerprint()
+            params.update(flatten(fingerprint, "data"))
+            self.log_metrics({"data_skipped_files": len(study_data.skipped),
+                              "data_cross_split_duplicates": len(study_data.leaks)})  # fmt: skip
+            for name, path in study_data.write_reports(self.run_dir).items():
+                self.log_artifact(path)
+            if study_data.leaks:
+                self.client.set_tag(self.run_id, "data_leak", f"{len(study_data.leaks)} duplicate image(s) across splits")
+        self.log_params(params)
+        logger.info("MLflow run %s (%s) in experiment %r at %s", self.run_name, self.run_id, self.experiment_name,
+                    self.tracking_uri)  # fmt: skip
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        items = [Param(safe_key(k), str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(safe_key(k), float(v), now, step) for k, v in metrics.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))]  # fmt: skip
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(safe_key(k), str(v)) for k, v in tags.items()])
+
+    def metric_history(self, *names: str) -> dict[str, list[tuple[int, float]]]:
+        """``{name: [(step, value), ...]}`` as logged so far (for training-curve plots)."""
+        return {n: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, n)] for n in names}
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status)
+
+    def fail_on_exception(self, engine) -> None:
+        """Attach to an engine: an exception marks the run FAILED instead of leaving it RUNNING."""
+
+        def _failed(_engine, exc):
+            self.end(RunStatus.to_string(RunStatus.FAILED))
+            raise exc
+
+        engine.add_event_handler(Events.EXCEPTION_RAISED, _failed)
+
+    def attach(self, engine) -> None:
+        """So the tracker can sit in a bundle's handler list."""
+        self.fail_on_exception(engine)

@@ -1,0 +1,104 @@
+"""End to end through MONAI's bundle runner, the way users run a study: the smoke overlay trains a
+tiny model for two epochs, scores the test split and leaves a finished MLflow run behind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+CONFIGS = ("configs/train.json", "configs/smoke.json")
+EXPECTED_ARTIFACTS = {"metrics.json", "predictions.csv", "confusion_matrix.png", "roc.png", "skipped.csv",
+                      "config.json", "training_curves.png", "checkpoint/model.pt"}  # fmt: skip
+
+
+def run_bundle(bundle: Path, out: Path, *overrides: str, configs=CONFIGS, env_uri=True) -> subprocess.CompletedProcess:
+    config_files = str([str(bundle / c) for c in configs])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_files,
+           "--bundle_root", str(bundle), "--output_dir", str(out), *overrides]  # fmt: skip
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if env_uri:
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def finished_runs(out: Path):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("imbalance_baselines")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def artifact_paths(client, run_id, path=None):
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy, tmp_path):
+    out = tmp_path / "out"
+    result = run_bundle(bundle_copy, out)
+    client, runs = finished_runs(out)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    for name in ("balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "mcc", "kappa", "youden"):
+        assert f"test_{name}" in metrics
+        assert metrics[f"test_{name}_ci_low"] <= metrics[f"test_{name}"] <= metrics[f"test_{name}_ci_high"]
+    assert "test_sensitivity_class_malignant" in metrics
+    assert run.data.tags["strategy"] == "class_weight" and run.data.tags["seed"] == "0"
+    assert run.data.params["data.counts.test.malignant"] == "42"
+    assert run.data.params["rebalance.method"] == "class_weight"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "val_balanced_accuracy")) == 2
+    assert EXPECTED_ARTIFACTS <= artifact_paths(client, run.info.run_id)
+    assert "test metrics on 156 real test images" in result.stdout
+    assert not (REPO / "mlruns").exists() and not (bundle_copy / "runs").exists()
+
+
+def test_same_seed_same_metrics_and_strategies_swap_by_override(bundle_copy, tmp_path):
+    out = tmp_path / "out"
+    for method in ("oversample", "oversample", "none"):
+        run_bundle(bundle_copy, out, "--rebalance#method", method)
+    _, runs = finished_runs(out)
+    by_strategy = {}
+    for run in runs:
+        by_strategy.setdefault(run.data.tags["strategy"], []).append(run.data.metrics)
+    first, second = by_strategy["oversample"]
+    assert {k: v for k, v in first.items() if k.startswith("test_")} == {
+        k: v for k, v in second.items() if k.startswith("test_")
+    }
+    assert "none" in by_strategy
+
+
+def test_png_tree_and_dicom_folder_as_dataset_dir(bundle_copy, tmp_path, png_tree, dicom_folder):
+    out = tmp_path / "png"
+    run_bundle(bundle_copy, out, "--dataset_dir", str(png_tree))
+    _, runs = finished_runs(out)
+    assert runs[0].info.status == "FINISHED" and runs[0].data.params["data.format"] == "folder"
+
+    out = tmp_path / "dicom"
+    run_bundle(bundle_copy, out, "--dataset_dir", str(dicom_folder), "--positive_class", "mr")
+    client, runs = finished_runs(out)
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.params["data.format"] == "dicom_csv"
+    assert run.data.metrics["data_skipped_files"] == 3
+    local = client.download_artifacts(run.info.run_id, "skipped.csv", str(tmp_path))
+    assert "truncated.dcm" in Path(local).read_text()
+    assert "PAT0" not in json.dumps(run.data.params), "no patient identifier in MLflow params"
+
+
+def test_embedded_store_lands_under_output_dir_without_env(bundle_copy, tmp_path):
+    out = tmp_path / "out"
+    run_bundle(bundle_copy, out, env_uri=False)
+    assert (out / "mlflow.db").is_file() and (out / "mlruns").is_dir()

@@ -1,0 +1,82 @@
+"""Splits are patient-level and stratified; imbalance simulation touches the train split only."""
+
+from collections import Counter
+
+import pytest
+
+from medaug.io.splits import assign_splits, patients_in_several_splits, simulate_imbalance
+
+
+def make_entries(n_patients=60, images_per_patient=3, minority_every=4):
+    entries = []
+    for p in range(n_patients):
+        label = 0 if p % minority_every == 0 else 1
+        for k in range(images_per_patient):
+            entries.append({"image": f"p{p}_{k}.dcm", "label": label, "patient_id": f"p{p}", "split": None})
+    return entries
+
+
+def test_no_patient_is_in_two_splits():
+    entries = assign_splits(make_entries(), (0.7, 0.1, 0.2), seed=3)
+    assert patients_in_several_splits(entries) == {}
+    assert {e["split"] for e in entries} == {"train", "val", "test"}
+
+
+def test_split_keeps_class_proportions_and_fractions():
+    entries = assign_splits(make_entries(n_patients=200, images_per_patient=1), (0.7, 0.1, 0.2), seed=0)
+    by_split = Counter(e["split"] for e in entries)
+    assert by_split["test"] == pytest.approx(40, abs=4)
+    assert by_split["val"] == pytest.approx(20, abs=4)
+    for split in ("train", "val", "test"):
+        labels = [e["label"] for e in entries if e["split"] == split]
+        assert sum(1 for x in labels if x == 0) / len(labels) == pytest.approx(0.25, abs=0.06)
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    a = assign_splits(make_entries(), seed=7)
+    b = assign_splits(make_entries(), seed=7)
+    c = assign_splits(make_entries(), seed=8)
+    as_map = lambda entries: {e["image"]: e["split"] for e in entries}  # noqa: E731
+    assert as_map(a) == as_map(b)
+    assert as_map(a) != as_map(c)
+
+
+def test_fixed_splits_are_kept_and_a_missing_val_is_carved_from_train():
+    entries = make_entries(n_patients=40, images_per_patient=1)
+    for i, e in enumerate(entries):
+        e["split"] = "test" if i % 5 == 0 else "train"
+    out = assign_splits(entries, seed=0)
+    fixed_test = {e["image"] for i, e in enumerate(entries) if i % 5 == 0}
+    assert {e["image"] for e in out if e["split"] == "test"} == fixed_test
+    assert any(e["split"] == "val" for e in out)
+
+
+def test_imbalance_keep_fraction_subsamples_train_only():
+    entries = assign_splits(make_entries(n_patients=200, images_per_patient=1, minority_every=2), seed=0)
+    out, summary = simulate_imbalance(entries, {"class": "a", "keep_fraction": 0.25}, ["a", "b"], seed=1)
+    before = Counter((e["split"], e["label"]) for e in entries)
+    after = Counter((e["split"], e["label"]) for e in out)
+    assert after[("train", 0)] == round(before[("train", 0)] * 0.25)
+    assert after[("train", 1)] == before[("train", 1)]
+    for split in ("val", "test"):
+        assert [e for e in out if e["split"] == split] == [e for e in entries if e["split"] == split]
+    assert summary == {"class": "a", "train_before": before[("train", 0)], "train_after": after[("train", 0)]}
+
+
+def test_imbalance_ratio_and_seed():
+    entries = assign_splits(make_entries(n_patients=200, images_per_patient=1, minority_every=2), seed=0)
+    n_other = sum(1 for e in entries if e["split"] == "train" and e["label"] == 1)
+    out1, _ = simulate_imbalance(entries, {"class": 0, "ratio": 0.1}, ["a", "b"], seed=5)
+    out2, _ = simulate_imbalance(entries, {"class": 0, "ratio": 0.1}, ["a", "b"], seed=5)
+    kept = [e["image"] for e in out1 if e["split"] == "train" and e["label"] == 0]
+    assert len(kept) == round(0.1 * n_other)
+    assert kept == [e["image"] for e in out2 if e["split"] == "train" and e["label"] == 0]
+
+
+def test_imbalance_none_and_bad_specs():
+    entries = assign_splits(make_entries(), seed=0)
+    assert simulate_imbalance(entries, None, ["a", "b"])[0] is entries
+    with pytest.raises(ValueError, match="not one of the classes"):
+        simulate_imbalance(entries, {"class": "zebra", "keep_fraction": 0.5}, ["a", "b"])
+    with pytest.raises(ValueError, match="keep_fraction"):
+        simulate_imbalance(entries, {"class": "a", "keep_fraction": 1.5}, ["a", "b"])
