@@ -28,12 +28,31 @@ def _carve(entries: list[dict], fraction: float, seed: int) -> tuple[list[dict],
     if n_splits < 2:
         raise ValueError(f"cannot split {len(entries)} images from {n_groups} patient(s): need at least 2 patients")
     labels = np.array([e["label"] for e in entries])
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, carved_idx = next(folds.split(np.zeros(len(entries)), labels, groups))
-    carved_set = set(carved_idx.tolist())
+    try:
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, carved_idx = next(folds.split(np.zeros(len(entries)), labels, groups))
+        carved_set = set(carved_idx.tolist())
+    except ValueError:  # classes smaller than the number of folds (a handful of patients)
+        carved_set = _carve_few_patients(labels, groups, fraction, seed)
     rest = [e for i, e in enumerate(entries) if i not in carved_set]
     carved = [e for i, e in enumerate(entries) if i in carved_set]
     return rest, carved
+
+
+def _carve_few_patients(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> set[int]:
+    """Fallback for tiny datasets: per class (of each patient's first image), a seeded random
+    ``fraction`` of its patients, at least one where the class has two or more patients."""
+    rng = np.random.default_rng(seed)
+    first_label = {}
+    for label, group in zip(labels, groups):
+        first_label.setdefault(group, label)
+    carved_groups = set()
+    for label in sorted(set(first_label.values())):
+        members = sorted(g for g, lab in first_label.items() if lab == label)
+        n = int(round(len(members) * fraction))
+        n = max(n, 1) if len(members) >= 2 else 0
+        carved_groups |= set(rng.permutation(members)[:n].tolist())
+    return {i for i, g in enumerate(groups) if g in carved_groups}
 
 
 def assign_splits(entries: list[dict], fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0) -> list[dict]:
