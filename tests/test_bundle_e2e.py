@@ -102,3 +102,36 @@ def test_embedded_store_lands_under_output_dir_without_env(bundle_copy, tmp_path
     out = tmp_path / "out"
     run_bundle(bundle_copy, out, env_uri=False)
     assert (out / "mlflow.db").is_file() and (out / "mlruns").is_dir()
+
+
+def test_evaluate_and_inference_configs_reuse_the_trained_checkpoint(bundle_copy, tmp_path, dicom_folder):
+    out = tmp_path / "out"
+    run_bundle(bundle_copy, out)
+    client, runs = finished_runs(out)
+    trained = runs[0]
+    checkpoint = out / trained.info.run_name / "model.pt"
+
+    run_bundle(bundle_copy, out, "--ckpt_path", str(checkpoint),
+               configs=("configs/train.json", "configs/smoke.json", "configs/evaluate.json"))  # fmt: skip
+    _, runs = finished_runs(out)
+    evaluated = next(r for r in runs if r.data.tags.get("stage") == "evaluate")
+    assert evaluated.info.status == "FINISHED"
+    assert evaluated.data.metrics["test_auc"] == pytest.approx(trained.data.metrics["test_auc"])
+
+    before = sorted(p.stat().st_mtime_ns for p in dicom_folder.rglob("*") if p.is_file())
+    predictions = tmp_path / "predictions"
+    config = str([str(bundle_copy / "configs" / "inference.json")])
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(bundle_copy),
+         "--input_dir", str(dicom_folder), "--output_dir", str(predictions), "--ckpt_path", str(checkpoint),
+         "--classifier", "small_cnn", "--image_size", "[32,32]"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = json.loads((predictions / "predictions.json").read_text())
+    assert len(rows) == 24 and all(r["sop_instance_uid"] for r in rows)
+    assert {r["predicted"] for r in rows} <= {"malignant", "normal_benign"}
+    skipped = (predictions / "skipped.csv").read_text()
+    assert all(name in skipped for name in ("truncated.dcm", "notes.txt", "SR0001", "labels.csv"))
+    assert "Test^" not in (predictions / "predictions.csv").read_text(), "no PatientName in the outputs"
+    assert sorted(p.stat().st_mtime_ns for p in dicom_folder.rglob("*") if p.is_file()) == before

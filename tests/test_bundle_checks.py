@@ -1,0 +1,82 @@
+"""What the MONAI model-zoo CI checks of a bundle, for every bundle here: required files, version in
+the changelog, metadata against the (local copy of the) schema, network in/out shapes against
+``network_data_format``, and TorchScript export of a checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+SCHEMA = REPO / "tests" / "data" / "meta_schema_20240725.json"
+
+
+def monai_bundle(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def test_there_is_a_default_bundle():
+    assert REPO / "bundles" / "imbalance_baselines" in BUNDLES
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_bundle_layout_and_changelog(bundle):
+    for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/smoke.json",
+                     "configs/evaluate.json", "configs/logging.conf", "docs/README.md", "LICENSE"):  # fmt: skip
+        assert (bundle / required).is_file(), f"{bundle.name} lacks {required}"
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    for key in ("bundle_root", "device", "dataset_dir", "output_dir", "seed", "network_def", "val_interval"):
+        assert key in train, f"{bundle.name}/configs/train.json lacks {key}"
+    for section, key in (("train", "trainer"), ("train", "dataset"), ("train", "handlers"), ("validate", "evaluator")):
+        assert key in train[section]
+    assert "data" in train["train"]["dataset"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_verify_metadata_against_the_local_schema(bundle):
+    result = monai_bundle("verify_metadata", "--meta_file", str(bundle / "configs" / "metadata.json"),
+                          "--filepath", str(SCHEMA))  # fmt: skip
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+def test_verify_metadata_names_a_missing_field(tmp_path):
+    meta = json.loads((BUNDLES[0] / "configs" / "metadata.json").read_text())
+    del meta["task"]
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+                             str(tmp_path / "metadata.json"), "--filepath", str(SCHEMA)],
+                            cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode != 0 and "'task' is a required property" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_network_in_out_and_torchscript_export(bundle, tmp_path):
+    common = ["--meta_file", str(bundle / "configs" / "metadata.json"),
+              "--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle)]  # fmt: skip
+    result = monai_bundle("verify_net_in_out", "network_def", *common)
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "inference.json")
+    parser["bundle_root"] = str(bundle)
+    net = parser.get_parsed_content("network_def").eval()
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    monai_bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
+                 "--ckpt_file", str(tmp_path / "model.pt"), "--key_in_ckpt", "model", *common)  # fmt: skip
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    image = meta["network_data_format"]["inputs"]["image"]
+    x = torch.rand(2, image["num_channels"], *image["spatial_shape"])
+    scripted = torch.jit.load(tmp_path / "model.ts")
+    torch.testing.assert_close(scripted(x), net(x))

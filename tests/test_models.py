@@ -1,0 +1,62 @@
+"""The classifier factory builds MONAI networks for any channel count and the study's image size,
+and loads local weights as far as they fit, never downloading anything."""
+
+import pytest
+import torch
+
+from medaug.models import CLASSIFIERS, build_classifier, load_pretrained
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+@pytest.mark.parametrize("channels,size,classes", [(1, (32, 32), 2), (3, (64, 48), 3)])
+def test_every_classifier_gives_one_logit_per_class(name, channels, size, classes):
+    torch.manual_seed(0)
+    net = build_classifier(name, in_channels=channels, num_classes=classes, spatial_size=size).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, channels, *size))
+    assert out.shape == (2, classes)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "small_cnn"])
+def test_small_networks_take_medmnist_28px(name):
+    net = build_classifier(name, in_channels=1, num_classes=2, spatial_size=(28, 28)).eval()
+    assert net(torch.rand(1, 1, 28, 28)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("name", ["densenet121", "efficientnet-b0"])
+def test_too_small_images_get_a_clear_error(name):
+    with pytest.raises(ValueError, match="at least 32"):
+        build_classifier(name, spatial_size=(28, 28))
+
+
+def test_names_are_forgiving_and_unknown_names_are_listed():
+    assert isinstance(build_classifier("EfficientNet_B0", spatial_size=(32, 32)), torch.nn.Module)
+    with pytest.raises(ValueError, match="resnet18"):
+        build_classifier("alexnet")
+
+
+def test_resnet_stem_follows_image_size():
+    small = build_classifier("resnet18", spatial_size=(28, 28))
+    large = build_classifier("resnet18", spatial_size=(64, 64))
+    assert small.conv1.stride == (1, 1) and small.conv1.kernel_size == (3, 3)
+    assert large.conv1.stride == (2, 2) and large.conv1.kernel_size == (7, 7)
+    assert build_classifier("resnet18", spatial_size=(64, 64), stem="half").conv1.stride == (1, 1)
+
+
+def test_pretrained_rgb_weights_load_into_a_grayscale_network(tmp_path):
+    rgb = build_classifier("resnet18", in_channels=3, num_classes=1000, spatial_size=(64, 64))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in rgb.state_dict().items()}}, tmp_path / "rgb.pt")
+    gray = build_classifier("resnet18", in_channels=1, num_classes=2, spatial_size=(64, 64))
+    report = load_pretrained(gray, tmp_path / "rgb.pt")
+    torch.testing.assert_close(gray.conv1.weight, rgb.conv1.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(gray.layer1[0].conv1.weight, rgb.layer1[0].conv1.weight)
+    assert report["mismatched"] == ["fc.bias", "fc.weight"]
+    assert report["missing"] == ["fc.bias", "fc.weight"]
+    # a gray image gives the same first-layer response as the same image repeated in 3 channels
+    x = torch.rand(1, 1, 64, 64)
+    torch.testing.assert_close(gray.conv1(x), rgb.conv1(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
+
+
+def test_pretrained_path_must_exist():
+    with pytest.raises(FileNotFoundError, match="pretrained_path"):
+        build_classifier("small_cnn", spatial_size=(32, 32), pretrained_path="/nonexistent/weights.pt")
