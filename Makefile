@@ -33,7 +33,7 @@ bench: install
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS))/mlflow.db \
-		--default-artifact-root $(abspath $(RUNS))/mlartifacts --port $(PORT)
+		--default-artifact-root $(abspath $(RUNS))/mlruns --port $(PORT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache $(RUNS) benchmarks/results/tmp

@@ -126,7 +126,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--classifier", default="small_cnn")
     parser.add_argument("--max-epochs", type=int, default=30)
-    parser.add_argument("--patience", type=int, default=8)
+    parser.add_argument("--patience", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="one seed, BreastMNIST 28 only, 5 epochs")
     parser.add_argument("--name", default="baselines", help="results file stem")
