@@ -77,6 +77,29 @@ def run_one(dataset: str, cut: str, method: str, seed: int, args, out_dir: Path)
             "ci95": {k: results["ci95"][k] for k in REPORTED}}  # fmt: skip
 
 
+def runs_from_store(out_dir: Path) -> list[dict]:
+    """Rebuild the per-model records from the finished MLflow runs of an earlier (possibly
+    interrupted) benchmark in ``out_dir``: metrics from each run's metrics.json, time from MLflow's
+    start and end times (without the interpreter start-up the live timing includes)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("imbalance_baselines")
+    runs = []
+    for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'"):
+        name = run.info.run_name
+        dataset, rest = next((d, name[len(d) + 1 :]) for d in DATASETS if name.startswith(d + "-"))
+        cut = next(c for c in CUTS if rest.startswith(c + "-"))
+        results = json.loads((out_dir / name / "metrics.json").read_text())
+        runs.append({"dataset": dataset, "train": cut, "rebalance": run.data.tags["strategy"],
+                     "seed": int(run.data.tags["seed"]),
+                     "seconds": round((run.info.end_time - run.info.start_time) / 1000, 1),
+                     "metrics": {k: results["metrics"][k] for k in REPORTED},
+                     "ci95": {k: results["ci95"][k] for k in REPORTED}})  # fmt: skip
+    order = {(d, c, m): i for i, (d, c, m) in enumerate((d, c, m) for d in DATASETS for c in CUTS for m in METHODS)}
+    return sorted(runs, key=lambda r: (order[(r["dataset"], r["train"], r["rebalance"])], r["seed"]))
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     cells = {}
     for run in runs:
@@ -130,20 +153,23 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="one seed, BreastMNIST 28 only, 5 epochs")
     parser.add_argument("--name", default="baselines", help="results file stem")
+    parser.add_argument("--runs-dir", type=Path, default=RESULTS / "tmp", help="run folders and MLflow store")
+    parser.add_argument("--from-runs", action="store_true",
+                        help="do not train: rebuild the tables from the finished runs in benchmarks/results/tmp")
     args = parser.parse_args()
     if args.quick:
         args.datasets, args.seeds, args.max_epochs, args.name = ["breastmnist_28"], 1, 5, f"{args.name}_quick"
-    out_dir = RESULTS / "tmp"
+    out_dir = args.runs_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = [(d, c, m, s) for d in args.datasets for c in args.cuts for m in args.methods for s in range(args.seeds)]
-    runs = []
-    for i, (dataset, cut, method, seed) in enumerate(grid, 1):
+    runs = runs_from_store(out_dir) if args.from_runs else []
+    for i, (dataset, cut, method, seed) in enumerate([] if args.from_runs else grid, 1):
         run = run_one(dataset, cut, method, seed, args, out_dir)
         runs.append(run)
         m = run["metrics"]
         print(f"[{i}/{len(grid)}] {dataset:18s} {cut:15s} {method:13s} seed {seed}: AUC {m['auc']:.3f} "
               f"ACC {m['accuracy']:.3f} BA {m['balanced_accuracy']:.3f} ({run['seconds']:.0f} s)", flush=True)  # fmt: skip
-    meta = {"classifier": args.classifier, "max_epochs": args.max_epochs, "patience": args.patience,
+    meta = {"runs": len(runs), "classifier": args.classifier, "timing": "from MLflow run start/end" if args.from_runs else "wall clock per process", "max_epochs": args.max_epochs, "patience": args.patience,
             "seeds": args.seeds, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     rows = summarise(runs)
