@@ -63,7 +63,8 @@ def _scan_one(entry: dict, channels: int, frames: str) -> tuple[list[dict], dict
     except UnusableImageError as err:
         return [], {"path": display_path(entry), "reason": err.reason}
     except Exception as err:  # a decoder bug must not stop the other 499 files
-        return [], {"path": display_path(entry), "reason": f"could not be read ({type(err).__name__}: {err})"}
+        # the exception's type only: decoder messages may quote header values (patient identifiers)
+        return [], {"path": display_path(entry), "reason": f"could not be read ({type(err).__name__})"}
 
 
 def scan_entries(
