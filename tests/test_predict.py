@@ -286,3 +286,24 @@ def test_inference_config_runs_the_same_path(bundle, tmp_path):
                  "--no-progress"]) == 3  # fmt: skip
     b, c = read_csv(tmp_path / "b" / "predictions.csv"), read_csv(tmp_path / "c" / "predictions.csv")
     assert [(r["path"], r["prob_malignant"]) for r in b] == [(r["path"], r["prob_malignant"]) for r in c]
+
+
+def test_walk_input_follows_folder_links_once_and_reports_the_rest(tmp_path):
+    from medaug.io.sources import walk_input
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.dcm").write_bytes(b"x")
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "b.dcm").write_bytes(b"y")
+    (root / ".hidden").write_bytes(b"z")
+    os.symlink(outside, root / "again")  # followed: a site may link its exports together
+    os.symlink(outside, root / "linked")  # the same folder a second time: reported, not read twice
+    os.symlink(root / "missing.dcm", root / "dangling.dcm")
+    files, problems = walk_input(root)
+    assert [rel for _, rel in files] == ["again/a.dcm", "sub/b.dcm"]
+    assert {p["path"]: p["reason"] for p in problems} == {
+        "linked": "same folder as another path already read (through a symbolic link), not read twice",
+        "dangling.dcm": "broken symbolic link (target does not exist)",
+    }

@@ -84,3 +84,5 @@ def quiet_header_libraries() -> None:
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     warnings.filterwarnings("ignore", message=r".*(VR|value).*", category=UserWarning)
+    # MONAI's reader notes a missing affine for every 2D radiograph; irrelevant to a 2D classifier
+    warnings.filterwarnings("ignore", message=r"PydicomReader: ")

@@ -107,8 +107,11 @@ def walk_input(root: str | os.PathLike, exclude: Sequence[str] = ()) -> tuple[li
                 continue
             real = os.path.realpath(path)
             if real in seen:
-                reason = ("symbolic link loop (points back to a folder already visited), not followed"
-                          if path.is_symlink() else "folder already visited through a symbolic link")  # fmt: skip
+                here = os.path.realpath(dirpath)
+                if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+                    reason = "symbolic link loop (points back to a folder above it), not followed"
+                else:
+                    reason = "same folder as another path already read (through a symbolic link), not read twice"
                 problems.append({"path": relative(path), "reason": reason})
                 continue
             seen.add(real)
