@@ -138,7 +138,12 @@ def predict(args: argparse.Namespace) -> int:
         preprocessing = parser.get_parsed_content("preprocessing")
     except Exception as err:
         raise UsageError(f"--bundle: configs/inference.json cannot be used ({type(err).__name__}: {err})") from err
-    device = torch.device(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise UsageError(f"--device: {args.device!r} is not a torch device") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device: {args.device!r} asked for, but no CUDA device is available")
     try:
         if P.is_torchscript(checkpoint):
             model = P.load_model(checkpoint, None, device)  # no network code: torch.jit.load only

@@ -307,3 +307,14 @@ def test_walk_input_follows_folder_links_once_and_reports_the_rest(tmp_path):
         "linked": "same folder as another path already read (through a symbolic link), not read twice",
         "dangling.dcm": "broken symbolic link (target does not exist)",
     }
+
+
+def test_file_names_that_are_not_utf8_are_escaped_not_fatal(bundle, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    raw = os.fsencode(source) + b"/scan_\xff.dcm"
+    with open(raw, "wb") as handle:
+        handle.write((DICOM_DIR / "CT_small.dcm").read_bytes())
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"]) == 0
+    assert [r["path"] for r in read_csv(out / "predictions.csv")] == ["scan_\\xff.dcm"]

@@ -77,6 +77,12 @@ def walk_files(root: Path, exclude: Sequence[str] = ()) -> Iterable[tuple[Path, 
             yield path, relative.as_posix()
 
 
+def printable(name: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (``os.walk`` keeps them as surrogates, which
+    no CSV or JSON writer accepts) become ``\\xNN`` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def walk_input(root: str | os.PathLike, exclude: Sequence[str] = ()) -> tuple[list[tuple[Path, str]], list[dict]]:
     """Every regular file below ``root`` as ``(path, relative posix path)``, in a stable order, plus
     ``{path, reason}`` for what cannot be visited: unreadable folders and files, symbolic-link loops,
@@ -92,9 +98,9 @@ def walk_input(root: str | os.PathLike, exclude: Sequence[str] = ()) -> tuple[li
 
     def relative(path) -> str:
         try:
-            return Path(path).relative_to(root).as_posix()
+            return printable(Path(path).relative_to(root).as_posix())
         except ValueError:
-            return str(path)
+            return printable(str(path))
 
     def on_error(err: OSError) -> None:
         problems.append({"path": relative(err.filename), "reason": f"folder cannot be read ({err.strerror or err})"})
@@ -131,15 +137,16 @@ def walk_input(root: str | os.PathLike, exclude: Sequence[str] = ()) -> tuple[li
                     reason = "broken symbolic link (target does not exist)"
                 else:
                     reason = f"cannot read file ({err.strerror or err})"
-                problems.append({"path": rel.as_posix(), "reason": reason})
+                problems.append({"path": printable(rel.as_posix()), "reason": reason})
                 continue
             if not stat.S_ISREG(info.st_mode):
-                problems.append({"path": rel.as_posix(), "reason": "not a regular file (named pipe, socket or device)"})
+                reason = "not a regular file (named pipe, socket or device)"
+                problems.append({"path": printable(rel.as_posix()), "reason": reason})
                 continue
             if not os.access(path, os.R_OK):
-                problems.append({"path": rel.as_posix(), "reason": "cannot read file (permission denied)"})
+                problems.append({"path": printable(rel.as_posix()), "reason": "cannot read file (permission denied)"})
                 continue
-            files.append((path, rel.as_posix()))
+            files.append((path, printable(rel.as_posix())))
     return files, problems
 
 
