@@ -16,7 +16,9 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
-from pydicom.uid import generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
+from pydicom.uid import JPEGLSLossless, generate_uid
 
 from medaug.cli import main
 from medaug.models import build_classifier
@@ -112,6 +114,11 @@ def messy_input(tmp_path) -> tuple[Path, set[str], dict[str, str]]:
     huge.save_as(bad / "huge.dcm")
     _sr_document(bad / "report.dcm")
     (bad / "notes.txt").write_text("export log\n")
+    jpeg_ls = pydicom.dcmread(DICOM_DIR / "CT_small.dcm")
+    jpeg_ls.PixelData = encapsulate([b"\xff\xd8not really JPEG-LS\xff\xd9"])
+    jpeg_ls["PixelData"].VR, jpeg_ls["PixelData"].is_undefined_length = "OB", True
+    jpeg_ls.file_meta.TransferSyntaxUID = JPEGLSLossless
+    jpeg_ls.save_as(bad / "jpeg_ls.dcm", enforce_file_format=True)
     (bad / "deeper" / "deepest").mkdir(parents=True)
     os.symlink("../..", bad / "deeper" / "deepest" / "loop")  # a folder link back up: a loop
     os.symlink("self.dcm", bad / "self.dcm")  # a link to itself
@@ -124,6 +131,8 @@ def messy_input(tmp_path) -> tuple[Path, set[str], dict[str, str]]:
         "bad/NOPIXELS": "no pixel data", "bad/huge.dcm": "image too large", "bad/report.dcm": "structured report",
         "bad/notes.txt": "not an image", "bad/deeper/deepest/loop": "symbolic link loop",
         "bad/self.dcm": "symbolic link loop", "bad/pipe.fifo": "not a regular file",
+        "bad/jpeg_ls.dcm": "truncated or corrupt" if get_decoder(JPEGLSLossless).is_available
+        else "unsupported transfer syntax",
         # root reads any file: then the random bytes are what is wrong with it
         "bad/locked.dcm": "not a DICOM file" if os.geteuid() == 0 else "permission denied",
     }  # fmt: skip
