@@ -119,3 +119,15 @@ def test_training_run_logs_no_identifiers_to_mlflow(tmp_path, bundle_copy):
     assert "mlflow.db" in blobs and any("mlruns" in name for name in blobs)
     assert any(b"skipped.csv" in name.encode() for name in blobs)
     assert not leaks(blobs), leaks(blobs)
+
+
+def test_labels_csv_by_patient_id_never_echoes_an_unmatched_id(tmp_path):
+    from medaug.io.sources import dicom_csv_entries
+
+    root = tmp_path / "data"
+    derived_dicom(DICOM_DIR / "CT_small.dcm", root / "a" / "IM1", "PHI-ID-98765-1", seed=0)
+    (root / "labels.csv").write_text("PatientID,label\nPHI-ID-98765-1,ct\nPHI-ID-98765-2,mr\n")
+    entries, _, skipped = dicom_csv_entries(root)
+    assert len(entries) == 1 and len(skipped) == 1
+    assert "matches no file" in skipped[0]["reason"]
+    assert not leaks({"skipped": repr(skipped).encode()})

@@ -4,7 +4,7 @@ The list below is the patient, study and personnel part of the DICOM PS3.15 Anne
 Application Level Confidentiality Profile* (table E.1-1): the attributes a de-identifier must remove
 or replace. medaug never copies any of them into predictions, datalists, logs, error messages or
 MLflow records: the readers return only ``modality``, the UIDs, ``patient_id`` (which
-:func:`medaug.io.scan.pseudonym` replaces before anything is written), photometric interpretation,
+:func:`pseudonym` replaces before anything is written), photometric interpretation,
 sizes and transfer syntax, and skip reasons never quote header values. The UIDs themselves are in
 the profile too (they are replaced by the profile's "U" action); sites that need them out of the
 outputs as well use :func:`hash_uid` (``medaug predict --hash-uids``).
@@ -23,7 +23,8 @@ import logging
 import os
 import warnings
 
-__all__ = ["IDENTIFYING_ATTRIBUTES", "UID_ATTRIBUTES", "UID_SALT_ENV", "hash_uid", "quiet_header_libraries", "uid_salt"]
+__all__ = ["IDENTIFYING_ATTRIBUTES", "UID_ATTRIBUTES", "UID_SALT_ENV", "hash_uid", "pseudonym", "quiet_header_libraries",
+           "uid_salt"]  # fmt: skip
 
 #: Keywords of PS3.15 E.1-1 attributes (patient, visit, study, personnel, institution, device
 #: owner, free text) that identify a person or can be joined back to one.
@@ -57,6 +58,12 @@ IDENTIFYING_ATTRIBUTES: tuple[str, ...] = (
 UID_ATTRIBUTES: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 
 UID_SALT_ENV = "MEDAUG_UID_SALT"
+
+
+def pseudonym(value: str) -> str:
+    """A stable stand-in for a patient identifier: splits need only to group images, and the real
+    identifier must not reach datalists, logs or MLflow."""
+    return "p-" + hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def uid_salt(salt: str | None = None) -> str | None:

@@ -17,15 +17,10 @@ from tqdm.auto import tqdm
 
 from medaug.io.loader import read_entry_image
 from medaug.io.npz import parse_npz_ref
+from medaug.io.phi import pseudonym  # noqa: F401  (re-exported: medaug.io.scan.pseudonym is a contract)
 from medaug.io.readers import UnusableImageError, read_dicom_header
 
 FRAME_MODES = ("middle", "all")
-
-
-def pseudonym(value: str) -> str:
-    """A stable stand-in for a patient identifier: splits need only to group images, and the real
-    identifier must not reach datalists, logs or MLflow."""
-    return "p-" + hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def display_path(entry: dict) -> str:

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medaug.io.npz import npz_ref, npz_splits
+from medaug.io.phi import pseudonym
 from medaug.io.readers import IMAGE_SUFFIXES, UnusableImageError, is_dicom, read_dicom_header
 
 DATA_FORMATS = ("npz", "folder", "dicom_csv")
@@ -306,7 +307,9 @@ def dicom_csv_entries(
                    patient_id=row.get("patientid") or None, source="dicom_csv", relpath=relative)  # fmt: skip
         )
     for value in sorted(set(row_of) - used):
-        skipped.append({"path": value, "reason": f"{csv_path.name} row ({key_label(key)}) matches no file"})
+        # a PatientID is an identifier: the record names its pseudonym, never the ID itself
+        shown = pseudonym(value) if key == "patientid" else value
+        skipped.append({"path": shown, "reason": f"{csv_path.name} row ({key_label(key)}) matches no file"})
     return entries, names, skipped
 
 
