@@ -135,6 +135,7 @@ def predict(args: argparse.Namespace) -> int:
         frames = args.frames or parser.get_parsed_content("frames", default="middle")
         modalities = args.modalities or parser.get_parsed_content("modalities", default=None)
         batch_size = args.batch_size or int(parser.get_parsed_content("batch_size", default=32))
+        parallel = args.parallel or parser.get_parsed_content("parallel", default="thread")
         preprocessing = parser.get_parsed_content("preprocessing")
     except Exception as err:
         raise UsageError(f"--bundle: configs/inference.json cannot be used ({type(err).__name__}: {err})") from err
@@ -157,7 +158,7 @@ def predict(args: argparse.Namespace) -> int:
     summary = P.predict_folder(
         source, target, model=model, preprocessing=preprocessing, class_names=class_names, frames=frames,
         modalities=modalities, batch_size=batch_size, workers=args.workers, device=device, model_info=info,
-        uid_salt=salt, progress=not args.no_progress,
+        uid_salt=salt, parallel=parallel, progress=not args.no_progress,
     )  # fmt: skip
     print(summary.line())
     if summary.skipped:
@@ -227,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--input", help="folder of images to predict (read only)")
     pred.add_argument("--output", help="folder for the outputs (created; must not be inside --input)")
     pred.add_argument("--batch-size", type=_positive_int, help="images per model call (default: the bundle's)")
-    pred.add_argument("--workers", type=_positive_int, help="decoding threads (default: min(4, CPU count))")
+    pred.add_argument("--workers", type=_positive_int, help="parallel decoders (default: min(4, CPU count))")
+    pred.add_argument("--parallel", choices=["thread", "process"],
+                      help="decode in threads or in worker processes (default: the bundle's 'parallel')")  # fmt: skip
     pred.add_argument("--frames", choices=["middle", "all"], help="frames of multi-frame files (default: the bundle's)")
     pred.add_argument("--modalities", nargs="+", metavar="MOD",
                       help="DICOM modalities the model takes, e.g. US; others are skipped (default: the bundle's "

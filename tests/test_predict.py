@@ -194,6 +194,11 @@ def test_clean_folder_exits_0_and_all_frames_and_modalities(bundle, tmp_path):
     rows = read_csv(out_all / "predictions.csv")
     assert [int(r["frame"]) for r in rows if r["path"] == "emri_small.dcm"] == list(range(int(frames)))
 
+    out_proc = tmp_path / "proc"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(clean), "--output", str(out_proc),
+                 "--parallel", "process", "--workers", "2", "--no-progress"]) == 0  # fmt: skip
+    assert read_csv(out_proc / "predictions.csv") == read_csv(out / "predictions.csv"), "same results in processes"
+
     out_ct = tmp_path / "ct"
     assert main(["predict", "--bundle", str(bundle), "--input", str(clean), "--output", str(out_ct),
                  "--modalities", "CT", "--no-progress"]) == 3  # fmt: skip

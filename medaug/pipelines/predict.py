@@ -23,7 +23,8 @@ import os
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -189,13 +190,43 @@ class _Decoder:
                     "sop_instance_uid": (header or {}).get("sop_instance_uid") or "",
                     "study_instance_uid": (header or {}).get("study_instance_uid") or "",
                 }
-                out.append((fields, torch.as_tensor(image).float()))
+                # numpy, not torch: crosses a process boundary as plain bytes
+                out.append((fields, np.ascontiguousarray(torch.as_tensor(image).float().numpy())))
             return _Decoded(out, None)
         except Exception as err:  # one bad file never stops the run
             return _Decoded([], {"path": relative, "reason": unusable_reason(err)})
 
 
 # ----------------------------------------------------------------------------------------- the run
+
+
+PARALLEL_MODES = ("thread", "process")
+
+
+_worker_decoder: _Decoder | None = None  # the decoder of a worker process (set once, by _init_worker)
+
+
+def _init_worker(decoder: _Decoder) -> None:
+    global _worker_decoder
+    _worker_decoder = decoder
+    torch.set_num_threads(1)  # the workers are the parallelism; no oversubscription
+
+
+def _decode_in_worker(item: tuple[Path, str]) -> _Decoded:
+    return _worker_decoder(item)
+
+
+def _executor(parallel: str, workers: int, decoder: _Decoder) -> tuple[Executor, Callable]:
+    """A pool of ``workers`` and the function to submit to it."""
+    if parallel == "thread":
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medaug-decode"), decoder
+    if parallel == "process":
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(decoder,))  # fmt: skip
+        return pool, _decode_in_worker
+    raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
 
 
 @dataclass
@@ -236,6 +267,7 @@ def predict_folder(
     model_info: dict | None = None,
     uid_salt: str | None = None,
     exclude: Sequence[str] = (),
+    parallel: str = "thread",
     progress: bool = True,
 ) -> PredictionSummary:
     """Predict every usable image below ``input_dir``; write the outputs to ``output_dir``.
@@ -250,6 +282,8 @@ def predict_folder(
         workers: decoding threads (default ``min(4, cpu count)``).
         model_info: ``model_name``, ``model_version``, ``checkpoint_sha256`` copied into every row.
         uid_salt: when given, SOP/Study Instance UIDs are replaced by ``hash_uid(uid, salt)``.
+        parallel: ``"thread"`` (decoding threads in this process) or ``"process"`` (worker processes,
+            one torch thread each: no GIL contention, at the cost of starting them).
 
     Returns:
         a :class:`PredictionSummary`; ``exit_code`` is 0 when every file was used, 3 when some were skipped.
@@ -293,18 +327,19 @@ def predict_folder(
     used_files = 0
     window = max(4 * workers, 2 * batch_size)  # files decoded ahead of the model, bounded in memory
     bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medaug-decode") as pool:
+    executor, decode = _executor(parallel, workers, decoder)
+    with executor as pool:
         queue: collections.deque = collections.deque()
         remaining = iter(files)
         for item in remaining:
-            queue.append(pool.submit(decoder, item))
+            queue.append(pool.submit(decode, item))
             if len(queue) >= window:
                 break
         while queue:
             result = queue.popleft().result()
             nxt = next(remaining, None)
             if nxt is not None:
-                queue.append(pool.submit(decoder, nxt))
+                queue.append(pool.submit(decode, nxt))
             bar.update(1)
             if result.skipped:
                 skipped.append(result.skipped)
@@ -312,7 +347,7 @@ def predict_folder(
             used_files += 1
             for fields, image in result.items:
                 pending_fields.append(fields)
-                pending_images.append(image)
+                pending_images.append(torch.from_numpy(image))
                 if len(pending_images) >= batch_size:
                     flush()
         flush()
@@ -350,13 +385,14 @@ class FolderPrediction:
     def __init__(self, model, preprocessing, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                  class_names: Sequence[str], *, frames: str = "middle", modalities: Sequence[str] | None = None,
                  batch_size: int = 32, num_workers: int | None = None, device="cpu", model_info: dict | None = None,
-                 uid_salt: str | None = None, progress: bool = True) -> None:  # fmt: skip
+                 uid_salt: str | None = None, parallel: str = "thread", progress: bool = True) -> None:  # fmt: skip
         self.model = model
         self.preprocessing = preprocessing
         self.input_dir, self.output_dir = input_dir, output_dir
         self.class_names = list(class_names)
         self.kwargs = dict(frames=frames, modalities=modalities, batch_size=batch_size, workers=num_workers or None,
-                           device=device, model_info=model_info, uid_salt=uid_salt, progress=progress)  # fmt: skip
+                           device=device, model_info=model_info, uid_salt=uid_salt, parallel=parallel,
+                           progress=progress)  # fmt: skip
 
     def run(self) -> PredictionSummary:
         summary = predict_folder(self.input_dir, self.output_dir, model=self.model, preprocessing=self.preprocessing,
