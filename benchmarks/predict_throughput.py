@@ -7,8 +7,9 @@ predict every file with the same network (the default bundle's ResNet-18 at 64 p
 throughput does not depend on the weights), the same batch size and the same number of decoding workers:
 
 * ``medaug predict``: ``medaug.cli.main(["predict", ...])`` in process: walk, header checks, decoding
-  with the photometric handling of training (VOI window, MONOCHROME1), threads, batched model calls,
-  CSV/JSON outputs written atomically.
+  with the photometric handling of training (VOI window, MONOCHROME1) in threads (the default) and,
+  as a second figure, in worker processes (``--parallel process``), batched model calls, CSV/JSON
+  outputs written atomically.
 * plain MONAI bundle inference: a model-zoo style ``inference.json`` (as a dict, run through
   ``monai.bundle.ConfigParser``): ``LoadImaged(PydicomReader)`` -> ``EnsureChannelFirstd`` ->
   ``ScaleIntensityd`` -> ``Resized``, ``Dataset`` + ``DataLoader(num_workers)``, ``SupervisedEvaluator``
@@ -42,6 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BUNDLE = REPO / "bundles" / "imbalance_baselines"
 RESULTS = REPO / "benchmarks" / "results"
+#: the two ways medaug decodes in parallel; "medaug_predict" is the default of inference.json
+MODES = {"medaug_predict": "thread", "medaug_predict_processes": "process"}
+PATHS = (*MODES, "plain_monai_bundle")
 SAMPLES = ("CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "MR2_UNCR.dcm",
            "RG3_J2KR.dcm")  # fmt: skip
 
@@ -107,11 +111,12 @@ def run_plain_monai(config: dict) -> int:
     return len(config["dataset"]["data"])
 
 
-def run_medaug(bundle: Path, source: Path, out: Path, batch_size: int, workers: int) -> int:
+def run_medaug(bundle: Path, source: Path, out: Path, batch_size: int, workers: int, parallel: str) -> int:
     from medaug.cli import main
 
     code = main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out),
-                 "--batch-size", str(batch_size), "--workers", str(workers), "--no-progress"])  # fmt: skip
+                 "--batch-size", str(batch_size), "--workers", str(workers), "--parallel", parallel,
+                 "--no-progress"])  # fmt: skip
     if code != 0:
         raise SystemExit(f"medaug predict exited {code}: see {out / 'skipped.csv'}")
     return json.loads((out / "summary.json").read_text())["images"]
@@ -152,19 +157,20 @@ def main() -> None:
         make_folder(warm, 12)
         warm_files = sorted(p for p in warm.rglob("*") if p.is_file())
 
-        run_medaug(bundle, warm, work / "o-warm-medaug", args.batch_size, args.workers)
+        for parallel in MODES.values():
+            run_medaug(bundle, warm, work / f"o-warm-{parallel}", args.batch_size, args.workers, parallel)
         run_plain_monai(plain_monai_config(bundle, warm_files, ckpt, work / "o-warm-monai", args.batch_size, args.workers))
-        times = {"medaug_predict": [], "plain_monai_bundle": []}
+        times = {name: [] for name in PATHS}
         images = {}
         for r in range(args.repeats):
-            seconds, images["medaug_predict"] = timed(run_medaug, bundle, source, work / f"o-medaug-{r}",
-                                                      args.batch_size, args.workers)  # fmt: skip
-            times["medaug_predict"].append(seconds)
+            for name, parallel in MODES.items():
+                seconds, images[name] = timed(run_medaug, bundle, source, work / f"o-{name}-{r}", args.batch_size,
+                                              args.workers, parallel)  # fmt: skip
+                times[name].append(seconds)
             config = plain_monai_config(bundle, files, ckpt, work / f"o-monai-{r}", args.batch_size, args.workers)
             seconds, images["plain_monai_bundle"] = timed(run_plain_monai, config)
             times["plain_monai_bundle"].append(seconds)
-            print(f"repeat {r + 1}: medaug {times['medaug_predict'][-1]:.1f} s, "
-                  f"plain MONAI {times['plain_monai_bundle'][-1]:.1f} s", file=sys.stderr)  # fmt: skip
+            print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), file=sys.stderr)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -177,6 +183,8 @@ def main() -> None:
         "images": images, "seconds": {k: [round(s, 3) for s in v] for k, v in times.items()},
         "images_per_s": {k: round(v, 1) for k, v in rates.items()},
         "ratio_medaug_over_plain_monai": round(rates["medaug_predict"] / rates["plain_monai_bundle"], 3),
+        "ratio_medaug_processes_over_plain_monai": round(rates["medaug_predict_processes"]
+                                                         / rates["plain_monai_bundle"], 3),  # fmt: skip
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "python": platform.python_version(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -188,9 +196,11 @@ def main() -> None:
         "| path | images | median s | images/s |",
         "|---|---|---|---|",
         *[f"| {k.replace('_', ' ')} | {images[k]} | {statistics.median(times[k]):.1f} | {rates[k]:.1f} |"
-          for k in ("medaug_predict", "plain_monai_bundle")],
+          for k in PATHS],
         "",
-        f"Ratio medaug / plain MONAI: **{result['ratio_medaug_over_plain_monai']:.2f}x** "
+        f"Ratio medaug predict (default, {MODES['medaug_predict']} decoding) / plain MONAI: "
+        f"**{result['ratio_medaug_over_plain_monai']:.2f}x**; with worker processes "
+        f"(`--parallel process`): {result['ratio_medaug_processes_over_plain_monai']:.2f}x "
         f"(median of {args.repeats} runs each, alternating, same process, same files). File mix: "
         + ", ".join(f"{k} x{v}" for k, v in counts.items()) + ". Generated by `benchmarks/predict_throughput.py`.",
         "",
