@@ -621,6 +621,7 @@ def _read_dicom(path, channels: int, frame: int | None, min_size: int) -> tuple[
         kind="dicom", modality=header["modality"], photometric=header["photometric"],
         transfer_syntax=header["transfer_syntax"], original_shape=decoded.original_shape,
         number_of_frames=header["number_of_frames"], frame=decoded.index,
+        sop_instance_uid=header["sop_instance_uid"], study_instance_uid=header["study_instance_uid"],
     )  # fmt: skip
     return _to_channels(display, channels), meta
 
@@ -732,7 +733,8 @@ def read_image_with_meta(
         ``modality``, ``photometric``, ``original_shape`` (as decoded, all frames), ``number_of_frames``,
         ``frame`` (index used), ``normalization`` (``"window"``, ``"voi_lut"``, ``"percentile"``,
         ``"bit_depth"`` or ``"palette"``), ``window`` (``(center, width)`` or ``None``),
-        ``window_center``/``window_width`` and ``inverted`` (MONOCHROME1); DICOM adds ``transfer_syntax``.
+        ``window_center``/``window_width`` and ``inverted`` (MONOCHROME1); DICOM adds ``transfer_syntax``,
+        ``sop_instance_uid`` and ``study_instance_uid``.
 
     Raises:
         UnusableImageError: the file cannot be used as an image; ``.reason`` says why.

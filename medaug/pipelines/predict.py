@@ -170,25 +170,28 @@ class _Decoder:
     def __call__(self, item: tuple[Path, str]) -> _Decoded:
         path, relative = item
         try:
-            header = read_dicom_header(path) if image_kind(path) == "dicom" else None
-            if self.modalities is not None and header is not None:
-                modality = (header.get("modality") or "").strip().upper()
-                if modality not in self.modalities:
-                    wanted = ", ".join(sorted(self.modalities))
-                    return _Decoded([], {"path": relative, "reason": f"wrong modality for this model "
-                                         f"({modality or 'none given'}; the model takes {wanted})"})  # fmt: skip
-            n_frames = header["number_of_frames"] if header else 1
-            wanted_frames = list(range(n_frames)) if self.frames == "all" and n_frames > 1 else [None]
+            frames = [None]  # the middle one; the reader says which it used and what the file holds
+            if self.modalities is not None or self.frames == "all":
+                # only then is the header read first: to skip a wrong modality before decoding its pixels
+                header = read_dicom_header(path) if image_kind(path) == "dicom" else None
+                if self.modalities is not None and header is not None:
+                    modality = (header.get("modality") or "").strip().upper()
+                    if modality not in self.modalities:
+                        wanted = ", ".join(sorted(self.modalities))
+                        return _Decoded([], {"path": relative, "reason": f"wrong modality for this model "
+                                             f"({modality or 'none given'}; the model takes {wanted})"})  # fmt: skip
+                if self.frames == "all" and header is not None and header["number_of_frames"] > 1:
+                    frames = list(range(header["number_of_frames"]))
             out = []
-            for frame in wanted_frames:
-                data = self.preprocessing({"image": str(path), "frame": frame})
-                image = data["image"]
-                used = getattr(image, "meta", {}).get("frame") if frame is None else frame
+            for frame in frames:
+                image = self.preprocessing({"image": str(path), "frame": frame})["image"]
+                meta = getattr(image, "meta", None) or {}
+                used = meta.get("frame") if frame is None else frame
                 fields = {
                     "path": relative,
-                    "frame": int(used) if n_frames > 1 and used is not None else "",
-                    "sop_instance_uid": (header or {}).get("sop_instance_uid") or "",
-                    "study_instance_uid": (header or {}).get("study_instance_uid") or "",
+                    "frame": int(used) if int(meta.get("number_of_frames") or 1) > 1 and used is not None else "",
+                    "sop_instance_uid": str(meta.get("sop_instance_uid") or ""),
+                    "study_instance_uid": str(meta.get("study_instance_uid") or ""),
                 }
                 # numpy, not torch: crosses a process boundary as plain bytes
                 out.append((fields, np.ascontiguousarray(torch.as_tensor(image).float().numpy())))
