@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="medaug: augmentation, generative oversampling and honest evaluation for small, "
         "class-imbalanced medical image datasets. Studies run as MONAI bundles: "
         "python -m monai.bundle run --config_file bundles/<study>/configs/train.json --bundle_root bundles/<study>",
-        epilog="Exit codes: 0 success, 1 unexpected failure, 2 usage or data error (the message names the cause).",
+        epilog="Exit codes: 0 success, 1 unexpected failure, 2 usage or data error (the message names the cause), "
+        "3 (predict) finished with some files skipped.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
