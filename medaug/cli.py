@@ -155,11 +155,14 @@ def predict(args: argparse.Namespace) -> int:
     info = P.model_info(bundle, checkpoint)
     print(f"model: {info['model_name']} {info['model_version']} ({checkpoint.name}, sha256 "
           f"{info['checkpoint_sha256'][:12]}); classes: {', '.join(class_names)}", file=sys.stderr)  # fmt: skip
-    summary = P.predict_folder(
-        source, target, model=model, preprocessing=preprocessing, class_names=class_names, frames=frames,
-        modalities=modalities, batch_size=batch_size, workers=args.workers, device=device, model_info=info,
-        uid_salt=salt, parallel=parallel, progress=not args.no_progress,
-    )  # fmt: skip
+    try:
+        summary = P.predict_folder(
+            source, target, model=model, preprocessing=preprocessing, class_names=class_names, frames=frames,
+            modalities=modalities, batch_size=batch_size, workers=args.workers, device=device, model_info=info,
+            uid_salt=salt, parallel=parallel, progress=not args.no_progress,
+        )  # fmt: skip
+    except P.CheckpointMismatchError as err:  # e.g. a TorchScript model with another number of classes
+        raise UsageError(f"--checkpoint: {err}") from err
     print(summary.line())
     if summary.skipped:
         print(f"{summary.skipped} file(s) not used: see {target / 'skipped.csv'} for the reasons")

@@ -314,7 +314,9 @@ def predict_folder(
         with torch.inference_mode():
             probs = torch.softmax(model(batch).float(), dim=1).cpu().numpy()
         if probs.shape[1] != len(class_names):
-            raise ValueError(f"the model gives {probs.shape[1]} outputs but the bundle names {len(class_names)} classes")
+            raise CheckpointMismatchError(
+                f"the model gives {probs.shape[1]} outputs but the bundle names {len(class_names)} classes"
+            )
         for fields, prob in zip(pending_fields, probs):
             row = dict(fields)
             if uid_salt:
