@@ -7,7 +7,7 @@ BUNDLE ?= bundles/imbalance_baselines
 RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 
-.PHONY: install demo test bench mlflow-ui clean
+.PHONY: install demo test bench bench-predict mlflow-ui clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/baselines.py
+
+bench-predict: install
+	$(BIN)/python benchmarks/predict_throughput.py
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS))/mlflow.db \

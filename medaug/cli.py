@@ -8,9 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SKIPPED = 0, 1, 2, 3
+BUNDLE_ENV = "MEDAUG_BUNDLE"
+DEFAULT_CHECKPOINTS = ("models/model.ts", "models/model.pt")
+
+
+class UsageError(Exception):
+    """A bad argument or bundle; the message starts with the argument's name. Exit code 2."""
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -54,13 +62,143 @@ def data_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def resolve_checkpoint(bundle: Path, checkpoint: str | None) -> Path:
+    """``--checkpoint``, else the bundle's TorchScript export ``models/model.ts``, else ``models/model.pt``."""
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise UsageError(f"--checkpoint: file {checkpoint!r} not found")
+        return path
+    for name in DEFAULT_CHECKPOINTS:
+        if (bundle / name).is_file():
+            return bundle / name
+    raise UsageError(f"--checkpoint: none given and the bundle has none at {bundle / DEFAULT_CHECKPOINTS[0]} or "
+                     f"{bundle / DEFAULT_CHECKPOINTS[1]}")  # fmt: skip
+
+
+def _inference_parser(bundle: Path, overrides: dict):
+    """The bundle's inference config, without its ``imports`` (which would import the network and
+    training code; the parts ``predict`` uses locate their own modules)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.config.pop("imports", None)  # type: ignore[union-attr]
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def predict(args: argparse.Namespace) -> int:
+    from medaug.io.phi import quiet_header_libraries, uid_salt
+
+    quiet_header_libraries()
+    bundle_arg = args.bundle or os.environ.get(BUNDLE_ENV)
+    if not bundle_arg:
+        raise UsageError(f"--bundle: required (or set {BUNDLE_ENV})")
+    bundle = Path(bundle_arg)
+    if not (bundle / "configs" / "inference.json").is_file():
+        raise UsageError(f"--bundle: {bundle_arg!r} is not a bundle (no configs/inference.json)")
+    if not args.input:
+        raise UsageError("--input: required")
+    if not args.output:
+        raise UsageError("--output: required")
+    source, target = Path(args.input), Path(args.output)
+    if not source.is_dir():
+        raise UsageError(f"--input: folder {args.input!r} does not exist or is not a folder")
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--output: {args.output!r} exists and is not a folder")
+    if target.resolve() == source.resolve() or source.resolve() in target.resolve().parents:
+        raise UsageError("--output: is inside --input; the input folder is never written to")
+    checkpoint = resolve_checkpoint(bundle, args.checkpoint)
+    salt = uid_salt(args.salt) if args.hash_uids else None
+    if args.hash_uids and not salt:
+        raise UsageError("--hash-uids: needs a salt (--salt or the MEDAUG_UID_SALT environment variable)")
+
+    import torch
+
+    from medaug.pipelines import predict as P
+
+    try:
+        parser = _inference_parser(bundle, {"bundle_root": str(bundle), "ckpt_path": str(checkpoint)})
+        class_names = list(parser.get_parsed_content("class_names"))
+        frames = args.frames or parser.get_parsed_content("frames", default="middle")
+        modalities = args.modalities or parser.get_parsed_content("modalities", default=None)
+        batch_size = args.batch_size or int(parser.get_parsed_content("batch_size", default=32))
+        parallel = args.parallel or parser.get_parsed_content("parallel", default="thread")
+        preprocessing = parser.get_parsed_content("preprocessing")
+    except Exception as err:
+        raise UsageError(f"--bundle: configs/inference.json cannot be used ({type(err).__name__}: {err})") from err
+    try:
+        device = torch.device(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise UsageError(f"--device: {args.device!r} is not a torch device") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device: {args.device!r} asked for, but no CUDA device is available")
+    try:
+        if P.is_torchscript(checkpoint):
+            model = P.load_model(checkpoint, None, device)  # no network code: torch.jit.load only
+        else:
+            model = P.load_model(checkpoint, parser.get_parsed_content("network_def"), device)
+    except P.CheckpointMismatchError as err:
+        raise UsageError(f"--checkpoint: {err}") from err
+    info = P.model_info(bundle, checkpoint)
+    print(f"model: {info['model_name']} {info['model_version']} ({checkpoint.name}, sha256 "
+          f"{info['checkpoint_sha256'][:12]}); classes: {', '.join(class_names)}", file=sys.stderr)  # fmt: skip
+    try:
+        summary = P.predict_folder(
+            source, target, model=model, preprocessing=preprocessing, class_names=class_names, frames=frames,
+            modalities=modalities, batch_size=batch_size, workers=args.workers, device=device, model_info=info,
+            uid_salt=salt, parallel=parallel, progress=not args.no_progress,
+        )  # fmt: skip
+    except P.CheckpointMismatchError as err:  # e.g. a TorchScript model with another number of classes
+        raise UsageError(f"--checkpoint: {err}") from err
+    print(summary.line())
+    if summary.skipped:
+        print(f"{summary.skipped} file(s) not used: see {target / 'skipped.csv'} for the reasons")
+    return summary.exit_code
+
+
+PREDICT_EPILOG = """\
+checkpoint: --checkpoint, else <bundle>/models/model.ts (TorchScript, from MONAI's ckpt_export; runs
+without the network code), else <bundle>/models/model.pt (a training checkpoint, loaded into the network
+that configs/inference.json describes). The bundle may also come from the MEDAUG_BUNDLE environment variable.
+
+outputs (in --output, each written to a temporary file and renamed, so a killed run leaves no half file):
+  predictions.csv, predictions.json  path (relative to --input), frame, sop_instance_uid, study_instance_uid,
+                                     predicted, prob_<class> per class, model_name, model_version,
+                                     checkpoint_sha256
+  skipped.csv                        every file not used, with the reason
+  summary.json                       counts, seconds, images/s, exit code
+The input folder is only read. Patient names, IDs, birth dates and the other identifying attributes of the
+DICOM PS3.15 Basic Profile never appear in outputs or messages; --hash-uids replaces the UIDs too.
+
+exit codes:
+  0  every file was used
+  3  finished, but some files were skipped (see skipped.csv)
+  2  usage or configuration error (the message names the argument)
+  1  unexpected failure
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medaug",
         description="medaug: augmentation, generative oversampling and honest evaluation for small, "
         "class-imbalanced medical image datasets. Studies run as MONAI bundles: "
         "python -m monai.bundle run --config_file bundles/<study>/configs/train.json --bundle_root bundles/<study>",
-        epilog="Exit codes: 0 success, 1 unexpected failure, 2 usage or data error (the message names the cause).",
+        epilog="Exit codes: 0 success, 1 unexpected failure, 2 usage or data error (the message names the cause), "
+        "3 (predict) finished with some files skipped.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -82,6 +220,31 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--max-list", type=int, default=20, help="longest list of leaks printed")
     info.add_argument("--json", action="store_true", help="print everything as JSON")
     info.set_defaults(handler=data_info)
+
+    pred = commands.add_parser(
+        "predict", help="predict a folder of DICOM (and PNG/JPEG/NIfTI) files with a trained bundle",
+        description="Walk --input recursively (DICOM with or without extension, PNG, JPEG, NIfTI), read every image "
+        "the way the bundle's training read it, predict in batches, and write predictions.csv/.json and skipped.csv "
+        "to --output.", epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    pred.add_argument("--bundle", help=f"bundle folder (default: ${BUNDLE_ENV})")
+    pred.add_argument("--checkpoint", help="model file: TorchScript .ts or checkpoint .pt (default: see below)")
+    pred.add_argument("--input", help="folder of images to predict (read only)")
+    pred.add_argument("--output", help="folder for the outputs (created; must not be inside --input)")
+    pred.add_argument("--batch-size", type=_positive_int, help="images per model call (default: the bundle's)")
+    pred.add_argument("--workers", type=_positive_int, help="parallel decoders (default: min(4, CPU count))")
+    pred.add_argument("--parallel", choices=["thread", "process"],
+                      help="decode in threads or in worker processes (default: the bundle's 'parallel')")  # fmt: skip
+    pred.add_argument("--frames", choices=["middle", "all"], help="frames of multi-frame files (default: the bundle's)")
+    pred.add_argument("--modalities", nargs="+", metavar="MOD",
+                      help="DICOM modalities the model takes, e.g. US; others are skipped (default: the bundle's "
+                      "'modalities', null = any)")  # fmt: skip
+    pred.add_argument("--hash-uids", action="store_true",
+                      help="replace SOP/Study Instance UIDs by salted hashes (HMAC-SHA256)")  # fmt: skip
+    pred.add_argument("--salt", help="salt for --hash-uids (prefer the MEDAUG_UID_SALT environment variable)")
+    pred.add_argument("--device", help="torch device (default: cuda:0 if available, else cpu)")
+    pred.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pred.set_defaults(handler=predict)
     return parser
 
 
@@ -94,9 +257,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as err:
+    except UsageError as err:
         print(f"medaug: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except (FileNotFoundError, ValueError) as err:
+        print(f"medaug: error: {err}", file=sys.stderr)
+        return EXIT_USAGE if args.command != "predict" else EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("medaug: interrupted; no output file was left half-written", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as err:
+        # the exception type only: messages of decoders may quote header values
+        print(f"medaug: unexpected failure ({type(err).__name__}); run with -v for details", file=sys.stderr)
+        if args.verbose:
+            raise
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -69,6 +69,16 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L" conversion
 _PERCENTILES = (0.5, 99.5)
 _PERCENTILE_SAMPLE = 1 << 18  # pixels; percentiles of a strided sample are as good and much cheaper
+#: Largest image accepted, in pixels per frame and in samples over all frames. A header claiming more
+#: (a 65535 x 65535 "image", or a corrupt Rows/Columns) is refused before anything is allocated; the
+#: largest real radiographs (about 5k x 6k) and long multi-frame series stay far below.
+MAX_FRAME_PIXELS = 1 << 27
+MAX_TOTAL_SAMPLES = 1 << 30
+#: Modalities of DICOM objects that carry no image (PS3.3 C.7.3.1.1.1), named in skip reasons.
+_NON_IMAGE_MODALITIES = {"SR": "structured report", "KO": "key object selection", "PR": "presentation state",
+                         "RTSTRUCT": "RT structure set", "RTPLAN": "RT plan", "RTRECORD": "RT treatment record",
+                         "REG": "registration", "DOC": "encapsulated document", "AU": "audio waveform",
+                         "ECG": "ECG waveform", "HD": "waveform", "SEG": "segmentation"}  # fmt: skip
 
 
 class UnusableImageError(Exception):
@@ -238,7 +248,8 @@ def _read_header_dataset(path: str | os.PathLike) -> tuple[Dataset, dict, bool]:
         except Exception as err:
             raise UnusableImageError(path, "unreadable DICOM header") from err
     if not has_pixels:
-        raise UnusableImageError(path, "DICOM file has no pixel data")
+        kind = _NON_IMAGE_MODALITIES.get(str(ds.get("Modality") or "").strip().upper())
+        raise UnusableImageError(path, f"DICOM {kind}, not an image" if kind else "DICOM file has no pixel data")
     if "SegmentSequence" in ds:
         raise UnusableImageError(path, "DICOM segmentation object, not an image")
     rows, columns = ds.get("Rows"), ds.get("Columns")
@@ -364,6 +375,14 @@ def _check_size(path, height: int, width: int, min_size: int) -> None:
         raise UnusableImageError(path, f"image too small ({height}x{width})")
 
 
+def _check_not_huge(path, header: dict, samples: int) -> None:
+    """Refuse a header that claims more pixels than any real image (see :data:`MAX_FRAME_PIXELS`)."""
+    rows, columns, frames = header["rows"], header["columns"], header["number_of_frames"]
+    if rows * columns > MAX_FRAME_PIXELS or rows * columns * frames * max(samples, 1) > MAX_TOTAL_SAMPLES:
+        what = f"{rows}x{columns}" + (f" x {frames} frames" if frames > 1 else "")
+        raise UnusableImageError(path, f"image too large (header claims {what} pixels)")
+
+
 def _pick_index(path, frame: int | None, count: int, what: str) -> int:
     """``frame`` validated against ``count``; ``None`` means the middle one (index ``count // 2``)."""
     if frame is None:
@@ -430,8 +449,13 @@ def _decode_dicom(path, frame: int | None, min_size: int) -> _DicomFrame:
     (rows, frames, columns) for a multi-frame one. Without the swap the array is pydicom's
     ``pixel_array`` layout, (frames,) rows, columns(, samples), as the radiologist sees it.
     """
-    _, header, bare = _read_header_dataset(path)
+    header_ds, header, bare = _read_header_dataset(path)
     _check_size(path, header["rows"], header["columns"], min_size)
+    try:
+        samples = int(header_ds.get("SamplesPerPixel") or 1)
+    except (TypeError, ValueError):
+        samples = 1
+    _check_not_huge(path, header, samples)
     frames = header["number_of_frames"]
     index = _pick_index(path, frame, frames, "frame")
     uid = UID(header["transfer_syntax"])
@@ -597,6 +621,7 @@ def _read_dicom(path, channels: int, frame: int | None, min_size: int) -> tuple[
         kind="dicom", modality=header["modality"], photometric=header["photometric"],
         transfer_syntax=header["transfer_syntax"], original_shape=decoded.original_shape,
         number_of_frames=header["number_of_frames"], frame=decoded.index,
+        sop_instance_uid=header["sop_instance_uid"], study_instance_uid=header["study_instance_uid"],
     )  # fmt: skip
     return _to_channels(display, channels), meta
 
@@ -708,7 +733,8 @@ def read_image_with_meta(
         ``modality``, ``photometric``, ``original_shape`` (as decoded, all frames), ``number_of_frames``,
         ``frame`` (index used), ``normalization`` (``"window"``, ``"voi_lut"``, ``"percentile"``,
         ``"bit_depth"`` or ``"palette"``), ``window`` (``(center, width)`` or ``None``),
-        ``window_center``/``window_width`` and ``inverted`` (MONOCHROME1); DICOM adds ``transfer_syntax``.
+        ``window_center``/``window_width`` and ``inverted`` (MONOCHROME1); DICOM adds ``transfer_syntax``,
+        ``sop_instance_uid`` and ``study_instance_uid``.
 
     Raises:
         UnusableImageError: the file cannot be used as an image; ``.reason`` says why.

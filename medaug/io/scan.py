@@ -17,15 +17,10 @@ from tqdm.auto import tqdm
 
 from medaug.io.loader import read_entry_image
 from medaug.io.npz import parse_npz_ref
+from medaug.io.phi import pseudonym  # noqa: F401  (re-exported: medaug.io.scan.pseudonym is a contract)
 from medaug.io.readers import UnusableImageError, read_dicom_header
 
 FRAME_MODES = ("middle", "all")
-
-
-def pseudonym(value: str) -> str:
-    """A stable stand-in for a patient identifier: splits need only to group images, and the real
-    identifier must not reach datalists, logs or MLflow."""
-    return "p-" + hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def display_path(entry: dict) -> str:
@@ -63,7 +58,8 @@ def _scan_one(entry: dict, channels: int, frames: str) -> tuple[list[dict], dict
     except UnusableImageError as err:
         return [], {"path": display_path(entry), "reason": err.reason}
     except Exception as err:  # a decoder bug must not stop the other 499 files
-        return [], {"path": display_path(entry), "reason": f"could not be read ({type(err).__name__}: {err})"}
+        # the exception's type only: decoder messages may quote header values (patient identifiers)
+        return [], {"path": display_path(entry), "reason": f"could not be read ({type(err).__name__})"}
 
 
 def scan_entries(

@@ -18,13 +18,16 @@ skipping what cannot be decoded, happens later in :mod:`medaug.io.scan`.
 from __future__ import annotations
 
 import csv
+import errno
 import fnmatch
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medaug.io.npz import npz_ref, npz_splits
+from medaug.io.phi import pseudonym
 from medaug.io.readers import IMAGE_SUFFIXES, UnusableImageError, is_dicom, read_dicom_header
 
 DATA_FORMATS = ("npz", "folder", "dicom_csv")
@@ -73,6 +76,79 @@ def walk_files(root: Path, exclude: Sequence[str] = ()) -> Iterable[tuple[Path, 
             if _is_hidden(relative) or is_excluded(relative, exclude):
                 continue
             yield path, relative.as_posix()
+
+
+def printable(name: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (``os.walk`` keeps them as surrogates, which
+    no CSV or JSON writer accepts) become ``\\xNN`` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def walk_input(root: str | os.PathLike, exclude: Sequence[str] = ()) -> tuple[list[tuple[Path, str]], list[dict]]:
+    """Every regular file below ``root`` as ``(path, relative posix path)``, in a stable order, plus
+    ``{path, reason}`` for what cannot be visited: unreadable folders and files, symbolic-link loops,
+    broken links, named pipes and devices (which would block or never end if opened).
+
+    Symbolic links to folders are followed once: a link back to a folder already visited (a loop,
+    or the same folder twice) is reported and not followed. Hidden entries and ``exclude`` globs are
+    left out silently, as in :func:`walk_files`. Nothing is opened for writing.
+    """
+    root = Path(root)
+    files, problems = [], []
+    seen = {os.path.realpath(root)}
+
+    def relative(path) -> str:
+        try:
+            return printable(Path(path).relative_to(root).as_posix())
+        except ValueError:
+            return printable(str(path))
+
+    def on_error(err: OSError) -> None:
+        problems.append({"path": relative(err.filename), "reason": f"folder cannot be read ({err.strerror or err})"})
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        keep = []
+        for name in sorted(dirnames):
+            path = Path(dirpath) / name
+            if name.startswith(".") or is_excluded(path.relative_to(root), exclude):
+                continue
+            real = os.path.realpath(path)
+            if real in seen:
+                here = os.path.realpath(dirpath)
+                if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+                    reason = "symbolic link loop (points back to a folder above it), not followed"
+                else:
+                    reason = "same folder as another path already read (through a symbolic link), not read twice"
+                problems.append({"path": relative(path), "reason": reason})
+                continue
+            seen.add(real)
+            keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root)
+            if _is_hidden(rel) or is_excluded(rel, exclude):
+                continue
+            try:
+                info = os.stat(path)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    reason = "symbolic link loop"
+                elif path.is_symlink() and isinstance(err, FileNotFoundError):
+                    reason = "broken symbolic link (target does not exist)"
+                else:
+                    reason = f"cannot read file ({err.strerror or err})"
+                problems.append({"path": printable(rel.as_posix()), "reason": reason})
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                reason = "not a regular file (named pipe, socket or device)"
+                problems.append({"path": printable(rel.as_posix()), "reason": reason})
+                continue
+            if not os.access(path, os.R_OK):
+                problems.append({"path": printable(rel.as_posix()), "reason": "cannot read file (permission denied)"})
+                continue
+            files.append((path, printable(rel.as_posix())))
+    return files, problems
 
 
 def looks_like_image(path: Path) -> bool:
@@ -231,7 +307,9 @@ def dicom_csv_entries(
                    patient_id=row.get("patientid") or None, source="dicom_csv", relpath=relative)  # fmt: skip
         )
     for value in sorted(set(row_of) - used):
-        skipped.append({"path": value, "reason": f"{csv_path.name} row ({key_label(key)}) matches no file"})
+        # a PatientID is an identifier: the record names its pseudonym, never the ID itself
+        shown = pseudonym(value) if key == "patientid" else value
+        skipped.append({"path": shown, "reason": f"{csv_path.name} row ({key_label(key)}) matches no file"})
     return entries, names, skipped
 
 

@@ -1,27 +1,53 @@
 """Predictions of a trained bundle on a folder of unlabelled images (DICOM with or without
-extension, PNG/JPEG, NIfTI), read through the same ``medaug.io`` path as training."""
+extension, PNG/JPEG, NIfTI), read through the same ``medaug.io`` path as training.
+
+One path serves ``medaug predict`` and the bundle's ``configs/inference.json``
+(:class:`FolderPrediction`): :func:`predict_folder` walks the input, decodes each file once in a
+pool of threads through the bundle's ``preprocessing`` (``LoadDatalistImaged`` + resize, the
+validation transforms), batches what decodes and runs the model on each batch as soon as it is
+full, and writes ``predictions.csv``, ``predictions.json``, ``skipped.csv`` and ``summary.json``
+atomically. A file that cannot be used is a row in ``skipped.csv``, never a crash.
+
+The model is either a checkpoint (``{"model": state_dict}``) loaded into the bundle's network, or a
+TorchScript export (``ckpt_export``) loaded with ``torch.jit.load``; the TorchScript path imports no
+network or training code. This module imports no training code either.
+"""
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
+from medaug.io.phi import hash_uid
+from medaug.io.readers import UnusableImageError, image_kind, read_dicom_header
 from medaug.io.scan import scan_entries
-from medaug.io.sources import looks_like_image, walk_files
-from medaug.pipelines.evaluate import PredictionCollector
+from medaug.io.sources import looks_like_image, walk_files, walk_input
 
 logger = logging.getLogger("medaug.predict")
+
+EXIT_ALL_USED, EXIT_SOME_SKIPPED = 0, 3
 
 
 def folder_datalist(input_dir: str | os.PathLike, *, channels: int = 1, frames: str = "middle",
                     exclude: Sequence[str] = (), progress: bool = True) -> tuple[list[dict], list[dict]]:  # fmt: skip
-    """``(usable entries, skipped)`` for every file below ``input_dir``; nothing is written there."""
+    """``(usable entries, skipped)`` for every file below ``input_dir``, each image decoded once to
+    check it (for datalists; :func:`predict_folder` decodes and predicts in one pass). Nothing is
+    written there."""
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input folder {str(root)!r} does not exist")
@@ -36,49 +62,345 @@ def folder_datalist(input_dir: str | os.PathLike, *, channels: int = 1, frames: 
     return usable, skipped + unreadable
 
 
-class FolderPrediction:
-    """Run an evaluator over a folder datalist and write ``predictions.csv``/``.json`` and ``skipped.csv``.
+# --------------------------------------------------------------------------------------------- model
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``), not a ``torch.save`` checkpoint:
+    both are zip files, only TorchScript holds ``code/`` and ``constants.pkl``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the network the bundle's inference config describes."""
+
+
+def load_model(ckpt_path: str | os.PathLike, network: torch.nn.Module | None = None,
+               device: str | torch.device = "cpu") -> torch.nn.Module:  # fmt: skip
+    """The model to predict with, in eval mode on ``device``.
+
+    A TorchScript file is loaded with ``torch.jit.load`` (``network`` is ignored and may be None);
+    a checkpoint (``{"model": state_dict}`` as MONAI's ``CheckpointSaver`` writes, or a bare
+    state dict) is loaded into ``network``, strictly.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointMismatchError: the weights do not fit ``network``, or the file is neither.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+    if is_torchscript(path):
+        model = torch.jit.load(str(path), map_location=device)
+    else:
+        if network is None:
+            raise CheckpointMismatchError(f"{path.name} is a checkpoint, not TorchScript: the bundle's network is needed")
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:
+            raise CheckpointMismatchError(f"{path.name} is neither a PyTorch checkpoint nor TorchScript") from err
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        try:
+            network.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as err:
+            raise CheckpointMismatchError(
+                f"{path.name} does not fit the network of the inference config (check classifier, image_size, "
+                f"channels and class_names): {str(err).splitlines()[0]}"
+            ) from err
+        model = network
+    return model.to(device).eval()
+
+
+def model_info(bundle_root: str | os.PathLike, ckpt_path: str | os.PathLike | None = None) -> dict:
+    """``{"model_name", "model_version", "checkpoint_sha256"}`` from ``configs/metadata.json``."""
+    meta_file = Path(bundle_root) / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return {
+        "model_name": str(meta.get("name", Path(bundle_root).resolve().name)),
+        "model_version": str(meta.get("version", "")),
+        "checkpoint_sha256": file_sha256(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else "",
+    }
+
+
+# ---------------------------------------------------------------------------------------- decoding
+
+
+def unusable_reason(err: BaseException) -> str:
+    """The reason of an :class:`UnusableImageError` anywhere in ``err``'s chain (MONAI's ``Compose``
+    wraps transform errors in ``RuntimeError``); otherwise the exception type only, since decoder
+    messages may quote header values."""
+    seen, current = set(), err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UnusableImageError):
+            return current.reason
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return f"could not be read ({type(err).__name__})"
+
+
+@dataclass
+class _Decoded:
+    items: list  # [(row fields, tensor (C, H, W))]
+    skipped: dict | None
+
+
+class _Decoder:
+    """Decode one file into model inputs (one per frame used) or a skip record; thread-safe."""
+
+    def __init__(self, preprocessing: Callable, frames: str, modalities: Sequence[str] | None) -> None:
+        if frames not in ("middle", "all"):
+            raise ValueError(f"frames must be 'middle' or 'all', got {frames!r}")
+        self.preprocessing = preprocessing
+        self.frames = frames
+        self.modalities = {m.strip().upper() for m in modalities} if modalities else None
+
+    def __call__(self, item: tuple[Path, str]) -> _Decoded:
+        path, relative = item
+        try:
+            frames = [None]  # the middle one; the reader says which it used and what the file holds
+            if self.modalities is not None or self.frames == "all":
+                # only then is the header read first: to skip a wrong modality before decoding its pixels
+                header = read_dicom_header(path) if image_kind(path) == "dicom" else None
+                if self.modalities is not None and header is not None:
+                    modality = (header.get("modality") or "").strip().upper()
+                    if modality not in self.modalities:
+                        wanted = ", ".join(sorted(self.modalities))
+                        return _Decoded([], {"path": relative, "reason": f"wrong modality for this model "
+                                             f"({modality or 'none given'}; the model takes {wanted})"})  # fmt: skip
+                if self.frames == "all" and header is not None and header["number_of_frames"] > 1:
+                    frames = list(range(header["number_of_frames"]))
+            out = []
+            for frame in frames:
+                image = self.preprocessing({"image": str(path), "frame": frame})["image"]
+                meta = getattr(image, "meta", None) or {}
+                used = meta.get("frame") if frame is None else frame
+                fields = {
+                    "path": relative,
+                    "frame": int(used) if int(meta.get("number_of_frames") or 1) > 1 and used is not None else "",
+                    "sop_instance_uid": str(meta.get("sop_instance_uid") or ""),
+                    "study_instance_uid": str(meta.get("study_instance_uid") or ""),
+                }
+                # numpy, not torch: crosses a process boundary as plain bytes
+                out.append((fields, np.ascontiguousarray(torch.as_tensor(image).float().numpy())))
+            return _Decoded(out, None)
+        except Exception as err:  # one bad file never stops the run
+            return _Decoded([], {"path": relative, "reason": unusable_reason(err)})
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+PARALLEL_MODES = ("thread", "process")
+
+
+_worker_decoder: _Decoder | None = None  # the decoder of a worker process (set once, by _init_worker)
+
+
+def _init_worker(decoder: _Decoder) -> None:
+    global _worker_decoder
+    _worker_decoder = decoder
+    torch.set_num_threads(1)  # the workers are the parallelism; no oversubscription
+
+
+def _decode_in_worker(item: tuple[Path, str]) -> _Decoded:
+    return _worker_decoder(item)
+
+
+def _executor(parallel: str, workers: int, decoder: _Decoder) -> tuple[Executor, Callable]:
+    """A pool of ``workers`` and the function to submit to it."""
+    if parallel == "thread":
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medaug-decode"), decoder
+    if parallel == "process":
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(decoder,))  # fmt: skip
+        return pool, _decode_in_worker
+    raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
+
+
+@dataclass
+class PredictionSummary:
+    files: int
+    images: int
+    predicted_files: int
+    skipped: int
+    seconds: float
+    images_per_s: float
+    output_dir: str
+    exit_code: int
+
+    def line(self) -> str:
+        return (f"predicted {self.images} image(s) from {self.predicted_files} file(s), skipped {self.skipped} "
+                f"file(s) of {self.files} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s); "
+                f"outputs in {self.output_dir}")  # fmt: skip
+
+
+def _check_output_outside_input(input_dir: Path, output_dir: Path) -> None:
+    source, target = input_dir.resolve(), output_dir.resolve()
+    if target == source or source in target.parents:
+        raise ValueError(f"output folder {str(output_dir)!r} is inside the input folder; the input is never written to")
+
+
+def predict_folder(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    preprocessing: Callable,
+    class_names: Sequence[str],
+    frames: str = "middle",
+    modalities: Sequence[str] | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str | torch.device = "cpu",
+    model_info: dict | None = None,
+    uid_salt: str | None = None,
+    exclude: Sequence[str] = (),
+    parallel: str = "thread",
+    progress: bool = True,
+) -> PredictionSummary:
+    """Predict every usable image below ``input_dir``; write the outputs to ``output_dir``.
 
     Args:
-        evaluator: a MONAI ``SupervisedEvaluator`` over ``entries`` (its handlers load the checkpoint).
-        entries: from :func:`folder_datalist`.
-        skipped: the files left out, with reasons.
+        model: from :func:`load_model`; its output are logits, one per class (softmax applied here,
+            as the bundle's ``postprocessing``).
+        preprocessing: the bundle's validation transforms, called on ``{"image": path, "frame": f}``.
+        frames: ``"middle"`` frame of multi-frame files, or ``"all"`` (one prediction per frame).
+        modalities: DICOM modalities the model takes (e.g. ``["US"]``); others are skipped as
+            "wrong modality for this model". None takes any. Non-DICOM files have no modality.
+        workers: decoding threads (default ``min(4, cpu count)``).
+        model_info: ``model_name``, ``model_version``, ``checkpoint_sha256`` copied into every row.
+        uid_salt: when given, SOP/Study Instance UIDs are replaced by ``hash_uid(uid, salt)``.
+        parallel: ``"thread"`` (decoding threads in this process) or ``"process"`` (worker processes,
+            one torch thread each: no GIL contention, at the cost of starting them).
+
+    Returns:
+        a :class:`PredictionSummary`; ``exit_code`` is 0 when every file was used, 3 when some were skipped.
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"input folder {str(input_dir)!r} does not exist or is not a folder")
+    _check_output_outside_input(input_dir, output_dir)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    class_names = [str(n) for n in class_names]
+    info = {"model_name": "", "model_version": "", "checkpoint_sha256": "", **(model_info or {})}
+    start = time.perf_counter()
+    files, skipped = walk_input(input_dir, exclude)
+    decoder = _Decoder(preprocessing, frames, modalities)
+    workers = max(1, workers or min(4, os.cpu_count() or 1))
+
+    rows: list[dict] = []
+    pending_fields, pending_images = [], []
+
+    def flush() -> None:
+        if not pending_images:
+            return
+        batch = torch.stack(pending_images).to(device)
+        with torch.inference_mode():
+            probs = torch.softmax(model(batch).float(), dim=1).cpu().numpy()
+        if probs.shape[1] != len(class_names):
+            raise CheckpointMismatchError(
+                f"the model gives {probs.shape[1]} outputs but the bundle names {len(class_names)} classes"
+            )
+        for fields, prob in zip(pending_fields, probs):
+            row = dict(fields)
+            if uid_salt:
+                row["sop_instance_uid"] = hash_uid(row["sop_instance_uid"], uid_salt)
+                row["study_instance_uid"] = hash_uid(row["study_instance_uid"], uid_salt)
+            row["predicted"] = class_names[int(np.argmax(prob))]
+            row.update({f"prob_{n}": round(float(p), 6) for n, p in zip(class_names, prob)})
+            row.update(info)
+            rows.append(row)
+        pending_fields.clear()
+        pending_images.clear()
+
+    used_files = 0
+    window = max(4 * workers, 2 * batch_size)  # files decoded ahead of the model, bounded in memory
+    bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not progress, leave=False)
+    executor, decode = _executor(parallel, workers, decoder)
+    with executor as pool:
+        queue: collections.deque = collections.deque()
+        remaining = iter(files)
+        for item in remaining:
+            queue.append(pool.submit(decode, item))
+            if len(queue) >= window:
+                break
+        while queue:
+            result = queue.popleft().result()
+            nxt = next(remaining, None)
+            if nxt is not None:
+                queue.append(pool.submit(decode, nxt))
+            bar.update(1)
+            if result.skipped:
+                skipped.append(result.skipped)
+                continue
+            used_files += 1
+            for fields, image in result.items:
+                pending_fields.append(fields)
+                pending_images.append(torch.from_numpy(image))
+                if len(pending_images) >= batch_size:
+                    flush()
+        flush()
+    bar.close()
+
+    fields = ["path", "frame", "sop_instance_uid", "study_instance_uid", "predicted",
+              *[f"prob_{n}" for n in class_names], "model_name", "model_version", "checkpoint_sha256"]  # fmt: skip
+    skipped.sort(key=lambda r: r["path"])
+    seconds = time.perf_counter() - start
+    n_files = used_files + len(skipped)
+    summary = PredictionSummary(
+        files=n_files, images=len(rows), predicted_files=used_files, skipped=len(skipped), seconds=round(seconds, 3),
+        images_per_s=round(len(rows) / max(seconds, 1e-9), 2), output_dir=str(output_dir),
+        exit_code=EXIT_SOME_SKIPPED if skipped else EXIT_ALL_USED,
+    )  # fmt: skip
+    write_csv_atomic(output_dir / "predictions.csv", rows, fields)
+    write_json_atomic(output_dir / "predictions.json", rows)
+    write_csv_atomic(output_dir / "skipped.csv", skipped, ["path", "reason"])
+    write_json_atomic(output_dir / "summary.json", {**asdict(summary), **info, "classes": class_names,
+                                                    "uids_hashed": bool(uid_salt)})  # fmt: skip
+    return summary
+
+
+class FolderPrediction:
+    """``inference.json``'s ``prediction``: :func:`predict_folder` with the bundle's parts.
+
+    Args:
+        model: from :func:`load_model` (checkpoint or TorchScript).
+        preprocessing: the bundle's validation transforms.
+        input_dir, output_dir: the folder to predict and where the outputs go (written atomically).
         class_names: output classes in order.
-        output_dir: where the files go (written atomically).
+        others: as :func:`predict_folder`.
     """
 
-    def __init__(self, evaluator, entries: list[dict], skipped: list[dict], class_names: Sequence[str],
-                 output_dir: str | os.PathLike) -> None:  # fmt: skip
-        self.evaluator = evaluator
-        self.entries = entries
-        self.skipped = skipped
+    def __init__(self, model, preprocessing, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                 class_names: Sequence[str], *, frames: str = "middle", modalities: Sequence[str] | None = None,
+                 batch_size: int = 32, num_workers: int | None = None, device="cpu", model_info: dict | None = None,
+                 uid_salt: str | None = None, parallel: str = "thread", progress: bool = True) -> None:  # fmt: skip
+        self.model = model
+        self.preprocessing = preprocessing
+        self.input_dir, self.output_dir = input_dir, output_dir
         self.class_names = list(class_names)
-        self.output_dir = Path(output_dir)
-        self.collector = PredictionCollector()
-        self.collector.attach(evaluator)
+        self.kwargs = dict(frames=frames, modalities=modalities, batch_size=batch_size, workers=num_workers or None,
+                           device=device, model_info=model_info, uid_salt=uid_salt, parallel=parallel,
+                           progress=progress)  # fmt: skip
 
-    def run(self) -> list[dict]:
-        start = time.perf_counter()
-        if self.entries:
-            self.evaluator.run()
-        by_ref = {}
-        for e in self.entries:
-            by_ref.setdefault(e["image"], e)
-        rows = []
-        for ref, frame, prob in zip(self.collector.refs, self.collector.frames, self.collector.probs):
-            entry = by_ref.get(ref, {})
-            row = {"path": entry.get("relpath", ref), "frame": "" if frame is None else frame,
-                   "predicted": self.class_names[int(np.argmax(prob))],
-                   "sop_instance_uid": entry.get("sop_instance_uid") or "",
-                   "study_instance_uid": entry.get("study_instance_uid") or ""}  # fmt: skip
-            row.update({f"prob_{n}": round(float(p), 6) for n, p in zip(self.class_names, prob)})
-            rows.append(row)
-        fields = ["path", "frame", "sop_instance_uid", "study_instance_uid", "predicted",
-                  *[f"prob_{n}" for n in self.class_names]]  # fmt: skip
-        write_csv_atomic(self.output_dir / "predictions.csv", rows, fields)
-        write_json_atomic(self.output_dir / "predictions.json", rows)
-        write_csv_atomic(self.output_dir / "skipped.csv", self.skipped, ["path", "reason"])
-        seconds = time.perf_counter() - start
-        print(f"predicted {len(rows)} image(s), skipped {len(self.skipped)} file(s) in {seconds:.1f} s "
-              f"({len(rows) / max(seconds, 1e-9):.1f} images/s); outputs in {self.output_dir}")  # fmt: skip
-        return rows
+    def run(self) -> PredictionSummary:
+        summary = predict_folder(self.input_dir, self.output_dir, model=self.model, preprocessing=self.preprocessing,
+                                 class_names=self.class_names, **self.kwargs)  # fmt: skip
+        print(summary.line())
+        return summary

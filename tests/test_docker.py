@@ -1,0 +1,135 @@
+"""The Docker image for DICOM-folder inference: the Dockerfile checked statically, its entrypoint run
+outside Docker as the same command, and (where a Docker daemon answers) built and run for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DICOM_DIR, REPO
+from tests.test_predict import make_bundle, read_csv, tree_state
+
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+DOCKER_README = REPO / "docker" / "README.md"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def build_args() -> dict[str, str]:
+    return dict(arg.split("=", 1) for word, arg in instructions() if word == "ARG" and "=" in arg)
+
+
+def expand(text: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def entrypoint() -> list[str]:
+    entries = [json.loads(rest) for word, rest in instructions() if word == "ENTRYPOINT"]
+    assert entries, "ENTRYPOINT missing"
+    return entries[-1]
+
+
+def image_env() -> dict[str, str]:
+    env = {}
+    for word, rest in instructions():
+        if word == "ENV":
+            env.update(dict(part.split("=", 1) for part in shlex.split(rest)))
+    return env
+
+
+def test_dockerfile_static_checks():
+    steps = instructions()
+    args = build_args()
+    assert args.get("BASE_IMAGE") == "python:3.11-slim"
+    assert [rest for word, rest in steps if word == "FROM"] == ["${BASE_IMAGE}"]
+    runs = " ".join(rest for word, rest in steps if word == "RUN")
+    assert "--index-url https://download.pytorch.org/whl/cpu" in runs and "torch==${TORCH_VERSION}" in runs
+    assert args["TORCH_VERSION"] == "2.13.0"
+    assert "-c constraints.txt" in runs and "ckpt_export" in runs
+    users = [rest for word, rest in steps if word == "USER"]
+    assert users and users[-1] not in ("root", "0", "0:0"), "the image must run as a non-root user"
+    assert entrypoint() == ["medaug", "predict", "--input", "/input", "--output", "/output"]
+    assert image_env()["MEDAUG_BUNDLE"] == "/opt/medaug/bundle"
+    for word, rest in steps:
+        if word == "COPY":
+            *sources, _ = [expand(part, args) for part in shlex.split(rest) if not part.startswith("--")]
+            for source in sources:
+                assert (REPO / source).exists(), f"COPY source {source} does not exist"
+    readme = DOCKER_README.read_text()
+    for part in ("docker build", "docker run", "--network none", "/input:ro", "/output", "--user"):
+        assert part in readme, part
+    ignored = (REPO / ".dockerignore").read_text()
+    assert ".venv" in ignored and "models" not in ignored, "checkpoints under models/ must reach the build"
+
+
+def test_entrypoint_runs_outside_docker_as_the_same_command(tmp_path):
+    bundle = make_bundle(tmp_path, export=True)
+    source = tmp_path / "input"
+    shutil.copytree(DICOM_DIR, source)
+    before = tree_state(source)
+    out = tmp_path / "output"
+    command = [{"/input": str(source), "/output": str(out)}.get(a, a) for a in entrypoint()]
+    assert command[0] == "medaug"
+    command = [sys.executable, "-m", "medaug.cli", *command[1:], "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MEDAUG_BUNDLE": str(bundle)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-3000:]  # ATTRIBUTION.md is not an image
+    assert len(read_csv(out / "predictions.csv")) == len(list(DICOM_DIR.glob("*.dcm")))
+    assert "model.ts" in result.stderr, "the image's default model is the TorchScript export"
+    assert tree_state(source) == before
+
+
+def _docker_available() -> tuple[bool, str]:
+    if shutil.which("docker") is None:
+        return False, "no docker command on this machine"
+    try:
+        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, f"docker info failed ({err})"
+    if info.returncode != 0:
+        return False, "docker info fails: no Docker daemon reachable"
+    return True, ""
+
+
+@pytest.mark.slow
+def test_image_builds_and_predicts_the_samples_without_network(tmp_path):
+    available, why = _docker_available()
+    if not available:
+        pytest.skip(why)
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "constraints.txt", "README.md", ".dockerignore"):
+        shutil.copy(REPO / name, context / name)
+    shutil.copytree(REPO / "medaug", context / "medaug", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "docker", context / "docker")
+    bundle = make_bundle(tmp_path / "b")
+    shutil.copytree(bundle, context / "bundles" / "test_bundle")
+    tag = "medaug-predict-test:latest"
+    build = subprocess.run(["docker", "build", "-f", "docker/Dockerfile", "--build-arg", "BUNDLE=bundles/test_bundle",
+                            "-t", tag, "."], cwd=context, capture_output=True, text=True, timeout=3600)  # fmt: skip
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chmod(out, 0o777)
+    run = subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{DICOM_DIR}:/input:ro",
+                          "-v", f"{out}:/output", tag], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 3, run.stderr[-3000:]
+    assert len(read_csv(out / "predictions.csv")) == len(list(DICOM_DIR.glob("*.dcm")))

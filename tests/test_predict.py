@@ -1,0 +1,334 @@
+"""``medaug predict`` on messy DICOM folders: every good file predicted, every bad one skipped with a
+reason, the right exit code, the input untouched, TorchScript without training code, usage errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
+from pydicom.uid import JPEGLSLossless, generate_uid
+
+from medaug.cli import main
+from medaug.models import build_classifier
+from tests.conftest import BUNDLE, DICOM_DIR, REPO
+
+SAMPLES = sorted(p.name for p in DICOM_DIR.glob("*.dcm"))
+CLASSES = ["malignant", "normal_benign"]
+
+
+def make_bundle(root: Path, *, export: bool = False) -> Path:
+    """The default bundle with a small_cnn at 32 px and a fresh checkpoint in models/model.pt
+    (and its TorchScript export in models/model.ts when ``export``)."""
+    bundle = Path(shutil.copytree(BUNDLE, root / "bundle", ignore=shutil.ignore_patterns("runs", "models")))
+    config_file = bundle / "configs" / "inference.json"
+    config = json.loads(config_file.read_text())
+    config.update(classifier="small_cnn", image_size=[32, 32])
+    config_file.write_text(json.dumps(config, indent=4))
+    torch.manual_seed(0)
+    net = build_classifier("small_cnn", 1, 2, (32, 32))
+    (bundle / "models").mkdir()
+    torch.save({"model": net.state_dict()}, bundle / "models" / "model.pt")
+    if export:
+        from monai.bundle import ckpt_export
+
+        ckpt_export(net_id="network_def", filepath=str(bundle / "models" / "model.ts"),
+                    ckpt_file=str(bundle / "models" / "model.pt"), key_in_ckpt="model",
+                    meta_file=str(bundle / "configs" / "metadata.json"), config_file=str(config_file),
+                    bundle_root=str(bundle))  # fmt: skip
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("predict_bundle"))
+
+
+def tree_state(root: Path) -> dict:
+    """Content hash of every regular file, the target of every link and each entry's mode: all that
+    a write into the input could change. Links are not followed."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            info = path.lstat()
+            if path.is_symlink():
+                state[rel] = ("link", os.readlink(path))
+            elif path.is_file() and os.access(path, os.R_OK) and not name.endswith(".fifo"):
+                state[rel] = ("file", info.st_mode, info.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                state[rel] = ("other", info.st_mode)
+    return state
+
+
+def _sr_document(target: Path) -> None:
+    ds = pydicom.dcmread(DICOM_DIR / "CT_small.dcm")
+    del ds.PixelData
+    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(ds, keyword)
+    ds.Modality = "SR"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR Storage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(target, enforce_file_format=True)
+
+
+@pytest.fixture
+def messy_input(tmp_path) -> tuple[Path, set[str], dict[str, str]]:
+    """The real DICOM samples in nested folders (some without extension) and a PNG, plus every kind of
+    bad file a PACS export or a careless copy brings. Returns (root, good paths, {bad path: reason part})."""
+    root = tmp_path / "export"
+    good = set()
+    for i, name in enumerate(SAMPLES):
+        rel = f"patient{i % 3}/series{i % 2}/{name if i % 2 else f'IM{i:04d}'}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(DICOM_DIR / name, root / rel)
+        good.add(rel)
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(root / "photo.png")
+    good.add("photo.png")
+
+    bad = root / "bad"
+    bad.mkdir()
+    whole = (DICOM_DIR / "CT_small.dcm").read_bytes()
+    (bad / "truncated.dcm").write_bytes(whole[: len(whole) // 2])
+    (bad / "zero.dcm").write_bytes(b"")
+    (bad / "random.dcm").write_bytes(np.random.default_rng(0).bytes(4096))
+    no_pixels = pydicom.dcmread(DICOM_DIR / "CT_small.dcm")
+    del no_pixels.PixelData
+    no_pixels.save_as(bad / "NOPIXELS")
+    huge = pydicom.dcmread(DICOM_DIR / "CT_small.dcm")
+    huge.Rows = huge.Columns = 65000
+    huge.save_as(bad / "huge.dcm")
+    _sr_document(bad / "report.dcm")
+    (bad / "notes.txt").write_text("export log\n")
+    jpeg_ls = pydicom.dcmread(DICOM_DIR / "CT_small.dcm")
+    jpeg_ls.PixelData = encapsulate([b"\xff\xd8not really JPEG-LS\xff\xd9"])
+    jpeg_ls["PixelData"].VR, jpeg_ls["PixelData"].is_undefined_length = "OB", True
+    jpeg_ls.file_meta.TransferSyntaxUID = JPEGLSLossless
+    jpeg_ls.save_as(bad / "jpeg_ls.dcm", enforce_file_format=True)
+    (bad / "deeper" / "deepest").mkdir(parents=True)
+    os.symlink("../..", bad / "deeper" / "deepest" / "loop")  # a folder link back up: a loop
+    os.symlink("self.dcm", bad / "self.dcm")  # a link to itself
+    unreadable = bad / "locked.dcm"
+    unreadable.write_bytes(np.random.default_rng(1).bytes(512))
+    unreadable.chmod(0)
+    os.mkfifo(bad / "pipe.fifo")
+    expected = {
+        "bad/truncated.dcm": "truncated", "bad/zero.dcm": "empty file", "bad/random.dcm": "not a DICOM file",
+        "bad/NOPIXELS": "no pixel data", "bad/huge.dcm": "image too large", "bad/report.dcm": "structured report",
+        "bad/notes.txt": "not an image", "bad/deeper/deepest/loop": "symbolic link loop",
+        "bad/self.dcm": "symbolic link loop", "bad/pipe.fifo": "not a regular file",
+        "bad/jpeg_ls.dcm": "truncated or corrupt" if get_decoder(JPEGLSLossless).is_available
+        else "unsupported transfer syntax",
+        # root reads any file: then the random bytes are what is wrong with it
+        "bad/locked.dcm": "not a DICOM file" if os.geteuid() == 0 else "permission denied",
+    }  # fmt: skip
+    yield root, good, expected
+    unreadable.chmod(0o600)
+
+
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_messy_folder_every_good_file_predicted_every_bad_one_explained(bundle, messy_input, tmp_path, capsys):
+    root, good, bad = messy_input
+    before = tree_state(root)
+    out = tmp_path / "out"
+    code = main(["predict", "--bundle", str(bundle), "--input", str(root), "--output", str(out),
+                 "--batch-size", "4", "--workers", "2", "--no-progress"])  # fmt: skip
+    assert code == 3
+    rows = read_csv(out / "predictions.csv")
+    assert {r["path"] for r in rows} == good and len(rows) == len(good)
+    skipped = {r["path"]: r["reason"] for r in read_csv(out / "skipped.csv")}
+    assert set(skipped) == set(bad), skipped
+    for path, part in bad.items():
+        assert part in skipped[path], (path, skipped[path])
+    as_json = json.loads((out / "predictions.json").read_text())
+    assert [(r["path"], r["prob_malignant"]) for r in as_json] == [(r["path"], float(r["prob_malignant"])) for r in rows]
+    for row in rows:
+        probs = [float(row[f"prob_{c}"]) for c in CLASSES]
+        assert abs(sum(probs) - 1) < 1e-4 and row["predicted"] == CLASSES[int(np.argmax(probs))]
+        assert row["model_name"] == "Imbalance baselines" and row["model_version"] == "0.1.0"
+        assert row["checkpoint_sha256"] == hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()
+        if row["path"] != "photo.png":
+            assert row["sop_instance_uid"] and row["study_instance_uid"]
+    multi = [r for r in rows if r["frame"] != ""]
+    assert multi, "multi-frame samples name the frame used"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exit_code"] == 3 and summary["skipped"] == len(bad) and summary["images"] == len(good)
+    assert "images/s" in capsys.readouterr().out
+    assert tree_state(root) == before, "the input folder must stay exactly as it was"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left"
+
+
+def test_clean_folder_exits_0_and_all_frames_and_modalities(bundle, tmp_path):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "emri_small.dcm"):
+        shutil.copyfile(DICOM_DIR / name, clean / name)
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(clean), "--output", str(out), "--no-progress"]) == 0
+    assert len(read_csv(out / "predictions.csv")) == 3 and read_csv(out / "skipped.csv") == []
+
+    frames = pydicom.dcmread(clean / "emri_small.dcm", stop_before_pixels=True).NumberOfFrames
+    out_all = tmp_path / "all"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(clean), "--output", str(out_all),
+                 "--frames", "all", "--no-progress"]) == 0  # fmt: skip
+    rows = read_csv(out_all / "predictions.csv")
+    assert [int(r["frame"]) for r in rows if r["path"] == "emri_small.dcm"] == list(range(int(frames)))
+
+    out_proc = tmp_path / "proc"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(clean), "--output", str(out_proc),
+                 "--parallel", "process", "--workers", "2", "--no-progress"]) == 0  # fmt: skip
+    assert read_csv(out_proc / "predictions.csv") == read_csv(out / "predictions.csv"), "same results in processes"
+
+    out_ct = tmp_path / "ct"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(clean), "--output", str(out_ct),
+                 "--modalities", "CT", "--no-progress"]) == 3  # fmt: skip
+    assert [r["path"] for r in read_csv(out_ct / "predictions.csv")] == ["CT_small.dcm"]
+    reasons = {r["path"]: r["reason"] for r in read_csv(out_ct / "skipped.csv")}
+    assert reasons["MR_small.dcm"] == "wrong modality for this model (MR; the model takes CT)"
+
+
+def test_torchscript_export_predicts_the_same_without_training_code(tmp_path):
+    bundle = make_bundle(tmp_path, export=True)
+    out_pt, out_ts = tmp_path / "pt", tmp_path / "ts"
+    assert main(["predict", "--bundle", str(bundle), "--checkpoint", str(bundle / "models" / "model.pt"),
+                 "--input", str(DICOM_DIR), "--output", str(out_pt), "--no-progress"]) == 3  # fmt: skip
+    # the default checkpoint is models/model.ts; a fresh interpreter shows what it imports
+    code = (
+        "import sys; from medaug.cli import main; "
+        f"rc = main(['predict', '--bundle', {str(bundle)!r}, '--input', {str(DICOM_DIR)!r}, "
+        f"'--output', {str(out_ts)!r}, '--no-progress']); "
+        "print(sorted(m for m in sys.modules if m.startswith('medaug'))); sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert result.returncode == 3, result.stderr[-3000:]
+    loaded = eval(result.stdout.strip().splitlines()[-1])
+    assert not [m for m in loaded if m.startswith(("medaug.models", "medaug.pipelines.")) and m != "medaug.pipelines.predict"]
+    pt, ts = read_csv(out_pt / "predictions.csv"), read_csv(out_ts / "predictions.csv")
+    assert [r["path"] for r in pt] == [r["path"] for r in ts]
+    for a, b in zip(pt, ts):
+        assert float(a["prob_malignant"]) == pytest.approx(float(b["prob_malignant"]), abs=1e-5)
+    assert ts[0]["checkpoint_sha256"] == hashlib.sha256((bundle / "models" / "model.ts").read_bytes()).hexdigest()
+
+
+def test_usage_errors_exit_2_and_name_the_argument(bundle, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MEDAUG_BUNDLE", raising=False)
+    monkeypatch.delenv("MEDAUG_UID_SALT", raising=False)
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copyfile(DICOM_DIR / "CT_small.dcm", src / "a.dcm")
+    no_ckpt = Path(shutil.copytree(bundle, tmp_path / "no_ckpt", ignore=shutil.ignore_patterns("models")))
+    wrong = Path(shutil.copytree(bundle, tmp_path / "wrong_net"))
+    config = json.loads((wrong / "configs" / "inference.json").read_text())
+    config["classifier"] = "resnet18"
+    (wrong / "configs" / "inference.json").write_text(json.dumps(config))
+    cases = {
+        "--bundle": ["predict", "--input", str(src), "--output", str(tmp_path / "o")],
+        "--bundle: ": ["predict", "--bundle", str(tmp_path), "--input", str(src), "--output", str(tmp_path / "o")],
+        "--input": ["predict", "--bundle", str(bundle), "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")],
+        "--output": ["predict", "--bundle", str(bundle), "--input", str(src), "--output", str(src / "out")],
+        "--checkpoint": ["predict", "--bundle", str(no_ckpt), "--input", str(src), "--output", str(tmp_path / "o")],
+        "--checkpoint: ": ["predict", "--bundle", str(wrong), "--input", str(src), "--output", str(tmp_path / "o")],
+        "--hash-uids": ["predict", "--bundle", str(bundle), "--input", str(src), "--output", str(tmp_path / "o"),
+                        "--hash-uids"],
+    }  # fmt: skip
+    for argument, argv in cases.items():
+        assert main(argv) == 2, argument
+        assert f"error: {argument.strip()}" in capsys.readouterr().err, argument
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--bundle", str(bundle), "--input", str(src), "--output", str(tmp_path / "o"),
+              "--batch-size", "0"])  # fmt: skip
+    assert exit_info.value.code == 2 and "--batch-size" in capsys.readouterr().err
+    assert not (src / "out").exists() and sorted(p.name for p in src.iterdir()) == ["a.dcm"]
+
+
+def test_unexpected_failure_exits_1_and_leaves_no_half_written_output(bundle, tmp_path, monkeypatch, capsys):
+    import medaug.pipelines.predict as P
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("model exploded")
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(P, "_Decoder", lambda *a, **k: broken)
+    assert main(["predict", "--bundle", str(bundle), "--input", str(DICOM_DIR), "--output", str(out),
+                 "--no-progress"]) == 1  # fmt: skip
+    assert "unexpected failure (RuntimeError)" in capsys.readouterr().err
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_help_documents_exit_codes_and_default_checkpoint(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    for part in ("exit codes", "0  every file was used", "3  finished", "2  usage", "1  unexpected",
+                 "models/model.ts", "models/model.pt", "skipped.csv", "--hash-uids"):  # fmt: skip
+        assert part in text, part
+
+
+def test_inference_config_runs_the_same_path(bundle, tmp_path):
+    """``python -m monai.bundle run --config_file configs/inference.json`` uses FolderPrediction, the same
+    path as the CLI (checked in-process here; tests/test_bundle_e2e.py runs it as users do)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(bundle), "input_dir": str(DICOM_DIR), "output_dir": str(tmp_path / "b"),
+                   "ckpt_path": str(bundle / "models" / "model.pt"), "prediction#progress": False})  # fmt: skip
+    summary = parser.get_parsed_content("prediction").run()
+    assert summary.exit_code == 3 and summary.images == len(SAMPLES)
+    assert main(["predict", "--bundle", str(bundle), "--input", str(DICOM_DIR), "--output", str(tmp_path / "c"),
+                 "--no-progress"]) == 3  # fmt: skip
+    b, c = read_csv(tmp_path / "b" / "predictions.csv"), read_csv(tmp_path / "c" / "predictions.csv")
+    assert [(r["path"], r["prob_malignant"]) for r in b] == [(r["path"], r["prob_malignant"]) for r in c]
+
+
+def test_walk_input_follows_folder_links_once_and_reports_the_rest(tmp_path):
+    from medaug.io.sources import walk_input
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.dcm").write_bytes(b"x")
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "b.dcm").write_bytes(b"y")
+    (root / ".hidden").write_bytes(b"z")
+    os.symlink(outside, root / "again")  # followed: a site may link its exports together
+    os.symlink(outside, root / "linked")  # the same folder a second time: reported, not read twice
+    os.symlink(root / "missing.dcm", root / "dangling.dcm")
+    files, problems = walk_input(root)
+    assert [rel for _, rel in files] == ["again/a.dcm", "sub/b.dcm"]
+    assert {p["path"]: p["reason"] for p in problems} == {
+        "linked": "same folder as another path already read (through a symbolic link), not read twice",
+        "dangling.dcm": "broken symbolic link (target does not exist)",
+    }
+
+
+def test_file_names_that_are_not_utf8_are_escaped_not_fatal(bundle, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    raw = os.fsencode(source) + b"/scan_\xff.dcm"
+    with open(raw, "wb") as handle:
+        handle.write((DICOM_DIR / "CT_small.dcm").read_bytes())
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"]) == 0
+    assert [r["path"] for r in read_csv(out / "predictions.csv")] == ["scan_\\xff.dcm"]
