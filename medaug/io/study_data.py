@@ -49,6 +49,7 @@ class StudyData:
     leaks: list[dict] = field(default_factory=list)
     patient_leaks: dict = field(default_factory=dict)
     imbalance: dict = field(default_factory=dict)
+    report_paths: dict = field(default_factory=dict)
 
     def split(self, name: str) -> list[dict]:
         return [e for e in self.entries if e["split"] == name]
@@ -119,6 +120,7 @@ class StudyData:
         keys = ("image", "frame", "label", "class_name", "patient_id", "split", "source", "synthetic", "modality")
         slim = [{k: e.get(k) for k in keys if k in e} for e in self.entries]
         paths["datalist"] = write_json_atomic(out_dir / "datalist.json", slim)
+        self.report_paths = paths
         return paths
 
 

@@ -167,7 +167,9 @@ class RunTracker:
             params.update(flatten(fingerprint, "data"))
             self.log_metrics({"data_skipped_files": len(study_data.skipped),
                               "data_cross_split_duplicates": len(study_data.leaks)})  # fmt: skip
-            for name, path in study_data.write_reports(self.run_dir).items():
+            # Reports already written by build_study_data are logged as they are, not written again.
+            reports = study_data.report_paths or study_data.write_reports(self.run_dir)
+            for name, path in reports.items():
                 self.log_artifact(path)
             if study_data.leaks:
                 self.client.set_tag(self.run_id, "data_leak", f"{len(study_data.leaks)} duplicate image(s) across splits")
