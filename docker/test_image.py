@@ -187,6 +187,13 @@ def ensure_base_image(log: Log, podman: Podman, cache: Path) -> None:
     podman("import", *changes, str(tarball), BASE_TAG, quiet=True)
 
 
+def check_podman_works(podman: Podman) -> None:
+    result = podman("info", "--format", "{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}}", check=False)
+    if result.returncode != 0:
+        raise CannotRunContainers(f"podman does not work here (podman info exit {result.returncode}): "
+                                  f"{result.stdout.strip()[-1500:]}")  # fmt: skip
+
+
 def check_containers_run(podman: Podman) -> None:
     result = podman("run", "--rm", "--network", "none", BASE_TAG, "python3", "-c", "print('container runs')",
                     check=False)  # fmt: skip
@@ -401,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_tools(log)
         podman = Podman(log, cache)
         podman("--version")
+        check_podman_works(podman)
         log.section("2. Debian bookworm base (built once, cached)")
         ensure_base_image(log, podman, cache)
         check_containers_run(podman)
@@ -431,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"input: {len(good)} DICOM samples, {len(broken)} broken or non-image files: {sorted(broken)}")
         before = tree_state(source)
         no_net = podman("run", "--rm", "--network", "none", "--entrypoint", "python", args.tag, "-c",
-                        "import socket; socket.create_connection(('pypi.org', 443), timeout=5)", check=False)  # fmt: skip
+                        "import socket; socket.create_connection(('pypi.org', 443), timeout=5)", check=False,
+                        quiet=True)  # fmt: skip
         checks("no network inside the container (--network none)", no_net.returncode != 0,
                no_net.stdout.strip().splitlines()[-1] if no_net.stdout.strip() else "")  # fmt: skip
         t0 = time.monotonic()
