@@ -7,7 +7,7 @@ BUNDLE ?= bundles/imbalance_baselines
 RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 
-.PHONY: install demo test bench bench-predict mlflow-ui clean
+.PHONY: install demo test docker-test bench bench-predict mlflow-ui clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Builds docker/Dockerfile with podman (installed from Debian's packages if missing; needs root) and runs
+# it with --network none on a messy DICOM folder; minutes, not part of `make test`. See docker/README.md.
+docker-test: install
+	$(BIN)/python docker/test_image.py
 
 bench: install
 	$(BIN)/python benchmarks/baselines.py
