@@ -133,13 +133,20 @@ def test_nakagami_speckle_is_weaker_for_larger_m():
 def test_ghosting_places_replicas_at_the_k_space_period():
     img = torch.zeros((1, 64, 64))
     img[0, 10, 20] = 1.0
-    out = T.RandKSpaceGhosting(prob=1.0, num_ghosts=4, intensity=0.8, phase_encoding_axes=0).set_random_state(0)(img)
+    out = T.RandKSpaceGhosting(prob=1.0, num_ghosts=4, intensity=0.8, phase_encoding_axes=0, restore_center=0.0).set_random_state(0)(img)
     # image minus intensity/4 times copies shifted by 64/4 = 16 lines along axis 0
     assert float(out[0, 10, 20]) == pytest.approx(1 - 0.8 / 4, abs=1e-5)
     for row in (26, 42, 58):
         assert float(out[0, row, 20]) == pytest.approx(0.8 / 4, abs=1e-5)
     out[0, [10, 26, 42, 58], 20] = 0
     assert float(out.abs().max()) < 1e-5, "nothing anywhere else (no replica along the other axis)"
+
+
+def test_ghosting_with_the_centre_restored_keeps_mean_intensity():
+    img = torch.rand((1, 64, 64), generator=torch.Generator().manual_seed(0)) + 1.0
+    out = T.RandKSpaceGhosting(prob=1.0, num_ghosts=4, intensity=0.8, restore_center=0.05).set_random_state(0)(img)
+    assert float(out.mean()) == pytest.approx(float(img.mean()), rel=0.02)
+    assert not torch.allclose(out, img, atol=1e-2)
 
 
 def test_motion_keeps_the_centre_segment_pose_and_adds_ghost_energy_outside_the_object():

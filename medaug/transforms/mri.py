@@ -112,12 +112,16 @@ class RandKSpaceGhosting(RandPhysicsTransform):
     included) is scaled by ``1 - intensity``. By the shift theorem this equals the image minus
     ``intensity / num_ghosts`` times the sum of ``num_ghosts`` copies shifted by multiples of
     ``N / num_ghosts`` pixels (N: lines along the axis): ghosts at exactly the k-space period.
+    As in TorchIO, the central ``restore_center`` fraction of k-space lines is left unmodulated
+    (the centre is acquired while the patient is still, and it keeps the image's mean intensity);
+    with ``restore_center=0`` the shift-theorem relation above is exact.
 
     Args:
         prob: probability of applying the transform.
         num_ghosts: modulation period in lines = number of ghosts (whole number >= 2), number or range.
         intensity: modulation depth in [0, 1], number or range.
         phase_encoding_axes: spatial axes that may be the phase-encoding direction (one is chosen).
+        restore_center: fraction of k-space lines around the centre left unmodulated, in [0, 1).
 
     Reference: TorchIO ``RandomGhosting`` (Pérez-García et al., 2021); M. A. Bernstein, K. F. King,
     X. J. Zhou, *Handbook of MRI Pulse Sequences*, 2004, sec. 11 (ghosting from periodic k-space
@@ -125,8 +129,12 @@ class RandKSpaceGhosting(RandPhysicsTransform):
     """
 
     def __init__(self, prob: float = 0.1, num_ghosts: int | Sequence[int] = (2, 6),
-                 intensity: float | Sequence[float] = (0.3, 0.8), phase_encoding_axes: int | Sequence[int] = (0, 1)) -> None:  # fmt: skip
+                 intensity: float | Sequence[float] = (0.3, 0.8), phase_encoding_axes: int | Sequence[int] = (0, 1),
+                 restore_center: float = 0.02) -> None:  # fmt: skip
         super().__init__(prob)
+        if not 0 <= restore_center < 1:
+            raise ValueError(f"restore_center: must be in [0, 1), got {restore_center!r}")
+        self.restore_center = float(restore_center)
         self.num_ghosts = tuple(int(v) for v in as_range(num_ghosts, "num_ghosts", 2))
         self.intensity = as_range(intensity, "intensity", 0.0, 1.0)
         self.phase_encoding_axes = _axes(phase_encoding_axes)
@@ -142,9 +150,15 @@ class RandKSpaceGhosting(RandPhysicsTransform):
         axis = _check_axis(params["axis"], img)
         spatial = tuple(range(1, img.ndim))
         kspace = torch.fft.fftn(img.double(), dim=spatial)
-        index = [slice(None)] * img.ndim
-        index[axis + 1] = slice(0, None, params["num_ghosts"])
-        kspace[tuple(index)] *= 1.0 - params["intensity"]
+        lines = img.shape[axis + 1]
+        frequency = torch.fft.fftfreq(lines, d=1.0 / lines, device=img.device).abs()  # line index from the centre
+        modulated = torch.arange(lines, device=img.device) % params["num_ghosts"] == 0
+        if self.restore_center > 0:
+            modulated &= frequency > self.restore_center * lines / 2
+        factor = torch.where(modulated, 1.0 - params["intensity"], 1.0).to(kspace.real.dtype)
+        shape = [1] * img.ndim
+        shape[axis + 1] = lines
+        kspace = kspace * factor.view(shape)
         return torch.fft.ifftn(kspace, dim=spatial).abs()
 
 

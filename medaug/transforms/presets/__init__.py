@@ -122,11 +122,15 @@ class AugmentationPlan:
         allow: ``if_allowed`` rules lifted for this run, e.g. ``["left_right_flip"]``.
         image_size: spatial size the transforms will see (for ``@image_size`` in presets).
         keys: dictionary keys the transforms apply to.
+        overrides_key, allow_key: how error messages name where overrides and lifted rules came from
+            (the bundle keys by default; the CLI passes its option names).
     """
 
     def __init__(self, preset: str | os.PathLike = "generic", overrides: Mapping | None = None,
                  allow: Sequence[str] | None = None, image_size: Sequence[int] | None = (64, 64),
-                 keys: str | Sequence[str] = "image") -> None:  # fmt: skip
+                 keys: str | Sequence[str] = "image", overrides_key: str = "augment#overrides",
+                 allow_key: str = "augment#allow") -> None:  # fmt: skip
+        self.overrides_key, self.allow_key = overrides_key, allow_key
         base, self.source = load_preset(preset)
         self.name = str(base["name"])
         self.overrides = dict(overrides or {})
@@ -158,10 +162,10 @@ class AugmentationPlan:
     def _merge(self, transforms: Mapping) -> dict:
         merged = copy.deepcopy(dict(transforms))
         for tid, change in self.overrides.items():
-            key = f"augment#overrides#{tid}"
+            key = f"{self.overrides_key}#{tid}"
             if tid == "anatomy":
                 raise PresetError(f"{key}: anatomy rules cannot be overridden; lift an 'if_allowed' rule with "
-                                  "augment#allow, or write your own preset file")  # fmt: skip
+                                  f"{self.allow_key}, or write your own preset file")  # fmt: skip
             if change is None:
                 merged.pop(tid, None)
             elif not isinstance(change, Mapping):
@@ -196,7 +200,7 @@ class AugmentationPlan:
         change = self.overrides.get(tid)
         tail = "#".join(str(p) for p in path)
         if isinstance(change, Mapping) and ("_target_" in change or (path and path[0] in change)):
-            return f"augment#overrides#{tid}" + (f"#{tail}" if tail else "")
+            return f"{self.overrides_key}#{tid}" + (f"#{tail}" if tail else "")
         return f"{self.source}: transforms#{tid}" + (f"#{tail}" if tail else "")
 
     def _entries(self) -> Iterator[tuple[str, list, dict]]:
@@ -214,10 +218,10 @@ class AugmentationPlan:
     def _check_allow(self) -> None:
         for rule in self.allow:
             if rule not in self.anatomy:
-                raise PresetError(f"augment#allow: preset {self.name!r} has no rule {rule!r} to lift "
+                raise PresetError(f"{self.allow_key}: preset {self.name!r} has no rule {rule!r} to lift "
                                   f"(its rules: {', '.join(self.anatomy) or 'none'})")  # fmt: skip
             if self.anatomy[rule]["rule"] == "never":
-                raise AnatomyRuleError(f"augment#allow: rule {rule!r} of preset {self.name!r} is 'never' and cannot "
+                raise AnatomyRuleError(f"{self.allow_key}: rule {rule!r} of preset {self.name!r} is 'never' and cannot "
                                        f"be lifted ({self.anatomy[rule]['why']}); write your own preset file if your "
                                        "images really need it")  # fmt: skip
 
