@@ -86,7 +86,7 @@ def test_a_user_preset_file_with_nested_one_of_and_expressions(tmp_path):
                                                           {"_target_": "RandFlipd", "prob": 1.0, "spatial_axis": 1}]},
             "shift": {"_target_": "RandAffined", "prob": 0.5, "translate_range": "$[s // 8 for s in @image_size]"},
         },
-    }))  # fmt: skip
+    }, sort_keys=False))  # fmt: skip
     plan = AugmentationPlan(str(path), image_size=(40, 40))
     assert [label for label, _ in plan.steps()] == ["rotate: RandRotated", "flips[0]: RandFlipd", "flips[1]: RandFlipd",
                                                     "shift: RandAffined"]  # fmt: skip
