@@ -2,7 +2,8 @@
 
 Two chains, each on a real image resized to ``--size`` (default 256 x 256), one channel:
 
-* **chest X-ray**: medaug's ``chest_xray`` preset (MONAI ``RandAffined``, ``Rand2DElasticd``, medaug
+* **chest X-ray**: medaug's ``chest_xray`` preset (MONAI ``RandAffined``, ``Rand2DElasticd`` (gated by
+  ``OneOf`` with ``Identityd``, see the preset), medaug
   exposure and quantum noise, ``OneOf`` scatter / MONAI Gaussian blur) on the CR chest radiograph
   ``tests/data/dicom/RG1_J2KI.dcm``; TorchIO: ``RandomAffine``, ``RandomElasticDeformation``,
   ``RandomGamma`` (exposure), ``RandomNoise`` (quantum noise), ``OneOf`` ``RandomBiasField`` (the
@@ -64,8 +65,9 @@ def medaug_chain(preset: str, size: int, always: bool):
     overrides = {}
     if always:
         for tid, entry in load_preset(preset)[0]["transforms"].items():
-            if "transforms" in entry:
-                overrides[tid] = {"transforms": [{**copy.deepcopy(e), "prob": 1.0} for e in entry["transforms"]]}
+            if "transforms" in entry:  # a OneOf: every member at prob 1; an Identityd gate is dropped
+                members = [{**copy.deepcopy(e), "prob": 1.0} for e in entry["transforms"] if e["_target_"] != "Identityd"]
+                overrides[tid] = {"transforms": members, "weights": [1.0] * len(members)}
             else:
                 overrides[tid] = {"prob": 1.0}
     chain = Compose(AugmentationPlan(preset, overrides=overrides, image_size=(size, size)).transforms())

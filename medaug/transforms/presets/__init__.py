@@ -274,8 +274,8 @@ class AugmentationPlan:
         steps = []
         for tid, path, entry in self._entries():
             name = _short(entry["_target_"])
-            if name in CONTAINERS:
-                continue
+            if name in CONTAINERS or name in ("Identity", "Identityd"):
+                continue  # nothing to show: a container's members get rows, the identity has no effect
             transform = parser.get_parsed_content("#".join(["transforms", tid, *[str(p) for p in path]]))
             if hasattr(transform, "prob"):
                 transform.prob = 1.0
