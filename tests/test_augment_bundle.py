@@ -8,6 +8,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, Randomizable
 
+from medaug.transforms.presets import AnatomyRuleError
 from tests.conftest import BUNDLE
 from tests.test_bundle_e2e import artifact_paths, finished_runs, run_bundle
 
@@ -38,6 +39,21 @@ def test_validation_and_test_images_pass_through_without_augmentation(tmp_path):
     train = parser.get_parsed_content("train#dataset")
     assert not torch.equal(train[0]["image"], load(dict(study.train[0]))["image"]), "training images are augmented"
     assert parser.get_parsed_content("augment#plan").name == "ultrasound"
+
+
+def test_a_vertical_flip_asked_of_the_chest_xray_preset_stops_the_bundle_naming_key_and_rule(tmp_path):
+    parser = bundle_parser(tmp_path, **{"augment#preset": "chest_xray", "augment#overrides": {
+        "vflip": {"transform": "RandFlipd", "prob": 0.5, "spatial_axis": 0}}})  # fmt: skip
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("augmentation")
+    causes, error = [], err.value
+    while error is not None:  # MONAI's config parser wraps the error: look down the chain
+        causes.append(error)
+        error = error.__cause__ or error.__context__
+    rule_errors = [e for e in causes if isinstance(e, AnatomyRuleError)]
+    assert rule_errors, [repr(e) for e in causes]
+    assert str(rule_errors[0]).startswith("augment#overrides#vflip#spatial_axis:")
+    assert "'vertical_flip: never'" in str(rule_errors[0])
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,9 @@ expressions and ``@image_size`` / ``@keys`` references allowed), parsed by MONAI
 unless the bundle lists the rule in ``augment#allow``, ``allowed`` documents a freedom;
 ``max_rotation_deg`` bounds every rotation range. In 2D, spatial axis 0 is up-down (rows) and
 axis 1 is left-right. Overrides (``augment#overrides``) map transform ids to argument changes
-(merged into the entry), to a whole new entry (with ``_target_``, appended), or to null (removed).
+(merged into the entry), to a whole new entry (appended; its class in ``_target_``, or in
+``transform`` inside a bundle config, where MONAI would instantiate a ``_target_`` before medaug
+could check it), or to null (removed).
 A preset or override that breaks a rule is rejected with an :class:`AnatomyRuleError` naming the key.
 """
 
@@ -163,6 +165,10 @@ class AugmentationPlan:
         merged = copy.deepcopy(dict(transforms))
         for tid, change in self.overrides.items():
             key = f"{self.overrides_key}#{tid}"
+            if isinstance(change, Mapping) and "transform" in change:
+                # a bundle writes new transforms with 'transform': MONAI would instantiate a '_target_' itself
+                change = {"_target_": change["transform"], **{k: v for k, v in change.items() if k != "transform"}}
+                self.overrides[tid] = change
             if tid == "anatomy":
                 raise PresetError(f"{key}: anatomy rules cannot be overridden; lift an 'if_allowed' rule with "
                                   f"{self.allow_key}, or write your own preset file")  # fmt: skip
