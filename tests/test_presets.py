@@ -105,6 +105,16 @@ def test_overrides_change_remove_and_add_transforms():
     assert applied["source"].endswith("ultrasound.yaml")
 
 
+def test_bundle_overrides_name_new_transforms_with_transform_nested_ones_too():
+    plan = AugmentationPlan("mri", overrides={"kspace_artifact": {"transforms": [
+        {"transform": "medaug.transforms.RandKSpaceGhostingd", "prob": 0.5}, {"transform": "RandGibbsNoised", "prob": 0.5}]},
+        "blur": {"transform": "RandGaussianSmoothd", "prob": 0.2}})  # fmt: skip
+    members = plan.config["transforms"]["kspace_artifact"]["transforms"]
+    assert [m["_target_"] for m in members] == ["medaug.transforms.RandKSpaceGhostingd", "RandGibbsNoised"]
+    assert plan.config["transforms"]["blur"]["_target_"] == "RandGaussianSmoothd"
+    assert len(plan.transforms()) == len(plan.config["transforms"])
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"preset": "dental"}, "augment#preset: 'dental' is neither a preset"),
     ({"preset": "ct", "overrides": {"nosuch": {"prob": 1}}}, "augment#overrides#nosuch: preset 'ct' has no transform"),

@@ -18,6 +18,7 @@ MONAI.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -108,13 +109,15 @@ class MixingPrepareBatch(PrepareBatch):
             images = images.as_tensor() if isinstance(images, MetaTensor) else images
             mixer.randomize(images)
             lam, perm, _ = mixer._params  # the draw that apply() uses (Mixer documents randomize-then-apply)
-            if self.method == "cutmix":
-                ids = torch.arange(batch, dtype=torch.float32).view(-1, *([1] * (images.ndim - 1))).expand(
-                    batch, 1, *images.shape[2:])  # fmt: skip
-                kept = (mixer.apply(ids) == ids).float().flatten(1).mean(1)
-            else:
-                kept = lam
-            images = mixer.apply(images)
+            with warnings.catch_warnings():  # MONAI's CutMix indexes with a list; torch warns on every batch
+                warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+                if self.method == "cutmix":
+                    ids = torch.arange(batch, dtype=torch.float32).view(-1, *([1] * (images.ndim - 1))).expand(
+                        batch, 1, *images.shape[2:])  # fmt: skip
+                    kept = (mixer.apply(ids) == ids).float().flatten(1).mean(1)
+                else:
+                    kept = lam
+                images = mixer.apply(images)
         perm = torch.as_tensor(perm)
         kept = kept.view(-1, 1).to(onehot.device)
         targets = kept * onehot + (1 - kept) * onehot[perm.to(onehot.device)]

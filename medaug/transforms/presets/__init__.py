@@ -115,6 +115,20 @@ def _max_abs(value) -> float:
     return abs(float(value))
 
 
+def _targets_from_bundle(node):
+    """``{"transform": "RandFlipd", ...}`` -> ``{"_target_": "RandFlipd", ...}``, nested ones too: a
+    bundle names the class of a new transform with ``transform``, since MONAI's config parser would
+    instantiate a ``_target_`` itself before medaug could check it."""
+    if isinstance(node, Mapping):
+        node = {k: _targets_from_bundle(v) for k, v in node.items()}
+        if isinstance(node.get("transform"), str) and "_target_" not in node:
+            node = {"_target_": node.pop("transform"), **node}
+        return node
+    if isinstance(node, list):
+        return [_targets_from_bundle(v) for v in node]
+    return node
+
+
 class AugmentationPlan:
     """A preset with its overrides applied and its anatomy rules checked, ready to build transforms.
 
@@ -165,10 +179,8 @@ class AugmentationPlan:
         merged = copy.deepcopy(dict(transforms))
         for tid, change in self.overrides.items():
             key = f"{self.overrides_key}#{tid}"
-            if isinstance(change, Mapping) and "transform" in change:
-                # a bundle writes new transforms with 'transform': MONAI would instantiate a '_target_' itself
-                change = {"_target_": change["transform"], **{k: v for k, v in change.items() if k != "transform"}}
-                self.overrides[tid] = change
+            if isinstance(change, Mapping):
+                change = self.overrides[tid] = _targets_from_bundle(change)
             if tid == "anatomy":
                 raise PresetError(f"{key}: anatomy rules cannot be overridden; lift an 'if_allowed' rule with "
                                   f"{self.allow_key}, or write your own preset file")  # fmt: skip
