@@ -7,7 +7,7 @@ BUNDLE ?= bundles/imbalance_baselines
 RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 
-.PHONY: install demo test docker-test bench bench-predict mlflow-ui clean
+.PHONY: install demo test docker-test bench bench-predict bench-augment mlflow-ui clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: install
 
 bench-predict: install
 	$(BIN)/python benchmarks/predict_throughput.py
+
+# TorchIO is the peer of this benchmark only: installed here, never a runtime dependency.
+bench-augment: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]" -c constraints.txt
+	$(BIN)/python benchmarks/augment_throughput.py
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS))/mlflow.db \
