@@ -61,7 +61,10 @@ class LocalMlflowServer:
         (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
         self.log = open(self.root / "server.log", "ab")
         # a session of its own, so that stopping it also stops the workers it forks
-        self.process = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT,
+        # MLflow's background job runner (GenAI evaluation jobs) is not needed for tracking runs and
+        # costs a handful of processes
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.process = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -81,10 +84,15 @@ class LocalMlflowServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
+                pass
+        if self.process is not None:
+            try:  # whatever of the server's session is left (workers that ignored SIGTERM)
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            except ProcessLookupError:
+                pass
+            self.process.wait()
         if getattr(self, "log", None):
             self.log.close()
 
