@@ -3,7 +3,6 @@ launcher needed: ``torch.multiprocessing`` starts them), and as a single process
 helper behaves as rank 0 of 1."""
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -13,21 +12,16 @@ import torch.multiprocessing as mp
 from monai.handlers import CheckpointSaver, EarlyStopHandler, MLFlowHandler, StatsHandler, ValidationHandler
 
 from medaug.pipelines import distributed as D
+from medaug.pipelines.mlflow_server import free_port
 from medaug.pipelines.rebalance import make_distributed_sampler
 from tests.ddp_workers import two_ranks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_outside_torchrun_every_helper_is_rank0_of_one(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     assert (D.get_rank(), D.get_world_size(), D.get_local_rank(), D.is_rank0(), D.is_distributed()) == (0, 1, 0, True, False)
-    assert D.init_process_group() == torch.device("cpu") and not dist.is_initialized()
+    assert D.init_process_group() == D.local_device() and not dist.is_initialized()
     assert D.default_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
     assert D.rank0_first(lambda x: x + 1)(1) == 2
     assert D.on_rank0_and_share(lambda: "only me") == "only me"
@@ -65,6 +59,7 @@ def test_each_rank_trains_on_its_own_part_of_the_data(method):
         assert set(shards[0]).isdisjoint(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(40))
 
 
+@pytest.mark.slow  # two processes that import torch, Ignite and MONAI: seconds
 def test_two_gloo_ranks_rank0_first_shared_values_and_gathered_metrics(tmp_path):
     mp.spawn(two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
