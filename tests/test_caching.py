@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, RandFlipd, Resized
 
 import medaug.io.study_data as study_data_module
