@@ -7,7 +7,7 @@ BUNDLE ?= bundles/imbalance_baselines
 RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 
-.PHONY: install demo test bench bench-predict mlflow-ui clean
+.PHONY: install demo test bench bench-oversampling bench-predict mlflow-ui clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/baselines.py
+	$(BIN)/python benchmarks/oversampling_efficacy.py
+
+bench-oversampling: install
+	$(BIN)/python benchmarks/oversampling_efficacy.py
 
 bench-predict: install
 	$(BIN)/python benchmarks/predict_throughput.py
@@ -39,5 +43,5 @@ mlflow-ui: install
 		--default-artifact-root $(abspath $(RUNS))/mlruns --port $(PORT)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(RUNS) benchmarks/results/tmp
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(RUNS) benchmarks/results/tmp benchmarks/results/tmp_oversampling
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -79,7 +79,7 @@ class ConditionalGAN(ImageGenerator):
             ).to(self.device)  # fmt: skip
             self.discriminator = _spectral_normalise(Discriminator(
                 in_shape=(in_channels + num_classes, h, w), channels=(c2, c1), strides=(2, 2), num_res_units=0,
-                act=("leakyrelu", {"negative_slope": 0.2}), norm=None, last_act=None,
+                act=("leakyrelu", {"negative_slope": 0.2}), norm=None, dropout=None, last_act=None,
             )).to(self.device)  # fmt: skip
         self.ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
 

@@ -57,9 +57,10 @@ from medaug.io.loader import read_entry_image
 from medaug.io.npz import parse_npz_ref
 from medaug.models.class_vae import ClassVAEInterpolation
 from medaug.models.cgan import ConditionalGAN
-from medaug.models.generator_base import ImageGenerator, SampleBatch, file_sha256
+from medaug.models.generator_base import ImageGenerator, SampleBatch, file_sha256, seeded
 from medaug.models.latent_diffusion import ClassConditionalLDM
-from medaug.pipelines.cost import Cost, measure
+from medaug.pipelines.cost import measure
+from medaug.pipelines.synthetic_metrics import nearest_real
 
 logger = logging.getLogger("medaug.oversample")
 
@@ -326,7 +327,7 @@ class OversampleStage:
             info = json.loads(info_path.read_text())
             info["cache_hit"] = True
             return gen, info
-        with measure(self.device) as cost:
+        with measure(self.device) as cost, seeded(self.seed):  # any global-RNG use inside is seeded too
             gen.fit(images, labels)
         gen.save(checkpoint)
         info = {"generator": name, "fit": cost.as_dict(), "checkpoint_sha256": file_sha256(checkpoint),
@@ -346,7 +347,7 @@ class OversampleStage:
         native = self._real_images(train, out_size)
         counts = self.counts()
         method = self.hybrid["generator"] if self.method == "hybrid" else self.method
-        n_gen = {c: n for c, n in counts.items()}
+        n_gen = {c: (n if self._generator_name() else 0) for c, n in counts.items()}
         n_aug = {c: 0 for c in counts}
         if self.method == "hybrid":
             n_gen = {c: int(round(float(self.hybrid["fraction"]) * n)) for c, n in counts.items()}
@@ -403,7 +404,8 @@ class OversampleStage:
                 real_ids: Sequence[str]) -> SampleBatch:  # fmt: skip
         small = resize_batch(real, self.image_size)
         draw = gen.sample_img2img if method == "ldm_img2img" else gen.sample
-        batch = draw(label, n, small, real_ids, seed=self._class_seed(label, method))
+        with seeded(self._class_seed(label, method)):
+            batch = draw(label, n, small, real_ids, seed=self._class_seed(label, method))
         if len(batch.images) != n:
             raise RuntimeError(f"{method} returned {len(batch.images)} images for class {label}, {n} requested")
         return SampleBatch(resize_batch(batch.images, real.shape[-2:]), batch.parents)
@@ -432,8 +434,6 @@ class OversampleStage:
     def _write(self, folder: Path, new: torch.Tensor, rows: list[dict], train, native: torch.Tensor, ids, costs,
                counts, out_size) -> None:  # fmt: skip
         """PNG files, nearest real train image per new image, quality report, manifest, summary."""
-        from medaug.pipelines import synthetic_quality
-
         per_class = Counter()
         for row, image in zip(tqdm(rows, desc="write synthetic images", disable=not self.progress, leave=False), new):
             c = row["label"]
@@ -454,7 +454,7 @@ class OversampleStage:
             written = written[:, None]
         elif written.ndim == 4 and written.shape[-1] == 3:
             written = written.permute(0, 3, 1, 2)
-        nearest, distance = synthetic_quality.nearest_real(written, native) if rows else ([], [])
+        nearest, distance = nearest_real(written, native) if rows else ([], [])
         for row, k, d in zip(rows, nearest, distance):
             row["nearest_real_id"], row["nearest_real_distance"] = ids[int(k)], round(float(d), 6)
         metrics, near = {}, set()
@@ -476,18 +476,14 @@ class OversampleStage:
         write_json_atomic(folder / "summary.json", summary)
 
     def _assess(self, folder: Path, synth: torch.Tensor, rows, native: torch.Tensor, train, ids):
-        from medaug.pipelines import synthetic_quality as sq
+        from medaug.pipelines.synthetic_quality import assess_synthetic
 
-        labels = torch.tensor([e["label"] for e in train], dtype=torch.long)
         q = self.quality
-        if q.get("feature_network_path"):
-            network = sq.load_feature_network(q["feature_network_path"])
-        else:
-            network = sq.fit_feature_network(native, labels, num_classes=len(self.class_names), seed=self.seed,
-                                             epochs=int(q["feature_epochs"]), device=str(self.device))  # fmt: skip
-        report = sq.assess_synthetic(native, labels, ids, synth, torch.tensor([r["label"] for r in rows]),
-                                     [r["id"] for r in rows], self.class_names, feature_network=network,
-                                     near_copy_threshold=q["near_copy_threshold"], seed=self.seed)  # fmt: skip
+        report = assess_synthetic(
+            native, [e["label"] for e in train], ids, synth, [r["label"] for r in rows], [r["id"] for r in rows],
+            self.class_names, feature_network=q["feature_network_path"], near_copy_threshold=q["near_copy_threshold"],
+            seed=self.seed, feature_epochs=int(q["feature_epochs"]), device=self.device, progress=self.progress,
+        )  # fmt: skip
         report.save(folder / "quality")
         return dict(report.metrics), set(report.near_copy_ids)
 
