@@ -59,7 +59,8 @@ def overrides(dataset: str, method: str, seed: int, args, runs_dir: Path) -> dic
         "dataset_dir": str(REPO / "data" / spec["file"]), "class_names": spec["classes"],
         "positive_class": spec["positive"], "image_size": [spec["size"], spec["size"]],
         "imbalance": {"class": spec["minority"], "keep_fraction": 0.25},
-        "classifier": args.classifier, "max_epochs": args.max_epochs, "early_stop_patience": args.patience,
+        "classifier": args.classifier, "early_stop_patience": args.patience,
+        "max_epochs": args.max_epochs_pneumonia if dataset.startswith("pneumonia") else args.max_epochs,
         "batch_size": args.batch_size, "seed": seed, "n_bootstrap": 200,
         "rebalance#method": rebalance, "oversample#method": oversample,
         "oversample#image_size": [args.gen_size, args.gen_size],
@@ -166,7 +167,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "# Generative oversampling vs honest baselines (default bundle, CPU)",
         "",
         f"Minority class cut to 25% of its train images (seeded); val/test untouched. Classifier `{s['classifier']}`, "
-        f"up to {s['max_epochs']} epochs (patience {s['patience']}), the same for every method. Generators at "
+        f"up to {s['max_epochs']} epochs ({s['max_epochs_pneumonia']} on PneumoniaMNIST; patience {s['patience']}), the same for every method. Generators at "
         f"{s['gen_size']} px: GAN {s['gan_iterations']} it., VAE {s['vae_iterations']} it./class, LDM "
         f"{s['ldm_ae_iterations']} + {s['ldm_unet_iterations']} it., DDIM {s['ddim_steps']} steps; oversampled to "
         f"balance. Seeds: {meta['seeds_done']}. Mean ± sd [95% t-interval] over seeds, official test split. "
@@ -194,16 +195,18 @@ def main() -> int:
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--classifier", default="small_cnn")
-    parser.add_argument("--max-epochs", type=int, default=12)
-    parser.add_argument("--patience", type=int, default=6)
+    parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--max-epochs-pneumonia", type=int, default=5,
+                        help="PneumoniaMNIST has 8x the train images: fewer epochs keep the grid affordable")
+    parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--gen-size", type=int, default=32, help="generators' training size (px)")
-    parser.add_argument("--gan-iterations", type=int, default=400)
-    parser.add_argument("--vae-iterations", type=int, default=300)
-    parser.add_argument("--ldm-ae-iterations", type=int, default=200)
-    parser.add_argument("--ldm-unet-iterations", type=int, default=600)
-    parser.add_argument("--ddim-steps", type=int, default=20)
-    parser.add_argument("--feature-epochs", type=int, default=3, help="epochs of the quality feature network")
+    parser.add_argument("--gan-iterations", type=int, default=300)
+    parser.add_argument("--vae-iterations", type=int, default=200)
+    parser.add_argument("--ldm-ae-iterations", type=int, default=150)
+    parser.add_argument("--ldm-unet-iterations", type=int, default=500)
+    parser.add_argument("--ddim-steps", type=int, default=15)
+    parser.add_argument("--feature-epochs", type=int, default=2, help="epochs of the quality feature network")
     parser.add_argument("--runs-dir", type=Path, default=RESULTS / "tmp_oversampling")
     parser.add_argument("--name", default="oversampling_efficacy")
     parser.add_argument("--table-only", action="store_true", help="no training: tables from the cached results")
@@ -229,7 +232,7 @@ def main() -> int:
               f"(fit {record['fit_seconds']:.0f} s, total {record['seconds_total']:.0f} s)", flush=True)  # fmt: skip
     runs = [json.loads(p.read_text()) for p in sorted((runs_dir / "results").glob("*.json"))]
     runs = [r for r in runs if r["dataset"] in args.datasets and r["method"] in args.methods]
-    settings = {k: getattr(args, k) for k in ("classifier", "max_epochs", "patience", "batch_size", "gen_size",
+    settings = {k: getattr(args, k) for k in ("classifier", "max_epochs", "max_epochs_pneumonia", "patience", "batch_size", "gen_size",
                                               "gan_iterations", "vae_iterations", "ldm_ae_iterations",
                                               "ldm_unet_iterations", "ddim_steps", "feature_epochs", "seeds")}  # fmt: skip
     meta = {"settings": settings, "runs": len(runs), "planned_runs": len(grid),

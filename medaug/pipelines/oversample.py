@@ -73,6 +73,20 @@ SAMPLING_ONLY = {"ldm": {"ddim_steps", "img2img_strength"}, "vae_interp": {"alph
 MANIFEST_COLUMNS = ("id", "class", "label", "file", "generator", "generator_checkpoint_sha256", "seed", "parent_ids",
                     "nearest_real_id", "nearest_real_distance", "near_copy", "kept")  # fmt: skip
 CACHE_VERSION = 1
+REAL_PROVENANCE = {"synthetic_id": "", "generator": "", "seed": -1, "parents": ""}
+
+
+def _blank(key: str, value):
+    """An empty value of the same type, for keys a synthetic entry does not have (see ``train``)."""
+    if isinstance(value, bool):
+        return False
+    if key == "frame":  # a PNG has one frame: index 0 where real entries carry frame numbers
+        return 0 if isinstance(value, int) else value
+    if isinstance(value, int):
+        return -1
+    if isinstance(value, float):
+        return float("nan")
+    return "" if isinstance(value, str) else value
 
 
 def _hash(obj) -> str:
@@ -240,7 +254,9 @@ class OversampleStage:
     # -- what is asked -----------------------------------------------------------------------
     @property
     def train(self) -> list[dict]:
-        return [dict(e, synthetic=bool(e.get("synthetic", False))) for e in self.data.train]
+        """Copies of the real train entries (the study's datalists are never modified), with the
+        provenance keys of synthetic entries left blank: a batch collates only items whose keys match."""
+        return [{**e, "synthetic": bool(e.get("synthetic", False)), **REAL_PROVENANCE} for e in self.data.train]
 
     def counts(self) -> dict[int, int]:
         tally = Counter(e["label"] for e in self.data.train)
@@ -294,7 +310,9 @@ class OversampleStage:
         else:
             self._generate(key, folder)
         summary = json.loads((folder / "summary.json").read_text())
-        synthetic = [self._entry(row, folder) for row in summary["entries"] if row["kept"]]
+        template = self.data.train[0]
+        synthetic = [{**{k: _blank(k, v) for k, v in template.items()}, "modality": template.get("modality"),
+                      **self._entry(row, folder)} for row in summary["entries"] if row["kept"]]  # fmt: skip
         result = OversampleResult(self.train + synthetic, synthetic, folder / "manifest.csv", key, hit,
                                   {k: v for k, v in summary.items() if k != "entries"})  # fmt: skip
         self._log(result)
@@ -304,8 +322,8 @@ class OversampleStage:
         return {"image": str(folder / row["file"]), "label": int(row["label"]), "class_name": row["class"],
                 "patient_id": f"synthetic:{row['id']}", "split": "train", "source": f"synthetic:{row['generator']}",
                 "synthetic": True, "synthetic_id": row["id"], "generator": row["generator"], "seed": int(row["seed"]),
-                "parents": list(row["parent_ids"]), "height": int(row["height"]), "width": int(row["width"]),
-                "pixel_hash": row["pixel_hash"], "modality": None}  # fmt: skip
+                "parents": " ".join(row["parent_ids"]), "height": int(row["height"]), "width": int(row["width"]),
+                "pixel_hash": row["pixel_hash"]}  # fmt: skip
 
     def _real_images(self, entries: Sequence[Mapping], size: Sequence[int]) -> torch.Tensor:
         """Pixels of train entries, (N, C, H, W) at ``size``; the only place images are read."""
