@@ -195,3 +195,13 @@ def test_ldm_context_hook_feeds_the_unets_cross_attention():
     assert batch.images.shape == (3, 1, 16, 16) and seen and (seen[-1] == 1).all()
     with pytest.raises(ValueError, match="context_dim and context_fn go together"):
         ClassConditionalLDM(1, 2, (16, 16), context_dim=8)
+
+
+def test_hybrid_cache_key_follows_the_augmentation_settings(study, tmp_path):
+    def key(augmentation):
+        return stage(study, tmp_path, "hybrid", augmentation=augmentation).sample_key()
+
+    flip_lr = [RandFlipd(keys="image", prob=0.5, spatial_axis=1)]
+    assert key(flip_lr) == key([RandFlipd(keys="image", prob=0.5, spatial_axis=1)])
+    assert key(flip_lr) != key([RandFlipd(keys="image", prob=0.5, spatial_axis=0)])
+    assert key(flip_lr) != key([RandFlipd(keys="image", prob=0.9, spatial_axis=1)])

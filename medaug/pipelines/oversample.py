@@ -156,16 +156,24 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
 
 
-def describe_transforms(augmentation) -> list:
-    """A stable description of a list/Compose of transforms (class names and plain settings) for the
-    cache key of ``hybrid``."""
-    transforms = augmentation.transforms if isinstance(augmentation, Compose) else (augmentation or [])
-    out = []
-    for t in transforms:
-        plain = {k: v for k, v in sorted(vars(t).items()) if isinstance(v, (int, float, str, bool, tuple, list))
-                 and not k.startswith("_") and k != "R"}  # fmt: skip
-        out.append([type(t).__name__, json.dumps(plain, sort_keys=True, default=str)])
-    return out
+def describe_transforms(augmentation, depth: int = 3):
+    """A stable description of a list/Compose of transforms for the cache key of ``hybrid``: class
+    names and plain settings, recursing into the array transforms a dictionary transform wraps
+    (e.g. ``RandFlipd.flipper.spatial_axis``). Describe transforms before using them: some keep
+    their last random draw as attributes."""
+    if isinstance(augmentation, (int, float, str, bool)) or augmentation is None:
+        return augmentation
+    if isinstance(augmentation, (list, tuple)):
+        return [describe_transforms(a, depth) for a in augmentation]
+    if isinstance(augmentation, Compose):
+        return describe_transforms(list(augmentation.transforms), depth)
+    if isinstance(augmentation, (np.ndarray, torch.Tensor)):
+        return augmentation.tolist()
+    if depth == 0 or not hasattr(augmentation, "__dict__"):
+        return type(augmentation).__name__
+    settings = {k: describe_transforms(v, depth - 1) for k, v in sorted(vars(augmentation).items())
+                if not k.startswith("_") and k != "R"}  # fmt: skip
+    return [type(augmentation).__name__, settings]
 
 
 @dataclass
@@ -240,6 +248,8 @@ class OversampleStage:
             if not 0.0 <= float(self.hybrid["fraction"]) <= 1.0:
                 raise ValueError(f"hybrid fraction must be in [0, 1], got {self.hybrid['fraction']}")
         self.augmentation = augmentation
+        # Described now, before any use: random transforms keep their last random draw as state.
+        self._augmentation_description = describe_transforms(augmentation)
         self.quality = {"enabled": True, "feature_epochs": 5, "feature_network_path": None, "near_copy_threshold": None,
                         "drop_near_copies": False, **dict(quality or {})}  # fmt: skip
         self.run_dir = Path(run_dir) if run_dir else None
@@ -287,7 +297,7 @@ class OversampleStage:
                   "train": train_fingerprint(self.data.train)}  # fmt: skip
         if self.method == "hybrid":
             config["hybrid"] = self.hybrid
-            config["augmentation"] = describe_transforms(self.augmentation)
+            config["augmentation"] = self._augmentation_description
         return _hash(config)
 
     # -- running -------------------------------------------------------------------------------
