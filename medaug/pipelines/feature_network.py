@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +38,11 @@ from medaug.pipelines.image_batches import as_image_batch, match_channels, resiz
 logger = logging.getLogger("medaug.synthetic_quality")
 
 METADATA_FILE = "medaug_feature_network.json"  # stored inside TorchScript archives we write
+
+# The default feature network: 128 features, because FID estimates a D x D covariance per class
+# from a few hundred images (with N <= D it is singular and FID's bias grows with D / N), and the
+# matrix square root in FID costs O(D^3): 512 features take seconds per FID on 2 CPU cores.
+SMALL_CNN_FEATURES = {"channels": (16, 32, 64, 128, 128), "strides": (2, 2, 2, 2, 2)}
 
 
 def last_linear_name(model: nn.Module) -> str:
@@ -127,7 +133,9 @@ class FeatureNetwork:
         """Write the network as TorchScript (traced at its input size) with its input description,
         so :func:`load_feature_network` restores it without further arguments."""
         example = torch.zeros((1, self.in_channels, *self.image_size), device=self.device)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # shape checks inside MONAI networks become constants: right, the input size is fixed
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(copy.deepcopy(self.module).eval(), example, check_trace=False)
         meta = {"image_size": list(self.image_size), "in_channels": self.in_channels, "name": self.name}
         buffer = io.BytesIO()
@@ -159,6 +167,7 @@ def fit_feature_network(
     device: str | torch.device = "cpu",
     architecture: str = "small_cnn",
     image_size: Sequence[int] = (32, 32),
+    network_kwargs: dict | None = None,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     progress: bool = True,
@@ -177,10 +186,12 @@ def fit_feature_network(
         seed: seeds weights, batch order and flips: the same seed gives the same network.
         epochs: passes over the images (a few seconds each for the default at 32 px on a CPU).
         device: where to train.
-        architecture: a :func:`medaug.models.build_classifier` name; ``small_cnn`` (MONAI's
-            ``Classifier``) at 32 px gives 512 features, ``resnet18`` gives 512 after pooling.
-        image_size: (H, W) the network works at. 32 px keeps the feature dimension near the few
-            hundred images per class that FID's covariance is estimated from.
+        architecture: a :func:`medaug.models.build_classifier` name. The default ``small_cnn``
+            (MONAI's ``Classifier``) gets a fifth stride-2 level that reduces a 32 px image to
+            1 x 1 x 128, so its penultimate layer has 128 features; ``resnet18`` gives 512.
+        image_size: (H, W) the network works at (images are resized to it).
+        network_kwargs: passed to the MONAI network (for ``small_cnn`` they replace
+            :data:`SMALL_CNN_FEATURES`).
         batch_size, learning_rate: training settings.
         progress: show a progress bar per epoch.
     """
@@ -195,8 +206,10 @@ def fit_feature_network(
 
     set_determinism(seed=seed)
     try:
+        if network_kwargs is None:
+            network_kwargs = SMALL_CNN_FEATURES if architecture.replace("-", "_") == "small_cnn" else {}
         model = build_classifier(architecture, in_channels=in_channels, num_classes=num_classes,
-                                 spatial_size=image_size).to(device)  # fmt: skip
+                                 spatial_size=image_size, **network_kwargs).to(device)  # fmt: skip
         data = [{"image": image, "label": int(label)} for image, label in zip(batch, labels)]
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
                             generator=torch.Generator().manual_seed(seed))  # fmt: skip
@@ -236,6 +249,7 @@ def load_feature_network(
     in_channels: int | None = None,
     image_size: Sequence[int] | None = None,
     layer: str | None = None,
+    network_kwargs: dict | None = None,
     device: str | torch.device = "cpu",
 ) -> FeatureNetwork:
     """A user's feature network from a local file.
@@ -246,7 +260,8 @@ def load_feature_network(
         channels; for other files give ``image_size`` and ``in_channels``.
       * a state dict (or a checkpoint holding one) of a :func:`medaug.models.build_classifier`
         network: give ``name`` (e.g. ``resnet18``), ``num_classes``, ``in_channels`` and
-        ``image_size``; the features are the input of ``layer`` (default: the last linear layer).
+        ``image_size`` (and ``network_kwargs`` if it was built with any); the features are the
+        input of ``layer`` (default: the last linear layer).
     """
     path = Path(path)
     if not path.is_file():
@@ -270,7 +285,8 @@ def load_feature_network(
                                       ("image_size", image_size)) if value is None]  # fmt: skip
     if missing:
         raise ValueError(f"loading a {name} state dict needs {', '.join(missing)}")
-    model = build_classifier(name, in_channels=in_channels, num_classes=num_classes, spatial_size=image_size)
+    model = build_classifier(name, in_channels=in_channels, num_classes=num_classes, spatial_size=image_size,
+                             **(network_kwargs or {}))  # fmt: skip
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "network", "net"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
