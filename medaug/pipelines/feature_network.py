@@ -1,15 +1,17 @@
 """The domain feature network that FID and k-NN precision/recall of synthetic images are measured in.
 
-FID was defined on the pool-3 features of an ImageNet Inception-v3 (Heusel et al. 2017), but on
-grey-scale medical images those features measure the wrong things: they respond mostly to the
-ImageNet classes an image resembles (Kynkäänniemi et al. 2023, "The role of ImageNet classes in
-Fréchet Inception Distance"), and rankings of medical generators by Inception FID disagree with
-rankings by domain features and by experts (Osuala et al. 2023, "medigan"; Woodland et al. 2024,
-"Feature extraction for generative medical imaging evaluation"). The default here is therefore a
-network of the domain itself: a small classifier trained briefly on the real train split, whose
-penultimate layer (the input of its last linear layer) gives the features. A user's own network
-(e.g. RadImageNet weights, or a classifier trained on a larger in-house set) can replace it from a
-local file; nothing is downloaded.
+FID was defined on the pool-3 features of an ImageNet Inception-v3 (Heusel et al. 2017). Those
+features are organised around the 1000 ImageNet classes: FID can be moved by matching ImageNet
+class probabilities without any change in image quality (Kynkäänniemi et al. 2023, "The role of
+ImageNet classes in Fréchet Inception Distance", ICLR), and a grey-scale ultrasound or X-ray image,
+copied into three channels and resized to 299 px, is far from anything Inception was trained on.
+The medical evidence is mixed (Woodland et al. 2024, MICCAI, found ImageNet extractors, SwAV
+more than Inception, ranked medical GANs closer to radiologists than RadImageNet ones did), so no
+feature space is "the right one". The default here is a network of the domain itself that needs
+no download: a small classifier trained briefly on the real train split, whose penultimate layer
+(the input of its last linear layer) gives the features. It measures differences that matter
+to a classifier of these very classes. A user's own network (RadImageNet or SwAV weights, a
+classifier trained on a larger in-house set) can replace it from a local file.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from medaug.pipelines.feature_network import (
     fit_feature_network,
     load_feature_network,
 )
-from medaug.pipelines.image_batches import as_image_batch
+from medaug.pipelines.image_batches import as_image_batch, resize_batch
 from medaug.pipelines.synthetic_metrics import (
     frechet_distance,
     knn_precision_recall,
@@ -283,43 +283,47 @@ def _grid_sample(real, synth, nearest, distances, near_copy, columns, rng) -> _C
                       distances=[distances[i] for i in order], near_copy=[near_copy[i] for i in order])  # fmt: skip
 
 
-def _show(ax, image: torch.Tensor) -> None:
-    array = image.numpy()
-    if array.shape[0] == 3:
-        ax.imshow(np.moveaxis(array, 0, -1).clip(0, 1))
-    else:  # grey-scale (other channel counts: the first channel)
-        ax.imshow(array[0], cmap="gray", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _tile(images: torch.Tensor, size: tuple[int, int], columns: int, pad: int) -> np.ndarray:
+    """A row of images as one RGB array (white gaps), so a grid row is one ``imshow``, not one
+    axes per image (matplotlib axes are slow to build)."""
+    height, width = size
+    row = np.ones((height, columns * (width + pad) - pad, 3), dtype=np.float32)
+    if len(images):
+        images = resize_batch(images, size)
+        if images.shape[1] != 3:  # grey-scale (other channel counts: the first channel)
+            images = images[:, :1].expand(-1, 3, -1, -1)
+        for col, image in enumerate(images.numpy()):
+            row[:, col * (width + pad) : col * (width + pad) + width] = np.moveaxis(image, 0, -1)
+    return row
 
 
 def _plot_grid(name: str, grid: _ClassGrid, threshold: float, path: Path) -> Path:
     """Three rows: real images of the class, synthetic images, and the nearest real image of each
     synthetic one with its distance (near copies framed in red)."""
     columns = max(len(grid.real), len(grid.synthetic), 1)
-    fig = Figure(figsize=(1.3 * columns + 1.2, 4.4), dpi=100, layout="constrained")
+    size = tuple(grid.real.shape[-2:]) if len(grid.real) else tuple(grid.synthetic.shape[-2:])
+    pad = max(2, size[1] // 16)
+    fig = Figure(figsize=(1.1 * columns + 1.0, 4.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(3, columns, squeeze=False)
+    axes = fig.subplots(3, 1, squeeze=False)[:, 0]
     rows = (("real", grid.real), ("synthetic", grid.synthetic), ("nearest real", grid.nearest))
-    for row, (label, images) in enumerate(rows):
-        for col in range(columns):
-            ax = axes[row][col]
-            if col < len(images):
-                _show(ax, images[col])
-            else:
-                ax.axis("off")
-            if col == 0:
-                ax.axis("on")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_ylabel(label)
+    for ax, (label, images) in zip(axes, rows):
+        ax.imshow(_tile(images, size, columns, pad), vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         if not len(images):
-            axes[row][0].text(0.5, 0.5, "none", ha="center", va="center", transform=axes[row][0].transAxes)
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+    step = size[1] + pad
     for col, (distance, copy) in enumerate(zip(grid.distances, grid.near_copy)):
-        ax = axes[2][col]
-        ax.set_title(f"{distance:.3f}" + (" copy" if copy else ""), fontsize=8, color="red" if copy else "black")
+        colour = "red" if copy else "black"
+        axes[2].text(col * step + size[1] / 2, -1, f"{distance:.3f}" + (" copy" if copy else ""),
+                     ha="center", va="bottom", fontsize=7, color=colour)  # fmt: skip
         if copy:
-            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red", linewidth=3))
+            for ax in axes[1:]:
+                ax.add_patch(Rectangle((col * step - 0.5, -0.5), size[1], size[0], fill=False, edgecolor="red", linewidth=2))
     fig.suptitle(f"{name}: real vs synthetic (nearest-real RMSE; near copy if <= {threshold:.3f})", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
