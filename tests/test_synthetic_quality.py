@@ -78,6 +78,26 @@ def test_fid_needs_two_images_per_set(breast, feature_net):
     assert math.isnan(frechet_distance(features, features[:1]))
 
 
+def test_fid_stays_finite_on_ill_conditioned_features():
+    """ReLU-like features with a few dominant dimensions: MONAI's matrix square root alone fails
+    with an imaginary part; the ridge-regularised retry agrees with a symmetric eigen-decomposition
+    of the same distance, tr(S_r) + tr(S_s) - 2 tr((S_r^1/2 S_s S_r^1/2)^1/2) + |mu_r - mu_s|^2."""
+    from monai.metrics import FIDMetric
+
+    g = torch.Generator().manual_seed(1)
+    real = torch.relu(torch.randn(200, 256, generator=g) * torch.rand(256, generator=g) ** 4 * 100).double()
+    synth = torch.relu(torch.randn(200, 256, generator=g) * torch.rand(256, generator=g) ** 4 * 300).double()
+    with pytest.raises(ValueError, match="Imaginary component"):
+        FIDMetric()(synth, real)
+    cov_r, cov_s = torch.cov(real.T), torch.cov(synth.T)
+    w, v = torch.linalg.eigh(cov_r)
+    root = (v * w.clamp(min=0).sqrt()) @ v.T
+    middle = torch.linalg.eigvalsh(root @ cov_s @ root).clamp(min=0).sqrt().sum()
+    mean_gap = real.mean(0) - synth.mean(0)
+    reference = float(mean_gap @ mean_gap + cov_r.trace() + cov_s.trace() - 2 * middle)
+    assert frechet_distance(real, synth) == pytest.approx(reference, rel=1e-4)
+
+
 # --- k-NN precision and recall -------------------------------------------------------------------
 
 
@@ -190,6 +210,20 @@ def test_memorization_check_flags_exact_and_near_copies_planted_among_synthetic_
         assert rows[f"copy_of_{i}"]["nearest_real_id"] == f"train{i}" and rows[f"copy_of_{i}"]["near_copy"]
     assert all(rows[f"copy_of_{i}"]["distance"] == 0.0 for i in sources[:3].tolist())
     assert torch.equal(images, before)  # inputs are never modified
+
+
+def test_copies_saved_smaller_or_in_colour_are_still_copies(breast, feature_net):
+    """A generator working at 32 px RGB is compared at 32 px grey: its copies of train images stay
+    flagged, and no synthetic images at all is a report of NaNs, not an error."""
+    train, train_y = breast["train"]
+    copies = torch.nn.functional.interpolate(train[:4], size=(32, 32), mode="bilinear", antialias=True)
+    report = assess_synthetic(train, train_y, ids("t", len(train)), copies.repeat(1, 3, 1, 1), train_y[:4],
+                              ids("s", 4), CLASSES, feature_network=feature_net)  # fmt: skip
+    assert report.near_copy_ids == ids("s", 4)
+    assert [row["nearest_real_id"] for row in report.memorization] == ids("t", 4)
+    empty = assess_synthetic(train, train_y, ids("t", len(train)), torch.zeros((0, 1, 64, 64)), [], [], CLASSES,
+                             feature_network=feature_net)  # fmt: skip
+    assert empty.metrics["synthetic_count"] == 0 and math.isnan(empty.metrics["synthetic_fid"])
 
 
 def test_a_given_threshold_replaces_the_derived_one(breast, feature_net):
