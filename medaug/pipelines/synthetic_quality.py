@@ -65,7 +65,8 @@ __all__ = [
 
 logger = logging.getLogger("medaug.synthetic_quality")
 
-MEMORIZATION_FIELDS = ("synthetic_id", "nearest_real_id", "distance", "near_copy", "synthetic_class", "nearest_real_class")
+MEMORIZATION_FIELDS = ("synthetic_id", "nearest_real_id", "distance", "near_copy",
+                       "synthetic_class", "nearest_real_class")  # fmt: skip
 GRID_COLUMNS = 8
 
 
@@ -220,36 +221,31 @@ def assess_synthetic(
         nearest, distances = nearest_real(synth, real)
     else:
         nearest, distances = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
-    is_copy = (distances <= near_copy_threshold).numpy()
+    is_copy = distances <= near_copy_threshold
 
     memorization = [
         {"synthetic_id": sid, "nearest_real_id": real_ids[j], "distance": float(d), "near_copy": bool(c),
          "synthetic_class": class_names[sy], "nearest_real_class": class_names[real_y[j]]}
-        for sid, j, d, c, sy in zip(synth_ids, nearest.tolist(), distances.tolist(), is_copy, synth_y)
+        for sid, j, d, c, sy in zip(synth_ids, nearest.tolist(), distances.tolist(), is_copy.tolist(), synth_y)
     ]  # fmt: skip
-    near_copy_ids = [sid for sid, c in zip(synth_ids, is_copy) if c]
+    near_copy_ids = [sid for sid, c in zip(synth_ids, is_copy.tolist()) if c]
 
-    metrics: dict[str, float] = {"synthetic_count": float(len(synth)), "synthetic_fid": frechet_distance(real_f, synth_f)}
-    metrics["synthetic_precision"], metrics["synthetic_recall"] = knn_precision_recall(real_f, synth_f, k)
-    metrics["synthetic_near_copies"] = float(len(near_copy_ids))
-    metrics["synthetic_near_copy_fraction"] = len(near_copy_ids) / len(synth) if len(synth) else math.nan
+    metrics = _set_metrics("", real_f, synth_f, k)
+    metrics["synthetic_count"] = float(len(synth))
+    metrics.update(_memorization_metrics("", distances, is_copy))
     metrics["synthetic_near_copy_threshold"] = near_copy_threshold
-    metrics["synthetic_nearest_real_distance_min"] = float(distances.min()) if len(synth) else math.nan
-    metrics["synthetic_nearest_real_distance_median"] = float(distances.median()) if len(synth) else math.nan
-
     rng = np.random.default_rng(seed)
     grids = {}
     for c, name in enumerate(class_names):
-        key = metric_key(name)
+        suffix = f"_{metric_key(name)}"
         r, s = torch.from_numpy(real_y == c), torch.from_numpy(synth_y == c)
-        metrics[f"synthetic_count_{key}"] = float(s.sum())
-        metrics[f"synthetic_fid_{key}"] = frechet_distance(real_f[r], synth_f[s])
-        metrics[f"synthetic_precision_{key}"], metrics[f"synthetic_recall_{key}"] = knn_precision_recall(real_f[r], synth_f[s], k)
-        metrics[f"synthetic_ms_ssim_{key}"] = ms_ssim_diversity(synth[s], ms_ssim_pairs, seed)
-        metrics[f"synthetic_ms_ssim_real_{key}"] = ms_ssim_diversity(real[r], ms_ssim_pairs, seed)
-        metrics[f"synthetic_near_copies_{key}"] = float(is_copy[s.numpy()].sum())
+        metrics[f"synthetic_count{suffix}"] = float(s.sum())
+        metrics.update(_set_metrics(suffix, real_f[r], synth_f[s], k))
+        metrics[f"synthetic_ms_ssim{suffix}"] = ms_ssim_diversity(synth[s], ms_ssim_pairs, seed)
+        metrics[f"synthetic_ms_ssim_real{suffix}"] = ms_ssim_diversity(real[r], ms_ssim_pairs, seed)
+        metrics.update(_memorization_metrics(suffix, distances[s], is_copy[s]))
         grids[name] = _grid_sample(real[r], synth[s], real[nearest[s]], distances[s].tolist(),
-                                   is_copy[s.numpy()].tolist(), grid_columns, rng)  # fmt: skip
+                                   is_copy[s].tolist(), grid_columns, rng)  # fmt: skip
 
     settings = {
         "feature_network": feature_network.name,
@@ -268,6 +264,23 @@ def assess_synthetic(
                 metrics["synthetic_fid"], metrics["synthetic_precision"], metrics["synthetic_recall"],
                 len(near_copy_ids), len(synth))  # fmt: skip
     return QualityReport(metrics, near_copy_ids, memorization, near_copy_threshold, class_names, settings, grids)
+
+
+def _set_metrics(suffix: str, real_f: torch.Tensor, synth_f: torch.Tensor, k: int) -> dict[str, float]:
+    """FID and k-NN precision/recall of one pair of feature sets (all images, or one class)."""
+    precision, recall = knn_precision_recall(real_f, synth_f, k)
+    return {f"synthetic_fid{suffix}": frechet_distance(real_f, synth_f),
+            f"synthetic_precision{suffix}": precision, f"synthetic_recall{suffix}": recall}  # fmt: skip
+
+
+def _memorization_metrics(suffix: str, distances: torch.Tensor, is_copy: torch.Tensor) -> dict[str, float]:
+    n = len(distances)
+    return {
+        f"synthetic_near_copies{suffix}": float(is_copy.sum()),
+        f"synthetic_near_copy_fraction{suffix}": float(is_copy.double().mean()) if n else math.nan,
+        f"synthetic_nearest_real_distance_min{suffix}": float(distances.min()) if n else math.nan,
+        f"synthetic_nearest_real_distance_median{suffix}": float(distances.median()) if n else math.nan,
+    }
 
 
 # --- the real-vs-synthetic grid ------------------------------------------------------------------
