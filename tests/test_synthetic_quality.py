@@ -299,7 +299,11 @@ def test_bad_input_is_named(breast, feature_net):
 
 def test_feature_network_is_seeded_and_survives_save_and_load(breast, feature_net, tmp_path):
     images, labels = breast["train"]
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
     a = fit_feature_network(images[:120], labels[:120], num_classes=2, seed=7, epochs=1, progress=False)
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is left alone
     b = fit_feature_network(images[:120], labels[:120], num_classes=2, seed=7, epochs=1, progress=False)
     probe = breast["val"][0][:16]
     assert torch.equal(a.features(probe), b.features(probe))

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.contrib.handlers import ProgressBar
+from ignite.handlers import ProgressBar
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
-from monai.utils import set_determinism
 from torch import nn
 
 from medaug.io.atomic import atomic_path
@@ -206,8 +205,11 @@ def fit_feature_network(
     in_channels = batch.shape[1]
     batch = resize_batch(batch, image_size)
 
-    set_determinism(seed=seed)
-    try:
+    device = torch.device(device)
+    # a private RNG stream: seeded weights and dropout without reseeding the caller's global state
+    # (MONAI's set_determinism(None) would reseed torch, numpy and random at random afterwards)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
         if network_kwargs is None:
             network_kwargs = SMALL_CNN_FEATURES if architecture.replace("-", "_") == "small_cnn" else {}
         model = build_classifier(architecture, in_channels=in_channels, num_classes=num_classes,
@@ -224,7 +226,7 @@ def fit_feature_network(
             return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
 
         trainer = SupervisedTrainer(
-            device=torch.device(device),
+            device=device,
             max_epochs=int(epochs),
             train_data_loader=loader,
             network=model,
@@ -236,8 +238,6 @@ def fit_feature_network(
         if progress:
             ProgressBar(desc="feature network", persist=False).attach(trainer)
         trainer.run()
-    finally:
-        set_determinism(seed=None)
     logger.info("feature network %s trained on %d real images for %d epochs", architecture, len(batch), epochs)
     return FeatureNetwork(PenultimateFeatures(model.eval()), image_size, in_channels,
                           name=f"{architecture} trained on the real train split", device=device)  # fmt: skip
