@@ -23,7 +23,7 @@ from medaug.pipelines.synthetic_quality import (
     near_copy_threshold_from_real,
     nearest_real,
 )
-from tests.conftest import BREAST_64, REPO
+from tests.conftest import REPO
 
 CLASSES = ["malignant", "normal_benign"]
 
@@ -33,10 +33,10 @@ def as_batch(images: np.ndarray) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def breast():
-    with np.load(BREAST_64) as archive:
-        arrays = {k: archive[k] for k in archive.files}
-    return {split: (as_batch(arrays[f"{split}_images"]), arrays[f"{split}_labels"][:, 0]) for split in ("train", "val")}
+def breast(breast_arrays):
+    """BreastMNIST 64 px train (546) and val (78) images as (N, 1, 64, 64) in [0, 1]."""
+    return {split: (as_batch(breast_arrays[f"{split}_images"]), breast_arrays[f"{split}_labels"][:, 0])
+            for split in ("train", "val")}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

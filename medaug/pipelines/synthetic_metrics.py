@@ -129,7 +129,7 @@ def ms_ssim_settings(height: int, width: int) -> dict:
                 weights = np.asarray(MS_SSIM_WEIGHTS[:scales])
                 weights = tuple(float(w) for w in weights / weights.sum())
                 return {"kernel_size": kernel, "kernel_sigma": 1.5 * kernel / 11, "weights": weights}
-    raise ValueError(f"images of {height}x{width} px are too small for MS-SSIM (at least 8 px per side needed)")
+    raise ValueError(f"images of {height}x{width} px are too small for MS-SSIM (at least 7 px per side needed)")
 
 
 def ms_ssim_diversity(images, n_pairs: int = 100, seed: int = 0) -> float:
