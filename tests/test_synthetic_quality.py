@@ -247,6 +247,8 @@ def test_report_metrics_and_files(breast, feature_net, tmp_path):
         for name in CLASSES:
             assert math.isfinite(report.metrics[f"synthetic_{key}_{name}"])
     assert all(name.startswith("synthetic_") for name in report.metrics)
+    per_class = [report.metrics[f"synthetic_fid_{name}"] for name in CLASSES]
+    assert report.metrics["synthetic_fid_class_mean"] == pytest.approx(sum(per_class) / 2)
     # held-out real images are realistic: most fall inside the train manifold
     assert report.metrics["synthetic_precision"] > 0.5
 
@@ -273,6 +275,7 @@ def test_classes_with_zero_or_one_synthetic_image_give_nan_not_a_crash(tmp_path)
     report = assess_synthetic(real, real_y, ids("r", 150), synth, [0], ["s0"], CLASSES, feature_network=net)
     for key in ("fid", "precision", "recall", "ms_ssim"):
         assert math.isnan(report.metrics[f"synthetic_{key}_malignant"])
+        assert key == "ms_ssim" or math.isnan(report.metrics[f"synthetic_{key}_class_mean"])
         assert math.isnan(report.metrics[f"synthetic_{key}_normal_benign"])
     assert report.metrics["synthetic_count_normal_benign"] == 0
     assert math.isfinite(report.metrics["synthetic_ms_ssim_real_malignant"])

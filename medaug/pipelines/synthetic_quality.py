@@ -246,6 +246,12 @@ def assess_synthetic(
         metrics.update(_memorization_metrics(suffix, distances[s], is_copy[s]))
         grids[name] = _grid_sample(real[r], synth[s], real[nearest[s]], distances[s].tolist(),
                                    is_copy[s].tolist(), grid_columns, rng)  # fmt: skip
+    # the overall values also measure how far the synthetic class mix (mostly minority, by design
+    # of oversampling) is from the real one; the class means compare like with like
+    for name in ("fid", "precision", "recall"):
+        values = [metrics[f"synthetic_{name}_{metric_key(c)}"] for c in class_names]
+        values = [v for v in values if not math.isnan(v)]
+        metrics[f"synthetic_{name}_class_mean"] = float(np.mean(values)) if values else math.nan
 
     settings = {
         "feature_network": feature_network.name,
