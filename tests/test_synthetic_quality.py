@@ -318,6 +318,21 @@ def test_feature_network_is_seeded_and_survives_save_and_load(breast, feature_ne
     assert torch.allclose(feature_net.features(probe.repeat(1, 3, 1, 1)), feature_net.features(probe), atol=1e-5)
 
 
+def test_a_fitted_network_is_cached_by_data_and_settings(breast, tmp_path):
+    images, labels = breast["train"][0][:100], breast["train"][1][:100]
+    first = fit_feature_network(images, labels, num_classes=2, epochs=1, progress=False, cache_dir=tmp_path)
+    cached = list(tmp_path.glob("feature_network_*.ts"))
+    assert len(cached) == 1
+    written = cached[0].stat()
+    again = fit_feature_network(images, labels, num_classes=2, epochs=1, progress=False, cache_dir=tmp_path)
+    probe = breast["val"][0][:8]
+    assert torch.allclose(again.features(probe), first.features(probe), atol=1e-5)
+    assert list(tmp_path.glob("feature_network_*.ts")) == cached
+    assert (cached[0].stat().st_ino, cached[0].stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not rewritten
+    fit_feature_network(images[:99], labels[:99], num_classes=2, epochs=1, progress=False, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("feature_network_*.ts"))) == 2  # other train images, other network
+
+
 def test_a_users_state_dict_loads_by_classifier_name(breast, feature_net, tmp_path):
     from medaug.models import build_classifier
 

@@ -17,6 +17,7 @@ classifier trained on a larger in-house set) can replace it from a local file.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -172,6 +173,7 @@ def fit_feature_network(
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> FeatureNetwork:
     """Train a classifier briefly on real images and return its penultimate layer as features.
 
@@ -195,6 +197,10 @@ def fit_feature_network(
             :data:`SMALL_CNN_FEATURES`).
         batch_size, learning_rate: training settings.
         progress: show a progress bar per epoch.
+        cache_dir: keep the fitted network there (TorchScript, :meth:`FeatureNetwork.save`) under
+            a key hashed from the images, labels and every setting above except ``device`` and
+            ``progress``, and load it instead of training when the key is there already: the
+            runs of a study grid then share one network, which keeps their FIDs comparable.
     """
     batch = as_image_batch(images, "images", allow_empty=False)
     labels = np.asarray(torch.as_tensor(labels).cpu()).reshape(-1).astype(np.int64)
@@ -203,6 +209,13 @@ def fit_feature_network(
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
     in_channels = batch.shape[1]
+    settings = {"num_classes": num_classes, "seed": seed, "epochs": epochs, "architecture": architecture,
+                "image_size": list(image_size), "network_kwargs": network_kwargs, "batch_size": batch_size,
+                "learning_rate": learning_rate}  # fmt: skip
+    cached = _cache_path(cache_dir, batch, labels, settings) if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        logger.info("feature network from cache %s", cached)
+        return load_feature_network(cached, device=device)
     batch = resize_batch(batch, image_size)
 
     device = torch.device(device)
@@ -239,8 +252,20 @@ def fit_feature_network(
             ProgressBar(desc="feature network", persist=False).attach(trainer)
         trainer.run()
     logger.info("feature network %s trained on %d real images for %d epochs", architecture, len(batch), epochs)
-    return FeatureNetwork(PenultimateFeatures(model.eval()), image_size, in_channels,
-                          name=f"{architecture} trained on the real train split", device=device)  # fmt: skip
+    network = FeatureNetwork(PenultimateFeatures(model.eval()), image_size, in_channels,
+                             name=f"{architecture} trained on the real train split", device=device)  # fmt: skip
+    if cached is not None:
+        network.save(cached)
+    return network
+
+
+def _cache_path(cache_dir, images: torch.Tensor, labels: np.ndarray, settings: dict) -> Path:
+    digest = hashlib.sha256()
+    digest.update(str(tuple(images.shape)).encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    digest.update(labels.tobytes())
+    digest.update(json.dumps(settings, sort_keys=True, default=list).encode())
+    return Path(cache_dir) / f"feature_network_{digest.hexdigest()[:16]}.ts"
 
 
 def load_feature_network(

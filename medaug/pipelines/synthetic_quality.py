@@ -168,6 +168,7 @@ def assess_synthetic(
     ms_ssim_pairs: int = 100,
     grid_columns: int = GRID_COLUMNS,
     feature_epochs: int = 15,
+    feature_cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> QualityReport:
@@ -190,7 +191,8 @@ def assess_synthetic(
         k: neighbourhood size of k-NN precision/recall.
         ms_ssim_pairs: random pairs per class for MS-SSIM diversity.
         grid_columns: images per row in the grids.
-        feature_epochs, device, progress: for the default feature network.
+        feature_epochs, feature_cache_dir, device, progress: for the default feature network
+            (``feature_cache_dir``: reuse it across runs on the same train images and seed).
     """
     class_names = [str(c) for c in class_names]
     num_classes = len(class_names)
@@ -207,7 +209,8 @@ def assess_synthetic(
 
     if feature_network is None:
         feature_network = fit_feature_network(real, real_y, num_classes=num_classes, seed=seed,
-                                              epochs=feature_epochs, device=device, progress=progress)  # fmt: skip
+                                              epochs=feature_epochs, device=device, progress=progress,
+                                              cache_dir=feature_cache_dir)  # fmt: skip
     elif not isinstance(feature_network, FeatureNetwork):
         feature_network = load_feature_network(feature_network, device=device)
     real_f, synth_f = feature_network.features(real), feature_network.features(synth)
