@@ -126,6 +126,7 @@ class FeatureNetwork:
 
     @property
     def dim(self) -> int:
+        """Number of features D (from one forward pass of a blank image)."""
         with torch.no_grad():
             probe = torch.zeros((1, self.in_channels, *self.image_size), device=self.device)
             out = self.module(probe)
