@@ -218,11 +218,11 @@ def test_copies_saved_smaller_or_in_colour_are_still_copies(breast, feature_net)
     train, train_y = breast["train"]
     copies = torch.nn.functional.interpolate(train[:4], size=(32, 32), mode="bilinear", antialias=True)
     report = assess_synthetic(train, train_y, ids("t", len(train)), copies.repeat(1, 3, 1, 1), train_y[:4],
-                              ids("s", 4), CLASSES, feature_network=feature_net)  # fmt: skip
+                              ids("s", 4), CLASSES, feature_network=feature_net, near_copy_threshold=0.01)  # fmt: skip
     assert report.near_copy_ids == ids("s", 4)
     assert [row["nearest_real_id"] for row in report.memorization] == ids("t", 4)
     empty = assess_synthetic(train, train_y, ids("t", len(train)), torch.zeros((0, 1, 64, 64)), [], [], CLASSES,
-                             feature_network=feature_net)  # fmt: skip
+                             feature_network=feature_net, near_copy_threshold=0.01)  # fmt: skip
     assert empty.metrics["synthetic_count"] == 0 and math.isnan(empty.metrics["synthetic_fid"])
 
 
