@@ -1,33 +1,36 @@
 """The domain feature network that FID and k-NN precision/recall of synthetic images are measured in.
 
-FID was defined on the pool-3 features of an ImageNet Inception-v3 (Heusel et al. 2017), but on
-grey-scale medical images those features measure the wrong things: they respond mostly to the
-ImageNet classes an image resembles (Kynkäänniemi et al. 2023, "The role of ImageNet classes in
-Fréchet Inception Distance"), and rankings of medical generators by Inception FID disagree with
-rankings by domain features and by experts (Osuala et al. 2023, "medigan"; Woodland et al. 2024,
-"Feature extraction for generative medical imaging evaluation"). The default here is therefore a
-network of the domain itself: a small classifier trained briefly on the real train split, whose
-penultimate layer (the input of its last linear layer) gives the features. A user's own network
-(e.g. RadImageNet weights, or a classifier trained on a larger in-house set) can replace it from a
-local file; nothing is downloaded.
+FID was defined on the pool-3 features of an ImageNet Inception-v3 (Heusel et al. 2017). Those
+features are organised around the 1000 ImageNet classes: FID can be moved by matching ImageNet
+class probabilities without any change in image quality (Kynkäänniemi et al. 2023, "The role of
+ImageNet classes in Fréchet Inception Distance", ICLR), and a grey-scale ultrasound or X-ray image,
+copied into three channels and resized to 299 px, is far from anything Inception was trained on.
+The medical evidence is mixed (Woodland et al. 2024, MICCAI, found ImageNet extractors, SwAV
+more than Inception, ranked medical GANs closer to radiologists than RadImageNet ones did), so no
+feature space is "the right one". The default here is a network of the domain itself that needs
+no download: a small classifier trained briefly on the real train split, whose penultimate layer
+(the input of its last linear layer) gives the features. It measures differences that matter
+to a classifier of these very classes. A user's own network (RadImageNet or SwAV weights, a
+classifier trained on a larger in-house set) can replace it from a local file.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.contrib.handlers import ProgressBar
+from ignite.handlers import ProgressBar
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
-from monai.utils import set_determinism
 from torch import nn
 
 from medaug.io.atomic import atomic_path
@@ -37,6 +40,11 @@ from medaug.pipelines.image_batches import as_image_batch, match_channels, resiz
 logger = logging.getLogger("medaug.synthetic_quality")
 
 METADATA_FILE = "medaug_feature_network.json"  # stored inside TorchScript archives we write
+
+# The default feature network: 128 features, because FID estimates a D x D covariance per class
+# from a few hundred images (with N <= D it is singular and FID's bias grows with D / N), and the
+# matrix square root in FID costs O(D^3): 512 features take seconds per FID on 2 CPU cores.
+SMALL_CNN_FEATURES = {"channels": (16, 32, 64, 128, 128), "strides": (2, 2, 2, 2, 2)}
 
 
 def last_linear_name(model: nn.Module) -> str:
@@ -118,6 +126,7 @@ class FeatureNetwork:
 
     @property
     def dim(self) -> int:
+        """Number of features D (from one forward pass of a blank image)."""
         with torch.no_grad():
             probe = torch.zeros((1, self.in_channels, *self.image_size), device=self.device)
             out = self.module(probe)
@@ -127,7 +136,9 @@ class FeatureNetwork:
         """Write the network as TorchScript (traced at its input size) with its input description,
         so :func:`load_feature_network` restores it without further arguments."""
         example = torch.zeros((1, self.in_channels, *self.image_size), device=self.device)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # shape checks inside MONAI networks become constants: right, the input size is fixed
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(copy.deepcopy(self.module).eval(), example, check_trace=False)
         meta = {"image_size": list(self.image_size), "in_channels": self.in_channels, "name": self.name}
         buffer = io.BytesIO()
@@ -159,9 +170,11 @@ def fit_feature_network(
     device: str | torch.device = "cpu",
     architecture: str = "small_cnn",
     image_size: Sequence[int] = (32, 32),
+    network_kwargs: dict | None = None,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> FeatureNetwork:
     """Train a classifier briefly on real images and return its penultimate layer as features.
 
@@ -177,12 +190,18 @@ def fit_feature_network(
         seed: seeds weights, batch order and flips: the same seed gives the same network.
         epochs: passes over the images (a few seconds each for the default at 32 px on a CPU).
         device: where to train.
-        architecture: a :func:`medaug.models.build_classifier` name; ``small_cnn`` (MONAI's
-            ``Classifier``) at 32 px gives 512 features, ``resnet18`` gives 512 after pooling.
-        image_size: (H, W) the network works at. 32 px keeps the feature dimension near the few
-            hundred images per class that FID's covariance is estimated from.
+        architecture: a :func:`medaug.models.build_classifier` name. The default ``small_cnn``
+            (MONAI's ``Classifier``) gets a fifth stride-2 level that reduces a 32 px image to
+            1 x 1 x 128, so its penultimate layer has 128 features; ``resnet18`` gives 512.
+        image_size: (H, W) the network works at (images are resized to it).
+        network_kwargs: passed to the MONAI network (for ``small_cnn`` they replace
+            :data:`SMALL_CNN_FEATURES`).
         batch_size, learning_rate: training settings.
         progress: show a progress bar per epoch.
+        cache_dir: keep the fitted network there (TorchScript, :meth:`FeatureNetwork.save`) under
+            a key hashed from the images, labels and every setting above except ``device`` and
+            ``progress``, and load it instead of training when the key is there already: the
+            runs of a study grid then share one network, which keeps their FIDs comparable.
     """
     batch = as_image_batch(images, "images", allow_empty=False)
     labels = np.asarray(torch.as_tensor(labels).cpu()).reshape(-1).astype(np.int64)
@@ -191,12 +210,24 @@ def fit_feature_network(
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
     in_channels = batch.shape[1]
+    settings = {"num_classes": num_classes, "seed": seed, "epochs": epochs, "architecture": architecture,
+                "image_size": list(image_size), "network_kwargs": network_kwargs, "batch_size": batch_size,
+                "learning_rate": learning_rate}  # fmt: skip
+    cached = _cache_path(cache_dir, batch, labels, settings) if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        logger.info("feature network from cache %s", cached)
+        return load_feature_network(cached, device=device)
     batch = resize_batch(batch, image_size)
 
-    set_determinism(seed=seed)
-    try:
+    device = torch.device(device)
+    # a private RNG stream: seeded weights and dropout without reseeding the caller's global state
+    # (MONAI's set_determinism(None) would reseed torch, numpy and random at random afterwards)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        if network_kwargs is None:
+            network_kwargs = SMALL_CNN_FEATURES if architecture.replace("-", "_") == "small_cnn" else {}
         model = build_classifier(architecture, in_channels=in_channels, num_classes=num_classes,
-                                 spatial_size=image_size).to(device)  # fmt: skip
+                                 spatial_size=image_size, **network_kwargs).to(device)  # fmt: skip
         data = [{"image": image, "label": int(label)} for image, label in zip(batch, labels)]
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
                             generator=torch.Generator().manual_seed(seed))  # fmt: skip
@@ -209,7 +240,7 @@ def fit_feature_network(
             return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
 
         trainer = SupervisedTrainer(
-            device=torch.device(device),
+            device=device,
             max_epochs=int(epochs),
             train_data_loader=loader,
             network=model,
@@ -221,11 +252,21 @@ def fit_feature_network(
         if progress:
             ProgressBar(desc="feature network", persist=False).attach(trainer)
         trainer.run()
-    finally:
-        set_determinism(seed=None)
     logger.info("feature network %s trained on %d real images for %d epochs", architecture, len(batch), epochs)
-    return FeatureNetwork(PenultimateFeatures(model.eval()), image_size, in_channels,
-                          name=f"{architecture} trained on the real train split", device=device)  # fmt: skip
+    network = FeatureNetwork(PenultimateFeatures(model.eval()), image_size, in_channels,
+                             name=f"{architecture} trained on the real train split", device=device)  # fmt: skip
+    if cached is not None:
+        network.save(cached)
+    return network
+
+
+def _cache_path(cache_dir, images: torch.Tensor, labels: np.ndarray, settings: dict) -> Path:
+    digest = hashlib.sha256()
+    digest.update(str(tuple(images.shape)).encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    digest.update(labels.tobytes())
+    digest.update(json.dumps(settings, sort_keys=True, default=list).encode())
+    return Path(cache_dir) / f"feature_network_{digest.hexdigest()[:16]}.ts"
 
 
 def load_feature_network(
@@ -236,6 +277,7 @@ def load_feature_network(
     in_channels: int | None = None,
     image_size: Sequence[int] | None = None,
     layer: str | None = None,
+    network_kwargs: dict | None = None,
     device: str | torch.device = "cpu",
 ) -> FeatureNetwork:
     """A user's feature network from a local file.
@@ -246,7 +288,8 @@ def load_feature_network(
         channels; for other files give ``image_size`` and ``in_channels``.
       * a state dict (or a checkpoint holding one) of a :func:`medaug.models.build_classifier`
         network: give ``name`` (e.g. ``resnet18``), ``num_classes``, ``in_channels`` and
-        ``image_size``; the features are the input of ``layer`` (default: the last linear layer).
+        ``image_size`` (and ``network_kwargs`` if it was built with any); the features are the
+        input of ``layer`` (default: the last linear layer).
     """
     path = Path(path)
     if not path.is_file():
@@ -270,7 +313,8 @@ def load_feature_network(
                                       ("image_size", image_size)) if value is None]  # fmt: skip
     if missing:
         raise ValueError(f"loading a {name} state dict needs {', '.join(missing)}")
-    model = build_classifier(name, in_channels=in_channels, num_classes=num_classes, spatial_size=image_size)
+    model = build_classifier(name, in_channels=in_channels, num_classes=num_classes, spatial_size=image_size,
+                             **(network_kwargs or {}))  # fmt: skip
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "network", "net"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,20 +38,32 @@ def frechet_distance(real_features: torch.Tensor, synth_features: torch.Tensor) 
     """FID between two feature sets (rows are images) with MONAI's ``FIDMetric``; NaN with fewer
     than 2 images on either side (a covariance needs two).
 
-    With fewer images than feature dimensions the covariances are singular and the matrix square
-    root can come out with an imaginary part that MONAI rejects; the distance is then recomputed
-    with ``1e-6`` added to both diagonals, the regularisation MONAI itself applies to
-    non-finite square roots.
+    Features with a few dominant and many near-dead dimensions (common after ReLU) make the
+    product of the covariances so ill-conditioned that its matrix square root comes out with an
+    imaginary part MONAI rejects. The distance is then recomputed with MONAI's
+    ``compute_frechet_distance`` on covariances with a small ridge added to the diagonal (1e-6,
+    else 1e-4, else 1e-2 of the mean feature variance), the regularisation MONAI itself applies
+    to non-finite square roots, scaled to the features.
     """
     if len(real_features) < 2 or len(synth_features) < 2:
         return math.nan
+    real, synth = real_features.double(), synth_features.double()
     try:
-        value = FIDMetric()(synth_features, real_features)
-    except ValueError:
-        real, synth = real_features.double(), synth_features.double()
-        eye = torch.eye(real.shape[1], dtype=torch.float64) * 1e-6
-        value = compute_frechet_distance(synth.mean(0), _cov(synth, rowvar=False) + eye,
-                                         real.mean(0), _cov(real, rowvar=False) + eye)  # fmt: skip
+        value = FIDMetric()(synth, real)
+    except ValueError as err:
+        sigma_real, sigma_synth = _cov(real, rowvar=False), _cov(synth, rowvar=False)
+        scale = float(sigma_real.trace() + sigma_synth.trace()) / (2 * real.shape[1]) or 1.0
+        eye = torch.eye(real.shape[1], dtype=torch.float64)
+        for ridge in (1e-6, 1e-4, 1e-2):
+            try:
+                value = compute_frechet_distance(synth.mean(0), sigma_synth + ridge * scale * eye,
+                                                 real.mean(0), sigma_real + ridge * scale * eye)  # fmt: skip
+                break
+            except ValueError:
+                continue
+        else:
+            logger.warning("FID undefined for these features (%s); reported as NaN", err)
+            return math.nan
     # rounding in the matrix square root can leave -1e-10 for identical sets
     return max(float(value), 0.0)
 
@@ -118,7 +129,7 @@ def ms_ssim_settings(height: int, width: int) -> dict:
                 weights = np.asarray(MS_SSIM_WEIGHTS[:scales])
                 weights = tuple(float(w) for w in weights / weights.sum())
                 return {"kernel_size": kernel, "kernel_sigma": 1.5 * kernel / 11, "weights": weights}
-    raise ValueError(f"images of {height}x{width} px are too small for MS-SSIM (at least 8 px per side needed)")
+    raise ValueError(f"images of {height}x{width} px are too small for MS-SSIM (at least 7 px per side needed)")
 
 
 def ms_ssim_diversity(images, n_pairs: int = 100, seed: int = 0) -> float:
@@ -179,6 +190,7 @@ def nearest_real(synth_images, real_images, *, chunk_size: int = 256, exclude_se
         raise ValueError("exclude_self needs the same set of at least 2 images on both sides")
     real_sq = (real * real).sum(1)
     indices = torch.empty(len(synth), dtype=torch.long)
+    distances = torch.empty(len(synth), dtype=torch.float64)
     for start in range(0, len(synth), chunk_size):
         block = synth[start : start + chunk_size]
         # squared distances by |a|^2 + |b|^2 - 2ab in float64: one matrix product per chunk
@@ -186,9 +198,10 @@ def nearest_real(synth_images, real_images, *, chunk_size: int = 256, exclude_se
         if exclude_self:
             rows = torch.arange(len(block))
             sq[rows, rows + start] = math.inf
-        indices[start : start + chunk_size] = sq.argmin(dim=1)
-    # exact distance to the chosen neighbour (the shortcut above leaves ~1e-6 for exact copies)
-    distances = ((synth - real[indices]) ** 2).mean(dim=1).sqrt()
+        nearest = sq.argmin(dim=1)
+        indices[start : start + chunk_size] = nearest
+        # exact distance to the chosen neighbour (the shortcut above leaves ~1e-6 for exact copies)
+        distances[start : start + chunk_size] = ((block - real[nearest]) ** 2).mean(dim=1).sqrt()
     return indices, distances
 
 

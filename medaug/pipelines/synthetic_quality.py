@@ -38,7 +38,7 @@ from medaug.pipelines.feature_network import (
     fit_feature_network,
     load_feature_network,
 )
-from medaug.pipelines.image_batches import as_image_batch
+from medaug.pipelines.image_batches import as_image_batch, resize_batch
 from medaug.pipelines.synthetic_metrics import (
     frechet_distance,
     knn_precision_recall,
@@ -65,7 +65,8 @@ __all__ = [
 
 logger = logging.getLogger("medaug.synthetic_quality")
 
-MEMORIZATION_FIELDS = ("synthetic_id", "nearest_real_id", "distance", "near_copy", "synthetic_class", "nearest_real_class")
+MEMORIZATION_FIELDS = ("synthetic_id", "nearest_real_id", "distance", "near_copy",
+                       "synthetic_class", "nearest_real_class")  # fmt: skip
 GRID_COLUMNS = 8
 
 
@@ -167,6 +168,7 @@ def assess_synthetic(
     ms_ssim_pairs: int = 100,
     grid_columns: int = GRID_COLUMNS,
     feature_epochs: int = 15,
+    feature_cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> QualityReport:
@@ -189,7 +191,8 @@ def assess_synthetic(
         k: neighbourhood size of k-NN precision/recall.
         ms_ssim_pairs: random pairs per class for MS-SSIM diversity.
         grid_columns: images per row in the grids.
-        feature_epochs, device, progress: for the default feature network.
+        feature_epochs, feature_cache_dir, device, progress: for the default feature network
+            (``feature_cache_dir``: reuse it across runs on the same train images and seed).
     """
     class_names = [str(c) for c in class_names]
     num_classes = len(class_names)
@@ -206,7 +209,8 @@ def assess_synthetic(
 
     if feature_network is None:
         feature_network = fit_feature_network(real, real_y, num_classes=num_classes, seed=seed,
-                                              epochs=feature_epochs, device=device, progress=progress)  # fmt: skip
+                                              epochs=feature_epochs, device=device, progress=progress,
+                                              cache_dir=feature_cache_dir)  # fmt: skip
     elif not isinstance(feature_network, FeatureNetwork):
         feature_network = load_feature_network(feature_network, device=device)
     real_f, synth_f = feature_network.features(real), feature_network.features(synth)
@@ -220,36 +224,37 @@ def assess_synthetic(
         nearest, distances = nearest_real(synth, real)
     else:
         nearest, distances = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
-    is_copy = (distances <= near_copy_threshold).numpy()
+    is_copy = distances <= near_copy_threshold
 
     memorization = [
         {"synthetic_id": sid, "nearest_real_id": real_ids[j], "distance": float(d), "near_copy": bool(c),
          "synthetic_class": class_names[sy], "nearest_real_class": class_names[real_y[j]]}
-        for sid, j, d, c, sy in zip(synth_ids, nearest.tolist(), distances.tolist(), is_copy, synth_y)
+        for sid, j, d, c, sy in zip(synth_ids, nearest.tolist(), distances.tolist(), is_copy.tolist(), synth_y)
     ]  # fmt: skip
-    near_copy_ids = [sid for sid, c in zip(synth_ids, is_copy) if c]
+    near_copy_ids = [sid for sid, c in zip(synth_ids, is_copy.tolist()) if c]
 
-    metrics: dict[str, float] = {"synthetic_count": float(len(synth)), "synthetic_fid": frechet_distance(real_f, synth_f)}
-    metrics["synthetic_precision"], metrics["synthetic_recall"] = knn_precision_recall(real_f, synth_f, k)
-    metrics["synthetic_near_copies"] = float(len(near_copy_ids))
-    metrics["synthetic_near_copy_fraction"] = len(near_copy_ids) / len(synth) if len(synth) else math.nan
+    metrics = _set_metrics("", real_f, synth_f, k)
+    metrics["synthetic_count"] = float(len(synth))
+    metrics.update(_memorization_metrics("", distances, is_copy))
     metrics["synthetic_near_copy_threshold"] = near_copy_threshold
-    metrics["synthetic_nearest_real_distance_min"] = float(distances.min()) if len(synth) else math.nan
-    metrics["synthetic_nearest_real_distance_median"] = float(distances.median()) if len(synth) else math.nan
-
     rng = np.random.default_rng(seed)
     grids = {}
     for c, name in enumerate(class_names):
-        key = metric_key(name)
+        suffix = f"_{metric_key(name)}"
         r, s = torch.from_numpy(real_y == c), torch.from_numpy(synth_y == c)
-        metrics[f"synthetic_count_{key}"] = float(s.sum())
-        metrics[f"synthetic_fid_{key}"] = frechet_distance(real_f[r], synth_f[s])
-        metrics[f"synthetic_precision_{key}"], metrics[f"synthetic_recall_{key}"] = knn_precision_recall(real_f[r], synth_f[s], k)
-        metrics[f"synthetic_ms_ssim_{key}"] = ms_ssim_diversity(synth[s], ms_ssim_pairs, seed)
-        metrics[f"synthetic_ms_ssim_real_{key}"] = ms_ssim_diversity(real[r], ms_ssim_pairs, seed)
-        metrics[f"synthetic_near_copies_{key}"] = float(is_copy[s.numpy()].sum())
+        metrics[f"synthetic_count{suffix}"] = float(s.sum())
+        metrics.update(_set_metrics(suffix, real_f[r], synth_f[s], k))
+        metrics[f"synthetic_ms_ssim{suffix}"] = ms_ssim_diversity(synth[s], ms_ssim_pairs, seed)
+        metrics[f"synthetic_ms_ssim_real{suffix}"] = ms_ssim_diversity(real[r], ms_ssim_pairs, seed)
+        metrics.update(_memorization_metrics(suffix, distances[s], is_copy[s]))
         grids[name] = _grid_sample(real[r], synth[s], real[nearest[s]], distances[s].tolist(),
-                                   is_copy[s.numpy()].tolist(), grid_columns, rng)  # fmt: skip
+                                   is_copy[s].tolist(), grid_columns, rng)  # fmt: skip
+    # the overall values also measure how far the synthetic class mix (mostly minority, by design
+    # of oversampling) is from the real one; the class means compare like with like
+    for name in ("fid", "precision", "recall"):
+        values = [metrics[f"synthetic_{name}_{metric_key(c)}"] for c in class_names]
+        values = [v for v in values if not math.isnan(v)]
+        metrics[f"synthetic_{name}_class_mean"] = float(np.mean(values)) if values else math.nan
 
     settings = {
         "feature_network": feature_network.name,
@@ -270,6 +275,23 @@ def assess_synthetic(
     return QualityReport(metrics, near_copy_ids, memorization, near_copy_threshold, class_names, settings, grids)
 
 
+def _set_metrics(suffix: str, real_f: torch.Tensor, synth_f: torch.Tensor, k: int) -> dict[str, float]:
+    """FID and k-NN precision/recall of one pair of feature sets (all images, or one class)."""
+    precision, recall = knn_precision_recall(real_f, synth_f, k)
+    return {f"synthetic_fid{suffix}": frechet_distance(real_f, synth_f),
+            f"synthetic_precision{suffix}": precision, f"synthetic_recall{suffix}": recall}  # fmt: skip
+
+
+def _memorization_metrics(suffix: str, distances: torch.Tensor, is_copy: torch.Tensor) -> dict[str, float]:
+    n = len(distances)
+    return {
+        f"synthetic_near_copies{suffix}": float(is_copy.sum()),
+        f"synthetic_near_copy_fraction{suffix}": float(is_copy.double().mean()) if n else math.nan,
+        f"synthetic_nearest_real_distance_min{suffix}": float(distances.min()) if n else math.nan,
+        f"synthetic_nearest_real_distance_median{suffix}": float(distances.median()) if n else math.nan,
+    }
+
+
 # --- the real-vs-synthetic grid ------------------------------------------------------------------
 
 
@@ -283,43 +305,47 @@ def _grid_sample(real, synth, nearest, distances, near_copy, columns, rng) -> _C
                       distances=[distances[i] for i in order], near_copy=[near_copy[i] for i in order])  # fmt: skip
 
 
-def _show(ax, image: torch.Tensor) -> None:
-    array = image.numpy()
-    if array.shape[0] == 3:
-        ax.imshow(np.moveaxis(array, 0, -1).clip(0, 1))
-    else:  # grey-scale (other channel counts: the first channel)
-        ax.imshow(array[0], cmap="gray", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _tile(images: torch.Tensor, size: tuple[int, int], columns: int, pad: int) -> np.ndarray:
+    """A row of images as one RGB array (white gaps), so a grid row is one ``imshow``, not one
+    axes per image (matplotlib axes are slow to build)."""
+    height, width = size
+    row = np.ones((height, columns * (width + pad) - pad, 3), dtype=np.float32)
+    if len(images):
+        images = resize_batch(images, size)
+        if images.shape[1] != 3:  # grey-scale (other channel counts: the first channel)
+            images = images[:, :1].expand(-1, 3, -1, -1)
+        for col, image in enumerate(images.numpy()):
+            row[:, col * (width + pad) : col * (width + pad) + width] = np.moveaxis(image, 0, -1)
+    return row
 
 
 def _plot_grid(name: str, grid: _ClassGrid, threshold: float, path: Path) -> Path:
     """Three rows: real images of the class, synthetic images, and the nearest real image of each
     synthetic one with its distance (near copies framed in red)."""
     columns = max(len(grid.real), len(grid.synthetic), 1)
-    fig = Figure(figsize=(1.3 * columns + 1.2, 4.4), dpi=100, layout="constrained")
+    size = tuple(grid.real.shape[-2:]) if len(grid.real) else tuple(grid.synthetic.shape[-2:])
+    pad = max(2, size[1] // 16)
+    fig = Figure(figsize=(1.1 * columns + 1.0, 4.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(3, columns, squeeze=False)
+    axes = fig.subplots(3, 1, squeeze=False)[:, 0]
     rows = (("real", grid.real), ("synthetic", grid.synthetic), ("nearest real", grid.nearest))
-    for row, (label, images) in enumerate(rows):
-        for col in range(columns):
-            ax = axes[row][col]
-            if col < len(images):
-                _show(ax, images[col])
-            else:
-                ax.axis("off")
-            if col == 0:
-                ax.axis("on")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_ylabel(label)
+    for ax, (label, images) in zip(axes, rows):
+        ax.imshow(_tile(images, size, columns, pad), vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         if not len(images):
-            axes[row][0].text(0.5, 0.5, "none", ha="center", va="center", transform=axes[row][0].transAxes)
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+    step = size[1] + pad
     for col, (distance, copy) in enumerate(zip(grid.distances, grid.near_copy)):
-        ax = axes[2][col]
-        ax.set_title(f"{distance:.3f}" + (" copy" if copy else ""), fontsize=8, color="red" if copy else "black")
+        colour = "red" if copy else "black"
+        axes[2].text(col * step + size[1] / 2, -1, f"{distance:.3f}" + (" copy" if copy else ""),
+                     ha="center", va="bottom", fontsize=7, color=colour)  # fmt: skip
         if copy:
-            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red", linewidth=3))
+            for ax in axes[1:]:
+                ax.add_patch(Rectangle((col * step - 0.5, -0.5), size[1], size[0], fill=False, edgecolor="red", linewidth=2))
     fig.suptitle(f"{name}: real vs synthetic (nearest-real RMSE; near copy if <= {threshold:.3f})", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
