@@ -511,6 +511,7 @@ class OversampleStage:
             native, [e["label"] for e in train], ids, synth, [r["label"] for r in rows], [r["id"] for r in rows],
             self.class_names, feature_network=q["feature_network_path"], near_copy_threshold=q["near_copy_threshold"],
             seed=self.seed, feature_epochs=int(q["feature_epochs"]), device=self.device, progress=self.progress,
+            feature_cache_dir=self.cache_dir / "feature_networks",  # one per train set, shared by all methods
         )  # fmt: skip
         report.save(folder / "quality")
         return dict(report.metrics), set(report.near_copy_ids)
