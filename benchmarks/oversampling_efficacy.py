@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -49,7 +50,13 @@ METHODS = {"none": ("none", "none"), "class_weight": ("class_weight", "none"), "
            "gan": ("none", "gan"), "vae_interp": ("none", "vae_interp"), "ldm": ("none", "ldm"),
            "ldm_img2img": ("none", "ldm_img2img"), "hybrid": ("none", "hybrid")}  # fmt: skip
 BASELINES = ("none", "class_weight", "random")
-QUALITY = ("synthetic_fid", "synthetic_precision", "synthetic_recall", "synthetic_near_copy_fraction")
+# Quality of the minority-class images against the real minority images (the overall values compare
+# minority-only synthetic sets with both real classes, which mostly measures the class mix).
+QUALITY = ("fid", "precision", "recall", "ms_ssim", "ms_ssim_real", "near_copy_fraction")
+
+
+def minority_quality(quality: dict, minority: str) -> dict:
+    return {k: quality.get(f"synthetic_{k}_{minority}") for k in QUALITY}
 
 
 def overrides(dataset: str, method: str, seed: int, args, runs_dir: Path) -> dict:
@@ -99,8 +106,16 @@ def run_one(dataset: str, method: str, seed: int, args, runs_dir: Path) -> dict:
         + sum(cost.get(k, {}).get("seconds", 0.0) for k in ("random_copies", "augmented_copies")),
         "fit_cached": cost.get("fit", {}).get("cached"),
         "peak_memory_mb": max([c.get("peak_memory_mb", 0.0) for c in cost.values()] or [0.0]),
-        "quality": {k: (oversample.get("quality") or {}).get(k) for k in QUALITY},
+        "quality": oversample.get("quality") or {},
     }  # fmt: skip
+
+
+def with_full_quality(record: dict, runs_dir: Path) -> dict:
+    """Records of an earlier version kept only overall quality values: take them all from the run."""
+    path = runs_dir / f"{record['dataset']}-{record['method']}-seed{record['seed']}" / "oversample.json"
+    if len(record.get("quality") or {}) < len(QUALITY) and path.exists():
+        record["quality"] = json.loads(path.read_text()).get("quality") or {}
+    return record
 
 
 def mean_sd_ci(values) -> dict:
@@ -123,8 +138,9 @@ def summarise(runs: list[dict]) -> list[dict]:
             row = {"dataset": dataset, "method": method, "seeds": len(group)}
             for key in ("balanced_accuracy", "minority_sensitivity", "auc"):
                 row[key] = mean_sd_ci([r[key] for r in group])
+            minority = DATASETS[dataset]["minority"]
             for key in QUALITY:
-                row[key] = mean_sd_ci([r["quality"].get(key) for r in group])["mean"]
+                row[key] = mean_sd_ci([minority_quality(r["quality"], minority)[key] for r in group])["mean"]
             # Cost of a method: the first (uncached) fit of each seed plus sampling.
             fits = [r["fit_seconds"] for r in group]
             row["fit_plus_sample_seconds"] = round(float(np.mean([f + r["sample_seconds"] for f, r in zip(fits, group)])), 1)
@@ -173,15 +189,20 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"balance. Seeds: {meta['seeds_done']}. Mean ± sd [95% t-interval] over seeds, official test split. "
         f"{meta['cpu_threads']} CPU threads ({meta['machine']}), shared with other work.",
         "",
+        "Image quality is that of the new minority images against the real minority train images: FID and "
+        "k-NN precision/recall in the features of a small CNN trained on the real train split, MS-SSIM "
+        "between pairs of synthetic (real) images (lower = more diverse), fraction of near copies of a real image.",
+        "",
         "| dataset | method | seeds | balanced ACC | minority sensitivity | AUC | FID | precision | recall "
-        "| near-copy frac. | synthetic | fit+sample s | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| MS-SSIM synth (real) | near-copy frac. | synthetic | fit+sample s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {r['seeds']} | {f(r['balanced_accuracy'])} | "
-            f"{f(r['minority_sensitivity'])} | {f(r['auc'])} | {q(r['synthetic_fid'], 1)} | {q(r['synthetic_precision'])} "
-            f"| {q(r['synthetic_recall'])} | {q(r['synthetic_near_copy_fraction'])} | {r['synthetic_images']} "
+            f"{f(r['minority_sensitivity'])} | {f(r['auc'])} | {q(r['fid'], 1)} | {q(r['precision'])} "
+            f"| {q(r['recall'])} | {q(r['ms_ssim']) and f\"{q(r['ms_ssim'])} ({q(r['ms_ssim_real'])})\"} "
+            f"| {q(r['near_copy_fraction'])} | {r['synthetic_images']} "
             f"| {r['fit_plus_sample_seconds']:.0f} | {r['peak_memory_mb']:.0f} |"
         )  # fmt: skip
     lines += ["", "Goal: the best generative method beats the best non-generative baseline by >= 2 points:", ""]
@@ -231,13 +252,14 @@ def main() -> int:
         print(f"[{i}/{len(grid)}] {dataset:18s} {method:12s} seed {seed}: BA {record['balanced_accuracy']:.3f} "
               f"minority sens {record['minority_sensitivity']:.3f} AUC {record['auc']:.3f} "
               f"(fit {record['fit_seconds']:.0f} s, total {record['seconds_total']:.0f} s)", flush=True)  # fmt: skip
-    runs = [json.loads(p.read_text()) for p in sorted((runs_dir / "results").glob("*.json"))]
+    runs = [with_full_quality(json.loads(p.read_text()), runs_dir) for p in sorted((runs_dir / "results").glob("*.json"))]
     runs = [r for r in runs if r["dataset"] in args.datasets and r["method"] in args.methods]
     settings = {k: getattr(args, k) for k in ("classifier", "max_epochs", "max_epochs_pneumonia", "patience", "batch_size", "gen_size",
                                               "gan_iterations", "vae_iterations", "ldm_ae_iterations",
                                               "ldm_unet_iterations", "ddim_steps", "feature_epochs", "seeds")}  # fmt: skip
     meta = {"settings": settings, "runs": len(runs), "planned_runs": len(grid),
             "seeds_done": sorted({r["seed"] for r in runs}), "cpu_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "machine": platform.machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "failures": failures}  # fmt: skip
     rows = summarise(runs)
