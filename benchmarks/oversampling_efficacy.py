@@ -178,6 +178,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     def q(value, digits=3):
         return "" if value is None else f"{value:.{digits}f}"
 
+    def ms_ssim(row):
+        return "" if row["ms_ssim"] is None else f"{q(row['ms_ssim'])} ({q(row['ms_ssim_real'])})"
+
     s = meta["settings"]
     lines = [
         "# Generative oversampling vs honest baselines (default bundle, CPU)",
@@ -201,7 +204,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {r['seeds']} | {f(r['balanced_accuracy'])} | "
             f"{f(r['minority_sensitivity'])} | {f(r['auc'])} | {q(r['fid'], 1)} | {q(r['precision'])} "
-            f"| {q(r['recall'])} | {q(r['ms_ssim']) and f\"{q(r['ms_ssim'])} ({q(r['ms_ssim_real'])})\"} "
+            f"| {q(r['recall'])} | {ms_ssim(r)} "
             f"| {q(r['near_copy_fraction'])} | {r['synthetic_images']} "
             f"| {r['fit_plus_sample_seconds']:.0f} | {r['peak_memory_mb']:.0f} |"
         )  # fmt: skip
