@@ -8,8 +8,8 @@ RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 MLFLOW_DIR ?= mlflow-server
 
-.PHONY: install demo test docker-test bench bench-predict bench-augment bench-data mlflow-ui mlflow-server \
-	mlflow-screenshot clean
+.PHONY: install demo test docker-test bench bench-oversampling bench-predict bench-augment bench-data mlflow-ui \
+	mlflow-server mlflow-screenshot clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ docker-test: install
 
 bench: install
 	$(BIN)/python benchmarks/baselines.py
+	$(BIN)/python benchmarks/oversampling_efficacy.py
+
+bench-oversampling: install
+	$(BIN)/python benchmarks/oversampling_efficacy.py
 
 bench-predict: install
 	$(BIN)/python benchmarks/predict_throughput.py
@@ -66,5 +70,5 @@ mlflow-screenshot: install
 	$(BIN)/python scripts/mlflow_ui_screenshot.py --output docs/mlflow_compare_runs.png
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(RUNS) benchmarks/results/tmp
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(RUNS) benchmarks/results/tmp benchmarks/results/tmp_oversampling
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
