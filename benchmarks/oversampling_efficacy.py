@@ -189,7 +189,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"up to {s['max_epochs']} epochs ({s['max_epochs_pneumonia']} on PneumoniaMNIST; patience {s['patience']}), the same for every method. Generators at "
         f"{s['gen_size']} px: GAN {s['gan_iterations']} it., VAE {s['vae_iterations']} it./class, LDM "
         f"{s['ldm_ae_iterations']} + {s['ldm_unet_iterations']} it., DDIM {s['ddim_steps']} steps; oversampled to "
-        f"balance. Seeds: {meta['seeds_done']}. Mean ± sd [95% t-interval] over seeds, official test split. "
+        f"balance. Seeds: {meta['seeds_per_dataset']}. Mean ± sd [95% t-interval] over seeds, official test split. "
         f"{meta['cpu_threads']} CPU threads ({meta['machine']}), shared with other work.",
         "",
         "Image quality is that of the new minority images against the real minority train images: FID and "
@@ -217,7 +217,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds first-seed .. seeds-1")
+    parser.add_argument("--first-seed", type=int, default=0, help="to add seeds in a second process")
     parser.add_argument("--classifier", default="small_cnn")
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--max-epochs-pneumonia", type=int, default=3,
@@ -239,7 +240,7 @@ def main() -> int:
     (runs_dir / "results").mkdir(parents=True, exist_ok=True)
     # Dataset-major, then seed-major: an interrupted benchmark still compares every method on the
     # seeds it finished, and the cheaper dataset comes first.
-    grid = [(d, m, s) for d in args.datasets for s in range(args.seeds) for m in args.methods]
+    grid = [(d, m, s) for d in args.datasets for s in range(args.first_seed, args.seeds) for m in args.methods]
     failures = []
     for i, (dataset, method, seed) in enumerate([] if args.table_only else grid, 1):
         path = runs_dir / "results" / f"{dataset}-{method}-seed{seed}.json"
@@ -257,6 +258,11 @@ def main() -> int:
               f"(fit {record['fit_seconds']:.0f} s, total {record['seconds_total']:.0f} s)", flush=True)  # fmt: skip
     runs = [with_full_quality(json.loads(p.read_text()), runs_dir) for p in sorted((runs_dir / "results").glob("*.json"))]
     runs = [r for r in runs if r["dataset"] in args.datasets and r["method"] in args.methods]
+    # Compare methods on the same seeds only: a seed some method has not finished is left out.
+    complete = {(d, s) for d in args.datasets for s in {r["seed"] for r in runs}
+                if all(any(r["dataset"] == d and r["seed"] == s and r["method"] == m for r in runs) for m in args.methods)}
+    incomplete = sorted({f"{r['dataset']} seed {r['seed']}" for r in runs if (r["dataset"], r["seed"]) not in complete})
+    runs = [r for r in runs if (r["dataset"], r["seed"]) in complete]
     settings = {k: getattr(args, k) for k in ("classifier", "max_epochs", "max_epochs_pneumonia", "patience", "batch_size", "gen_size",
                                               "gan_iterations", "vae_iterations", "ldm_ae_iterations",
                                               "ldm_unet_iterations", "ddim_steps", "feature_epochs", "seeds")}  # fmt: skip
@@ -264,7 +270,8 @@ def main() -> int:
             "seeds_done": sorted({r["seed"] for r in runs}), "cpu_threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "machine": platform.machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "failures": failures}  # fmt: skip
+            "seeds_per_dataset": {d: sorted({r["seed"] for r in runs if r["dataset"] == d}) for d in args.datasets},
+            "incomplete_seeds_left_out": incomplete, "failures": failures}  # fmt: skip
     rows = summarise(runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=2))
