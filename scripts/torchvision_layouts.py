@@ -1,4 +1,5 @@
-"""Write the parameter names and shapes of torchvision's ``vgg16_bn`` and ``inception_v3`` to
+"""Write the parameter names and shapes of torchvision's ``vgg16_bn``, ``inception_v3`` and
+``efficientnet_v2_s`` to
 ``tests/data/torchvision_layouts.json``; the tests check medaug's own builds against them.
 
 torchvision does not import beside the CPU torch medaug pins, so run this once in a separate
@@ -18,6 +19,7 @@ import torchvision
 BUILDS = {
     "vgg16_bn": lambda: torchvision.models.vgg16_bn(weights=None),
     "inception_v3": lambda: torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False),
+    "efficientnet_v2_s": lambda: torchvision.models.efficientnet_v2_s(weights=None),
 }
 
 

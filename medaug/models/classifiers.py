@@ -11,6 +11,7 @@ import torch
 from monai.networks import nets
 from torch import nn
 
+from medaug.models.efficientnet_v2 import efficientnet_v2_s
 from medaug.models.inception import INCEPTION_MIN_INPUT_SIZE, inception_v3
 from medaug.models.vgg import VGG_MIN_INPUT_SIZE, vgg16_bn
 
@@ -71,6 +72,10 @@ def _vgg16_bn(in_channels, num_classes, spatial_size, **kwargs):
     return vgg16_bn(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
+def _efficientnet_v2_s(in_channels, num_classes, spatial_size, **kwargs):
+    return efficientnet_v2_s(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
 def _inception_v3(in_channels, num_classes, spatial_size, **kwargs):
     return inception_v3(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
@@ -81,6 +86,7 @@ CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": _resnet(50),
     "densenet121": _densenet121,
     "efficientnet-b0": _efficientnet("efficientnet-b0"),
+    "efficientnet-v2-s": _efficientnet_v2_s,
     "vgg16-bn": _vgg16_bn,
     "inception-v3": _inception_v3,
     "small_cnn": _small_cnn,
@@ -91,6 +97,7 @@ CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
 MIN_INPUT_SIZE = {
     "densenet121": 32,
     "efficientnet-b0": 32,
+    "efficientnet-v2-s": 32,
     "vgg16-bn": VGG_MIN_INPUT_SIZE,
     "inception-v3": INCEPTION_MIN_INPUT_SIZE,
 }
@@ -108,7 +115,7 @@ def build_classifier(
 
     Args:
         name: one of :data:`CLASSIFIERS` (``resnet18``, ``resnet50``, ``densenet121``, ``efficientnet-b0``,
-            ``vgg16_bn``, ``inception_v3``, ``small_cnn``, ...); ``_`` and ``-`` are interchangeable.
+            ``efficientnet_v2_s``, ``vgg16_bn``, ``inception_v3``, ``small_cnn``, ...); ``_`` and ``-`` are interchangeable.
         in_channels: 1 for grayscale images, 3 for RGB.
         num_classes: number of output classes.
         spatial_size: (H, W) the network will see; sizes the ResNet stem and the small CNN's head.
