@@ -6,8 +6,10 @@ STAMP  := $(VENV)/.installed
 BUNDLE ?= bundles/imbalance_baselines
 RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
+MLFLOW_DIR ?= mlflow-server
 
-.PHONY: install demo test bench bench-predict mlflow-ui clean
+.PHONY: install demo test docker-test bench bench-predict bench-augment bench-data mlflow-ui mlflow-server \
+	mlflow-screenshot clean
 
 install: $(STAMP)
 
@@ -28,15 +30,40 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Builds docker/Dockerfile with podman (installed from Debian's packages if missing; needs root) and runs
+# it with --network none on a messy DICOM folder; minutes, not part of `make test`. See docker/README.md.
+docker-test: install
+	$(BIN)/python docker/test_image.py
+
 bench: install
 	$(BIN)/python benchmarks/baselines.py
 
 bench-predict: install
 	$(BIN)/python benchmarks/predict_throughput.py
 
+# TorchIO is the peer of this benchmark only: installed here, never a runtime dependency.
+bench-augment: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]" -c constraints.txt
+	$(BIN)/python benchmarks/augment_throughput.py
+
+bench-data: install
+	$(BIN)/python benchmarks/data_loading.py
+
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS))/mlflow.db \
 		--default-artifact-root $(abspath $(RUNS))/mlruns --port $(PORT)
+
+# A shared tracking server on this machine: SQLite backend, artifacts served from a local folder.
+# Point bundles at it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT); team setup: README.
+mlflow-server: install
+	mkdir -p $(MLFLOW_DIR)/artifacts
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(PORT) \
+		--backend-store-uri sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db \
+		--artifacts-destination $(abspath $(MLFLOW_DIR))/artifacts --serve-artifacts
+
+# docs/mlflow_compare_runs.png: two smoke runs compared in the MLflow UI (needs chromium)
+mlflow-screenshot: install
+	$(BIN)/python scripts/mlflow_ui_screenshot.py --output docs/mlflow_compare_runs.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache $(RUNS) benchmarks/results/tmp

@@ -169,6 +169,47 @@ def predict(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def show_augmentations(args: argparse.Namespace) -> int:
+    import torch
+    from monai.transforms import Resize
+
+    from medaug.io import read_entry_image
+    from medaug.io.npz import parse_npz_ref
+    from medaug.pipelines.augmentation_grid import plot_augmentation_grid
+    from medaug.transforms.presets import AugmentationPlan, PresetError
+
+    image = args.image
+    if not image:
+        raise UsageError("--image: required")
+    if image.endswith(".npz") and parse_npz_ref(image) is None:
+        image = f"{Path(image).resolve()}#{args.split}/{args.index}"
+    path = image if parse_npz_ref(image) is None else parse_npz_ref(image)[0]
+    if not Path(path).is_file():
+        raise UsageError(f"--image: file {args.image!r} not found")
+    if not args.out:
+        raise UsageError("--out: required (the grid image to write, e.g. grid.png)")
+    try:
+        overrides = json.loads(args.overrides) if args.overrides else None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--overrides: not valid JSON ({err})") from err
+    try:
+        pixels, _ = read_entry_image(image, channels=args.channels)
+    except Exception as err:
+        raise UsageError(f"--image: cannot be read ({type(err).__name__}: {err})") from err
+    tensor = torch.from_numpy(pixels)
+    if args.size:
+        tensor = Resize(spatial_size=args.size, mode="area")(tensor)
+    try:
+        plan = AugmentationPlan(args.preset, overrides=overrides, allow=args.allow, image_size=list(tensor.shape[1:]),
+                                overrides_key="--overrides", allow_key="--allow")  # fmt: skip
+    except PresetError as err:
+        raise UsageError(str(err) if str(err).startswith("--") else f"--preset: {err}") from err
+    out = plot_augmentation_grid(plan, [tensor], args.out, samples=args.samples, seed=args.seed,
+                                 titles=[Path(path).name])  # fmt: skip
+    print(f"{out}: {len(plan.steps())} transforms of preset {plan.name!r} ({plan.source}), {args.samples} samples each")
+    return EXIT_OK
+
+
 PREDICT_EPILOG = """\
 checkpoint: --checkpoint, else <bundle>/models/model.ts (TorchScript, from MONAI's ckpt_export; runs
 without the network code), else <bundle>/models/model.pt (a training checkpoint, loaded into the network
@@ -245,6 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", help="torch device (default: cuda:0 if available, else cpu)")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
     pred.set_defaults(handler=predict)
+
+    show = commands.add_parser(
+        "show-augmentations", help="draw a grid of an image augmented by each transform of a preset",
+        description="Read one image (DICOM, PNG/JPEG, NIfTI, or an .npz archive with --index), apply each transform of "
+        "the preset on its own (probability forced to 1) and then the whole chain, several random draws each, and "
+        "draw the grid to --out. Presets: chest_xray, ct, mri, ultrasound, generic, or a YAML file of your own.",
+    )  # fmt: skip
+    show.add_argument("--preset", default="generic", help="preset name or YAML file (default: generic)")
+    show.add_argument("--image", help="image file: DICOM, PNG/JPEG, NIfTI, .npz (with --index), or 'archive.npz#split/index'")
+    show.add_argument("--out", help="grid image to write (PNG; written atomically)")
+    show.add_argument("--samples", type=_positive_int, default=4, help="random draws per transform (default 4)")
+    show.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    show.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                      help="resize the image first, as a bundle's preprocessing would (default: as read)")  # fmt: skip
+    show.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 grayscale, 3 RGB")
+    show.add_argument("--index", type=int, default=0, help="image index in an .npz archive")
+    show.add_argument("--split", default="train", help="split of an .npz archive (default train)")
+    show.add_argument("--overrides", help="JSON, as augment#overrides: {\"affine\": {\"prob\": 1.0}}")
+    show.add_argument("--allow", nargs="*", default=[], metavar="RULE", help="'if_allowed' anatomy rules to lift")
+    show.set_defaults(handler=show_augmentations)
     return parser
 
 

@@ -28,9 +28,26 @@ def test_there_is_a_default_bundle():
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_multi_gpu_overlay_overrides_sections_that_train_json_has(bundle):
+    """Model-zoo convention: multi_gpu_train.json only overrides what DDP changes, so every key it
+    sets sits in a section of train.json (a renamed section would silently train without DDP)."""
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    overlay = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())
+    for key in overlay:
+        node = train
+        for part in key.split("#")[:-1]:
+            assert isinstance(node, dict) and part in node, f"{bundle.name}: multi_gpu_train.json sets {key!r}, but train.json has no {part!r}"
+            node = node[part]
+    for key in ("network", "train#sampler", "validate#sampler", "train#trainer#train_handlers",
+                "validate#evaluator#val_handlers", "initialize", "run", "finalize"):  # fmt: skip
+        assert key in overlay, f"{bundle.name}: multi_gpu_train.json lacks {key}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_bundle_layout_and_changelog(bundle):
     for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/smoke.json",
-                     "configs/evaluate.json", "configs/logging.conf", "docs/README.md", "LICENSE"):  # fmt: skip
+                     "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf",
+                     "docs/README.md", "LICENSE"):  # fmt: skip
         assert (bundle / required).is_file(), f"{bundle.name} lacks {required}"
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]

@@ -18,14 +18,15 @@ EXPECTED_ARTIFACTS = {"metrics.json", "predictions.csv", "confusion_matrix.png",
                       "config.json", "training_curves.png", "checkpoint/model.pt"}  # fmt: skip
 
 
-def run_bundle(bundle: Path, out: Path, *overrides: str, configs=CONFIGS, env_uri=True) -> subprocess.CompletedProcess:
+def run_bundle(bundle: Path, out: Path, *overrides: str, configs=CONFIGS, env_uri=True,
+               tracking_uri: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
     config_files = str([str(bundle / c) for c in configs])
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_files,
            "--bundle_root", str(bundle), "--output_dir", str(out), *overrides]  # fmt: skip
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    if env_uri:
-        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"
+    if tracking_uri or env_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result

@@ -186,3 +186,18 @@ def test_png_orientation_survives_loading(tmp_path):
     data = build_study_data(tmp_path, split_fractions=(0.5, 0.25, 0.25), min_train_per_class=1, progress=False)
     image = LoadDatalistImaged("image")(data.entries[0])["image"]
     assert tuple(image.shape) == (1, 20, 30) and float(image[0, 0, -1]) == 1.0
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    """Reports are shared with colleagues: an atomic write must not leave them owner-only (mkstemp's 0600)."""
+    import os
+
+    from medaug.io.atomic import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "report.json", {"ok": True})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

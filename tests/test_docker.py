@@ -1,5 +1,7 @@
-"""The Docker image for DICOM-folder inference: the Dockerfile checked statically, its entrypoint run
-outside Docker as the same command, and (where a Docker daemon answers) built and run for real."""
+"""The Docker image for DICOM-folder inference: the Dockerfile checked statically and its entrypoint
+run outside Docker as the same command. The image itself is built and run for real by
+``make docker-test`` (``docker/test_image.py``, podman), which is too slow and too machine-bound for
+``make test``."""
 
 from __future__ import annotations
 
@@ -10,9 +12,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 from tests.conftest import DICOM_DIR, REPO
 from tests.test_predict import make_bundle, read_csv, tree_state
@@ -61,7 +60,10 @@ def test_dockerfile_static_checks():
     assert args.get("BASE_IMAGE") == "python:3.11-slim"
     assert [rest for word, rest in steps if word == "FROM"] == ["${BASE_IMAGE}"]
     runs = " ".join(rest for word, rest in steps if word == "RUN")
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs and "torch==${TORCH_VERSION}" in runs
+    # CPU torch from PyTorch's CPU index by default, or from a wheel folder given as a build argument
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu" and "TORCH_FIND_LINKS" in args
+    assert "torch==${TORCH_VERSION}+cpu" in runs and "torch.version.cuda is None" in runs
+    assert "python3 -m venv" in runs, "both bases have python3; Debian's system pip refuses installs"
     assert args["TORCH_VERSION"] == "2.13.0"
     assert "-c constraints.txt" in runs and "ckpt_export" in runs
     users = [rest for word, rest in steps if word == "USER"]
@@ -95,41 +97,3 @@ def test_entrypoint_runs_outside_docker_as_the_same_command(tmp_path):
     assert len(read_csv(out / "predictions.csv")) == len(list(DICOM_DIR.glob("*.dcm")))
     assert "model.ts" in result.stderr, "the image's default model is the TorchScript export"
     assert tree_state(source) == before
-
-
-def _docker_available() -> tuple[bool, str]:
-    if shutil.which("docker") is None:
-        return False, "no docker command on this machine"
-    try:
-        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return False, f"docker info failed ({err})"
-    if info.returncode != 0:
-        return False, "docker info fails: no Docker daemon reachable"
-    return True, ""
-
-
-@pytest.mark.slow
-def test_image_builds_and_predicts_the_samples_without_network(tmp_path):
-    available, why = _docker_available()
-    if not available:
-        pytest.skip(why)
-    context = tmp_path / "context"
-    context.mkdir()
-    for name in ("pyproject.toml", "constraints.txt", "README.md", ".dockerignore"):
-        shutil.copy(REPO / name, context / name)
-    shutil.copytree(REPO / "medaug", context / "medaug", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "docker", context / "docker")
-    bundle = make_bundle(tmp_path / "b")
-    shutil.copytree(bundle, context / "bundles" / "test_bundle")
-    tag = "medaug-predict-test:latest"
-    build = subprocess.run(["docker", "build", "-f", "docker/Dockerfile", "--build-arg", "BUNDLE=bundles/test_bundle",
-                            "-t", tag, "."], cwd=context, capture_output=True, text=True, timeout=3600)  # fmt: skip
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    out = tmp_path / "out"
-    out.mkdir()
-    os.chmod(out, 0o777)
-    run = subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{DICOM_DIR}:/input:ro",
-                          "-v", f"{out}:/output", tag], capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert run.returncode == 3, run.stderr[-3000:]
-    assert len(read_csv(out / "predictions.csv")) == len(list(DICOM_DIR.glob("*.dcm")))

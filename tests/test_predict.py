@@ -161,11 +161,12 @@ def test_messy_folder_every_good_file_predicted_every_bad_one_explained(bundle, 
     for path, part in bad.items():
         assert part in skipped[path], (path, skipped[path])
     as_json = json.loads((out / "predictions.json").read_text())
+    bundle_version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
     assert [(r["path"], r["prob_malignant"]) for r in as_json] == [(r["path"], float(r["prob_malignant"])) for r in rows]
     for row in rows:
         probs = [float(row[f"prob_{c}"]) for c in CLASSES]
         assert abs(sum(probs) - 1) < 1e-4 and row["predicted"] == CLASSES[int(np.argmax(probs))]
-        assert row["model_name"] == "Imbalance baselines" and row["model_version"] == "0.1.0"
+        assert row["model_name"] == "Imbalance baselines" and row["model_version"] == bundle_version
         assert row["checkpoint_sha256"] == hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()
         if row["path"] != "photo.png":
             assert row["sop_instance_uid"] and row["study_instance_uid"]

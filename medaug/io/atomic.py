@@ -12,6 +12,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 minus the umask): ``mkstemp`` creates 0o600,
+    which would leave reports readable by their owner only."""
+    try:  # Linux reports the umask without changing it (os.umask would, briefly, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return 0o666 & ~current
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
@@ -21,6 +35,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
+from medaug.io.caching import folder_listing_key, load_index, save_index
 from medaug.io.scan import cross_split_duplicates, scan_entries
 from medaug.io.sources import source_entries
 from medaug.io.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, patients_in_several_splits, simulate_imbalance
@@ -124,6 +125,36 @@ class StudyData:
         return paths
 
 
+def index_dataset(dataset_dir: str, data_format: str | None, labels_csv: str | None, exclude, class_names,
+                  channels: int, frames: str, index_cache: str | os.PathLike | None = None,
+                  progress: bool = True) -> tuple[str, list[dict], list[str], list[dict]]:  # fmt: skip
+    """``(format, usable entries, class names, skipped)``: every file found and decoded once.
+
+    With ``index_cache`` the result is kept in ``<index_cache>/index-<key>.json``, the key being
+    the folder listing (paths, sizes, modification times), the labels CSV and the reading settings
+    (:func:`medaug.io.caching.folder_listing_key`); the next run over an unchanged folder reads it
+    instead of opening every file again. Splits and imbalance (seeded) are applied afterwards, so
+    runs with other seeds share one index.
+    """
+    exclude = list(exclude or ())
+    key = None
+    if index_cache is not None:
+        key = folder_listing_key(dataset_dir, labels_csv, data_format=data_format, exclude=exclude,
+                                 class_names=list(class_names or []), channels=channels, frames=frames)  # fmt: skip
+        cached = load_index(index_cache, key)
+        if cached is not None:
+            logger.info("index of %s read from %s (%d images)", dataset_dir, index_cache, len(cached["entries"]))
+            return cached["format"], cached["entries"], cached["class_names"], cached["skipped"]
+    fmt, raw, names, skipped = source_entries(
+        dataset_dir, data_format, labels_csv=labels_csv, exclude=exclude, class_names=class_names
+    )
+    usable, unreadable = scan_entries(raw, channels=channels, frames=frames, progress=progress)
+    skipped = skipped + unreadable
+    if key is not None:
+        save_index(index_cache, key, {"format": fmt, "entries": usable, "class_names": list(names), "skipped": skipped})
+    return fmt, usable, list(names), skipped
+
+
 def build_study_data(
     dataset_dir: str | os.PathLike,
     data_format: str | None = None,
@@ -138,6 +169,7 @@ def build_study_data(
     min_train_per_class: int = 2,
     report_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    index_cache: str | os.PathLike | None = None,
 ) -> StudyData:
     """Build the datalists of a study from a bundle's data keys.
 
@@ -156,13 +188,12 @@ def build_study_data(
         frames: ``middle`` or ``all`` frames of multi-frame files.
         min_train_per_class: fewer usable train images in a class stops the run with a clear error.
         report_dir: where ``skipped.csv`` / ``leaks.csv`` / ``datalist.json`` are written.
+        progress: progress bar while images are indexed.
+        index_cache: a folder keeping the index (see :func:`index_dataset`); None indexes every time.
     """
     dataset_dir = str(dataset_dir)
-    fmt, raw, names, skipped = source_entries(
-        dataset_dir, data_format, labels_csv=labels_csv, exclude=list(exclude or ()), class_names=class_names
-    )
-    usable, unreadable = scan_entries(raw, channels=channels, frames=frames, progress=progress)
-    skipped = skipped + unreadable
+    fmt, usable, names, skipped = index_dataset(dataset_dir, data_format, labels_csv, exclude, class_names, channels,
+                                                frames, index_cache, progress)  # fmt: skip
     entries = assign_splits(usable, split_fractions, seed=seed)
     entries, imbalance_summary = simulate_imbalance(entries, imbalance, names, seed=seed)
     data = StudyData(dataset_dir, fmt, list(names), entries, skipped, imbalance=imbalance_summary)

@@ -1,15 +1,18 @@
 """medaug's array metrics as Ignite metrics, so MONAI engines can select checkpoints, stop early and
 log to MLflow on them.
 
-Ignite's ``EpochMetric`` gathers every prediction of an epoch (across ranks under DDP) and calls a
-function of (probabilities, labels); MONAI has no balanced-accuracy handler, so the function comes
-from :mod:`medaug.pipelines.metrics`.
+Ignite's ``EpochMetric`` keeps every prediction of an epoch and calls a function of
+(probabilities, labels); MONAI has no balanced-accuracy handler, so the function comes from
+:mod:`medaug.pipelines.metrics`. Under DDP the predictions of all ranks are gathered before the
+function runs, so every rank computes the metric of the whole validation set.
 """
 
 from __future__ import annotations
 
 import torch
+from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
+from monai.utils import evenly_divisible_all_gather
 
 from medaug.pipelines import metrics as M
 
@@ -32,8 +35,30 @@ def _array_metric(name: str, positive_class: int):
     return compute
 
 
+class GatheredEpochMetric(EpochMetric):
+    """``EpochMetric`` whose ranks may hold different numbers of predictions.
+
+    Ignite's ``EpochMetric.compute`` gathers with a plain ``all_gather``, which needs the same
+    number of predictions on every rank; a validation set split without padding (MONAI's
+    ``DistributedSampler(even_divisible=False)``, so that no image is counted twice) gives 40 and
+    39. MONAI's ``evenly_divisible_all_gather`` pads, gathers and trims; every rank then computes
+    the same value from the same predictions, so no broadcast is needed.
+    """
+
+    def compute(self) -> float:
+        if not self._predictions:
+            raise NotComputableError(f"{type(self).__name__} must have at least one example before it can be computed.")
+        if self._result is None:
+            preds, targets = torch.cat(self._predictions, dim=0), torch.cat(self._targets, dim=0)
+            preds = evenly_divisible_all_gather(preds, concat=True)
+            targets = evenly_divisible_all_gather(targets, concat=True)
+            self._result = self.compute_fn(preds, targets)
+        return self._result
+
+
 def epoch_metric(name: str = "balanced_accuracy", positive_class: int = 1) -> EpochMetric:
     """An Ignite metric computing ``name`` (one of ``metrics.METRIC_NAMES``) over a whole epoch."""
     if name not in M.METRIC_NAMES:
         raise ValueError(f"unknown metric {name!r}; choose one of {M.METRIC_NAMES}")
-    return EpochMetric(_array_metric(name, positive_class), output_transform=stack_pred_label, check_compute_fn=False)
+    return GatheredEpochMetric(_array_metric(name, positive_class), output_transform=stack_pred_label,
+                               check_compute_fn=False)

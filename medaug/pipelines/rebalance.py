@@ -51,3 +51,29 @@ def make_sampler(method: str, labels: Sequence[int], seed: int = 0) -> WeightedR
     generator = torch.Generator().manual_seed(int(seed))
     return WeightedRandomSampler(torch.as_tensor(per_sample, dtype=torch.double), num_samples=len(labels),
                                  replacement=True, generator=generator)  # fmt: skip
+
+
+def make_distributed_sampler(method: str, dataset, labels: Sequence[int], seed: int = 0,
+                             num_replicas: int | None = None, rank: int | None = None):  # fmt: skip
+    """The DDP counterpart of :func:`make_sampler`: each rank draws from its own shard of the
+    training set (MONAI's ``DistributedSampler``, shuffled every epoch with ``seed + epoch``), so the
+    ranks see disjoint parts of the data; ``oversample`` draws each rank's shard with the same
+    class-balancing weights (MONAI's ``DistributedWeightedRandomSampler``).
+
+    ``num_replicas``/``rank`` default to the process group's (they are arguments for tests).
+    """
+    from monai.data import DistributedSampler, DistributedWeightedRandomSampler
+
+    kwargs = {"num_replicas": num_replicas, "rank": rank, "shuffle": True, "seed": int(seed), "even_divisible": True}
+    if _check(method) != "oversample":
+        return DistributedSampler(dataset, **kwargs)
+    labels = np.asarray(labels, dtype=np.int64)
+    per_sample = 1.0 / np.bincount(labels)[labels]
+    generator = torch.Generator().manual_seed(int(seed) + (rank if rank is not None else _rank()))
+    return DistributedWeightedRandomSampler(dataset, per_sample.tolist(), generator=generator, **kwargs)
+
+
+def _rank() -> int:
+    from medaug.pipelines.distributed import get_rank
+
+    return get_rank()

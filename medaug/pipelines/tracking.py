@@ -24,13 +24,16 @@ from ignite.engine import Events
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from medaug.io.atomic import write_json_atomic
+from medaug.pipelines.distributed import on_rank0_and_share, rank0_first_context
 
 logger = logging.getLogger("medaug.tracking")
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
 
 
 def timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
+    """``YYYYmmdd-HHMMSS`` for run names; under DDP rank 0's clock, sent to every rank (a
+    collective: every rank must call it), so that all ranks agree on the run name and folder."""
+    return on_rank0_and_share(time.strftime, "%Y%m%d-%H%M%S")
 
 
 def default_tracking_uri(output_dir: str | os.PathLike) -> str:
@@ -135,7 +138,10 @@ class RunTracker:
         self.tags = {k: str(v) for k, v in (tags or {}).items()}
         self.params = dict(params or {})
         self.tracking_uri = default_tracking_uri(output_dir)
-        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        # The first client of a new SQLite store creates its tables; under DDP every rank builds a
+        # tracker (and MONAI's MLflow handlers), and two creating the tables at once collide.
+        with rank0_first_context():
+            self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
         self.run_id: str | None = None
 
     def _experiment_id(self) -> str:

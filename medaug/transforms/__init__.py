@@ -1,2 +1,15 @@
-"""Transforms MONAI lacks (physics-informed noise and artifacts) and modality presets; the default
-augmentation chain of the bundles uses MONAI's own transforms."""
+"""Transforms MONAI lacks (physics-informed noise and artifacts) and the modality presets that
+compose them with MONAI's own transforms (``medaug.transforms.presets``)."""
+
+from medaug.transforms.ct import RandLowDoseCT, RandLowDoseCTd
+from medaug.transforms.mri import RandKSpaceGhosting, RandKSpaceGhostingd, RandKSpaceMotion, RandKSpaceMotiond
+from medaug.transforms.ultrasound import RandSpeckle, RandSpeckled
+from medaug.transforms.xray import (
+    RandQuantumNoise, RandQuantumNoised, RandXrayExposure, RandXrayExposured, RandXrayScatter, RandXrayScatterd,
+)  # fmt: skip
+
+__all__ = [
+    "RandKSpaceGhosting", "RandKSpaceGhostingd", "RandKSpaceMotion", "RandKSpaceMotiond", "RandLowDoseCT",
+    "RandLowDoseCTd", "RandQuantumNoise", "RandQuantumNoised", "RandSpeckle", "RandSpeckled", "RandXrayExposure",
+    "RandXrayExposured", "RandXrayScatter", "RandXrayScatterd",
+]  # fmt: skip
