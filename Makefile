@@ -7,7 +7,7 @@ BUNDLE ?= bundles/imbalance_baselines
 RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 
-.PHONY: install demo test bench bench-predict mlflow-ui clean
+.PHONY: install demo test bench bench-predict study report mlflow-ui clean
 
 install: $(STAMP)
 
@@ -33,6 +33,15 @@ bench: install
 
 bench-predict: install
 	$(BIN)/python benchmarks/predict_throughput.py
+
+# The bundle's study grid (configs/grid.yaml) as MLflow child runs; run again to resume.
+# e.g. make study SEEDS=5, make study STUDY_ARGS="--config smoke.json"
+study: install
+	$(BIN)/medaug study run $(BUNDLE) --output-dir $(RUNS) $(if $(SEEDS),--seeds $(SEEDS)) $(STUDY_ARGS)
+
+# HTML + Markdown report of the latest study in the bundle's runs (also logged to its parent run).
+report: install
+	$(BIN)/medaug report --experiment $(notdir $(BUNDLE)) --runs-dir $(RUNS)
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS))/mlflow.db \
