@@ -27,6 +27,7 @@ statsmodels have none). It is checked against pROC's ``roc.test`` on the aSAH da
 
 from __future__ import annotations
 
+import gc
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -211,5 +212,11 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], method="holm")[1]
+        # statsmodels' Holm branch calls gc.collect(), which costs a second or more in a process
+        # holding torch and MLflow; frozen objects are skipped by the collector.
+        gc.freeze()
+        try:
+            out[ok] = multipletests(p[ok], method="holm")[1]
+        finally:
+            gc.unfreeze()
     return out.tolist()
