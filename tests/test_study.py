@@ -2,6 +2,11 @@
 hash covers, and how a launcher makes a bundle run a child of the study's parent run."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
 import pytest
@@ -88,3 +93,47 @@ def test_a_launcher_makes_the_bundle_run_a_tagged_child_of_the_parent(tmp_path, 
     monkeypatch.setenv("MEDAUG_RUN_TAGS", "[1, 2]")
     with pytest.raises(ValueError, match="MEDAUG_RUN_TAGS must be a JSON object"):
         environment_tags()
+
+
+def _study_cli(bundle, out, launcher, *extra):
+    return [sys.executable, "-m", "medaug.cli", "study", "run", str(bundle), "--output-dir", str(out), "--no-progress",
+            "--seeds", "1", "--launcher", launcher, *extra]  # fmt: skip
+
+
+def _parent(out):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("imbalance_baselines")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`medaug.role` = 'study'")
+    return parent
+
+
+@pytest.mark.slow
+def test_a_failing_child_is_reported_and_sigterm_stops_a_running_one(bundle_copy, tmp_path):
+    """Real subprocesses with stand-in children: one that fails at once, one that would sleep two minutes."""
+    out = tmp_path / "out"
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    failing = '{python} -c "import sys; print(sys.argv[1:3]); sys.exit(3)"'
+    result = subprocess.run(_study_cli(bundle_copy, out, failing, "--max-children", "1"), capture_output=True,
+                            text=True, timeout=300, env=env)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "0 finished now, 1 failed, 2 not started" in result.stdout
+    assert "failed (exit code 3)" in result.stderr and "--config_file" in result.stderr  # the child's log tail
+    assert _parent(out).info.status == "FAILED"
+
+    sleeping = '{python} -c "import time; time.sleep(120)"'
+    runner = subprocess.Popen(_study_cli(bundle_copy, out, sleeping), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    logs = next(out.glob("study-*")) / "logs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the failed child runs again, now as the sleeping one
+        if any("time.sleep(120)" in p.read_text() for p in logs.glob("*.log")):
+            break
+        time.sleep(0.3)
+    time.sleep(1.0)
+    started = time.monotonic()
+    runner.send_signal(signal.SIGTERM)
+    _, stderr = runner.communicate(timeout=60)
+    assert time.monotonic() - started < 30, "the runner did not wait for the two-minute child"
+    assert runner.returncode == 1 and "study interrupted" in stderr and "Run the same command again" in stderr
+    assert _parent(out).info.status == "KILLED", "the same study (parent run) as the first attempt, now KILLED"

@@ -486,7 +486,8 @@ class StudyRunner:
                         self._mark(client, runs, "FAILED")
                         summary.failed.append(child.name)
                         tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
-                        bar.write(f"child {child.name} failed (exit code {code}); log: {log_path}\n{tail}")
+                        bar.write(f"child {child.name} failed (exit code {code}); log: {log_path}\n{tail}",
+                                  file=sys.stderr)  # fmt: skip
                     bar.update(1)
             except (KeyboardInterrupt, StudyInterrupted):
                 self._stop_current()
