@@ -17,16 +17,16 @@ from medaug.pipelines.tracking import RunTracker, environment_tags
 from tests.conftest import BUNDLE
 
 
-def test_the_default_bundle_grid_is_three_baselines_times_three_seeds():
+def test_the_default_bundle_grid_is_three_baselines_times_five_seeds():
     grid = load_grid(BUNDLE / "configs" / "grid.yaml")
     children = expand_grid(grid)
     assert grid.strategy_key == "rebalance#method" and grid.baseline == "none"
-    assert len(children) == 9 and [c.seed for c in children[:3]] == [0, 0, 0]  # seed-major: all strategies first
+    assert len(children) == 15 and [c.seed for c in children[:3]] == [0, 0, 0]  # seed-major: all strategies first
     assert {c.strategy for c in children} == {"none", "class_weight", "oversample"}
     assert children[0].overrides == {"rebalance#method": "none", "classifier": "resnet18", "seed": 0}
     assert children[0].cell == "none (classifier=resnet18)"
-    assert len({c.name for c in children}) == 9
-    assert len(expand_grid(load_grid(BUNDLE / "configs" / "grid.yaml", seeds=5))) == 15  # --seeds 5
+    assert len({c.name for c in children}) == 15
+    assert len(expand_grid(load_grid(BUNDLE / "configs" / "grid.yaml", seeds=2))) == 6  # --seeds 2
 
 
 def test_named_strategies_fix_their_keys_so_the_baseline_is_not_swept_over_amounts():
@@ -73,8 +73,8 @@ def test_the_config_hash_covers_the_configs_and_the_overrides_not_the_output_fol
     smoke = StudyRunner(bundle_copy, grid, overlays=[bundle_copy / "configs" / "smoke.json"], output_dir=tmp_path / "a")
     assert a.hashes == b.hashes and a.study_key == b.study_key
     assert set(a.hashes.values()).isdisjoint(smoke.hashes.values()) and a.study_key != smoke.study_key
-    more_seeds = StudyRunner(bundle_copy, load_grid(BUNDLE / "configs" / "grid.yaml", seeds=5), output_dir=tmp_path / "a")
-    assert more_seeds.study_key == a.study_key, "--seeds 5 after 3 continues the same study"
+    more_seeds = StudyRunner(bundle_copy, load_grid(BUNDLE / "configs" / "grid.yaml", seeds=7), output_dir=tmp_path / "a")
+    assert more_seeds.study_key == a.study_key, "--seeds 7 after 5 continues the same study"
     assert set(a.hashes.values()) < set(more_seeds.hashes.values())
     assert config_hash([{"x": 1}], {"seed": 0}) != config_hash([{"x": 1}], {"seed": 1})
 
