@@ -110,10 +110,17 @@ def test_plain_runs_of_an_experiment_with_three_classes(store, tmp_path):
             tags = {"strategy": strategy, "seed": str(seed), "classifier": "small_cnn"}
             _log_run(client, experiment_id, tmp_path, f"{strategy}-{seed}", tags, _predictions(rng, accuracy, k=3),
                      ["a", "b", "c"])  # fmt: skip
+    single = {"strategy": "oversample", "seed": "0", "classifier": "small_cnn"}  # one seed only
+    _log_run(client, experiment_id, tmp_path, "oversample-0", single, _predictions(rng, 0.6, k=3), ["a", "b", "c"],
+             {"test_balanced_accuracy_ci_low": 0.41, "test_balanced_accuracy_ci_high": 0.72})  # fmt: skip
     result = write_study_report("plain", runs_dir=folder, out_dir=tmp_path / "report", n_bootstrap=200)
-    assert result["baseline"] == "none" and result["comparisons"] == 1
-    (comparison,) = json.loads((tmp_path / "report" / "report.json").read_text())["comparisons"]
-    assert comparison["cell"] == "class_weight (classifier=small_cnn)"
+    assert result["baseline"] == "none" and result["comparisons"] == 2
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    comparison = next(c for c in data["comparisons"] if c["cell"] == "class_weight (classifier=small_cnn)")
+    single_seed = next(c for c in data["comparisons"] if c["cell"] == "oversample (classifier=small_cnn)")
+    assert single_seed["result"]["seeds"] == [0]  # tested against none on the one seed they share
+    one_seed = data["summary"]["oversample (classifier=small_cnn)"]["test_balanced_accuracy"]
+    assert (one_seed["ci_low"], one_seed["ci_high"]) == (0.41, 0.72) and one_seed["ci_source"].startswith("bootstrap")
     assert "multi-class" in comparison["result"]["auc"]["note"]
     assert 0 < comparison["result"]["balanced_accuracy"]["p"] <= 1
     report_run = client.get_run(result["logged_to"])

@@ -220,9 +220,15 @@ def summarize(records: list[RunRecord]) -> tuple[list[str], list[str], dict, dic
         for m in ordered:
             values[r.cell][m].append(r.metrics.get(m, math.nan))
     summary = {c: {m: stats.mean_sd_ci(values[c][m]) for m in ordered} for c in cells}
+    single = {r.cell: r for r in records if sum(x.cell == r.cell for x in records) == 1}
     for c in cells:
         for m in ordered:
             bounds, s = metric_range(m), summary[c][m]
+            s["ci_source"] = "seeds"
+            run = single.get(c)
+            if run is not None and f"{m}_ci_low" in run.metrics:  # one seed: its bootstrap CI over test images
+                s["ci_low"], s["ci_high"] = run.metrics[f"{m}_ci_low"], run.metrics[f"{m}_ci_high"]
+                s["ci_source"] = "bootstrap over test images (one seed)"
             if bounds is not None and math.isfinite(s["ci_low"]):
                 s["ci_low"], s["ci_high"] = max(bounds[0], s["ci_low"]), min(bounds[1], s["ci_high"])
     return cells, ordered, values, summary
@@ -339,7 +345,8 @@ COMPARISON_HEADER = ["strategy", "baseline", "seeds", "images", "Δ balanced acc
 METHODS = (
     "Each row is a strategy with its other grid settings (a cell), over the seeds it ran. "
     "Mean ± sample sd over seeds; [95% CI] is the Student-t interval of the mean over seeds (spread of training "
-    "with different seeds), clipped to the metric's range, n/a with a single seed. Paired comparisons use the same seeds and the same real test "
+    "with different seeds), clipped to the metric's range; with a single seed it is that run's 95% stratified "
+    "bootstrap interval over the test images. Paired comparisons use the same seeds and the same real test "
     "images: balanced accuracy and Youden's J by a paired, class-stratified bootstrap of the test images "
     "(difference of means over seeds, percentile CI, null-centred p); AUC by DeLong's test of the mean AUC "
     "difference with the joint covariance of all seeds' AUCs (DeLong et al. 1988; Sun & Xu 2014); McNemar's test "
