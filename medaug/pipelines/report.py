@@ -36,7 +36,6 @@ from medaug.io.atomic import atomic_path, write_json_atomic
 from medaug.pipelines import plots, report_plots, stats
 from medaug.pipelines.study import (
     AXES_TAG,
-    CELL_TAG,
     OVERRIDES_TAG,
     ROLE_TAG,
     SEED_TAG,

@@ -469,11 +469,11 @@ class StudyRunner:
                 print(f"study {self.experiment}: {summary.skipped} of {len(self.children)} child runs already "
                       f"finished with the same config hash; skipping them", file=sys.stderr)  # fmt: skip
             launch = todo if self.max_children is None else todo[: self.max_children]
-            previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
-            signal.signal(signal.SIGTERM, _raise_interrupted)
+            previous = signal.getsignal(signal.SIGTERM)
+            with contextlib.suppress(ValueError):  # not the main thread: SIGTERM keeps its handler
+                signal.signal(signal.SIGTERM, _raise_interrupted)
             bar = tqdm(total=len(self.children), initial=summary.skipped, unit="run", desc=self.experiment,
                        disable=not self.progress, dynamic_ncols=True)  # fmt: skip
-            status = "FINISHED"
             try:
                 for child in launch:
                     bar.set_postfix_str(child.name[:40])
@@ -486,8 +486,9 @@ class StudyRunner:
                         self._mark(client, runs, "FAILED")
                         summary.failed.append(child.name)
                         tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
-                        bar.write(f"child {child.name} failed (exit code {code}); log: {log_path}\n{tail}",
-                                  file=sys.stderr)  # fmt: skip
+                        why = f"exit code {code}" if code else ("exit code 0 but no FINISHED MLflow run tagged with its "
+                                                               "config hash: does the bundle use medaug's RunTracker?")
+                        bar.write(f"child {child.name} failed ({why}); log: {log_path}\n{tail}", file=sys.stderr)
                     bar.update(1)
             except (KeyboardInterrupt, StudyInterrupted):
                 self._stop_current()
@@ -498,7 +499,8 @@ class StudyRunner:
                 raise
             finally:
                 bar.close()
-                signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(signal.SIGTERM, previous)
             summary.remaining = len(todo) - len(launch)
             status = "FINISHED" if summary.complete else ("FAILED" if summary.failed else "KILLED")
             client.log_batch(parent, metrics=_summary_metrics(summary))
