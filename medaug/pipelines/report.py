@@ -383,7 +383,7 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
          ctx["all_rows"]),
     ]  # fmt: skip
     intro = [f"Experiment `{ctx['experiment']}`; {ctx['source']}; {ctx['n_runs']} finished runs in "
-             f"{len(ctx['cells'])} cells; baseline `{ctx['baseline']}`; tracking URI `{ctx['tracking_uri']}`; "
+             f"{len(ctx['cells'])} cells; baseline `{ctx['baseline']}`; {ctx['task']}; tracking URI `{ctx['tracking_uri']}`; "
              f"written {ctx['written']}."]  # fmt: skip
     md = [f"# Study report: {ctx['experiment']}", "", *intro, ""]
     md += [f"- {n}" for n in ctx["notes"]] + ([""] if ctx["notes"] else [])
@@ -396,7 +396,7 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
         f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
         f"<figcaption>{html.escape(cap)}</figcaption></figure>" for cap, p in ctx["figures"]
     )  # fmt: skip
-    body = [f"<h1>Study report: {html.escape(ctx['experiment'])}</h1>", f"<p>{html.escape(intro[0])}</p>"]
+    body = [f"<h1>Study report: {html.escape(ctx['experiment'])}</h1>", f"<p>{html.escape(intro[0].replace('`', ''))}</p>"]
     if ctx["notes"]:
         body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in ctx["notes"]) + "</ul>")
     for title, sub, header, rows in sections:
@@ -508,7 +508,10 @@ def write_study_report(experiment: str, baseline: str | None = None, parent_run_
     all_rows = [[m, c, str(summary[c][m]["n"]), _cell_text(summary[c][m])] for m in metric_names for c in cells]
     source = (f"study parent run `{parent.info.run_id}` ({parent.info.run_name})" if parent is not None
               else "all finished runs of the experiment")  # fmt: skip
-    ctx = {"experiment": experiment, "source": source, "n_runs": len(records), "cells": cells, "baseline": baseline,
+    first = preds[records[0].run_id]
+    task = (f"classes {', '.join(first.class_names)}" + (f" (positive: {first.class_names[first.positive]})"
+            if len(first.class_names) == 2 else "") + f"; {len(first.keys)} test images per run")  # fmt: skip
+    ctx = {"experiment": experiment, "source": source, "task": task, "n_runs": len(records), "cells": cells, "baseline": baseline,
            "tracking_uri": uri, "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "notes": notes,
            "summary_header": summary_header, "summary_rows": summary_rows, "all_rows": all_rows,
            "comparison_rows": [_comparison_row(c) for c in comparisons], "figures": figures}  # fmt: skip
