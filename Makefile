@@ -8,8 +8,8 @@ RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 MLFLOW_DIR ?= mlflow-server
 
-.PHONY: install demo test docker-test bench bench-oversampling bench-predict bench-augment bench-data mlflow-ui \
-	mlflow-server mlflow-screenshot clean
+.PHONY: install demo test docker-test bench bench-oversampling bench-predict bench-augment bench-data study report \
+	mlflow-ui mlflow-server mlflow-screenshot clean
 
 install: $(STAMP)
 
@@ -52,6 +52,14 @@ bench-augment: install
 
 bench-data: install
 	$(BIN)/python benchmarks/data_loading.py
+# The bundle's study grid (configs/grid.yaml) as MLflow child runs; run again to resume.
+# e.g. make study SEEDS=5, make study STUDY_ARGS="--config smoke.json"
+study: install
+	$(BIN)/medaug study run $(BUNDLE) --output-dir $(RUNS) $(if $(SEEDS),--seeds $(SEEDS)) $(STUDY_ARGS)
+
+# HTML + Markdown report of the latest study in the bundle's runs (also logged to its parent run).
+report: install
+	$(BIN)/medaug report --experiment $(notdir $(BUNDLE)) --runs-dir $(RUNS)
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS))/mlflow.db \

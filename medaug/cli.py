@@ -210,6 +210,94 @@ def show_augmentations(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _resolve_overlay(bundle: Path, name: str) -> Path:
+    """``--config`` as given, else relative to the bundle or its ``configs`` folder."""
+    for candidate in (Path(name), bundle / name, bundle / "configs" / name):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"--config: {name!r} is neither a file nor one of {bundle / 'configs'}")
+
+
+def study_run(args: argparse.Namespace) -> int:
+    from medaug.pipelines.study import GridError, StudyInterrupted, StudyRunner, load_grid
+
+    bundle = Path(args.bundle)
+    if not (bundle / "configs" / "train.json").is_file():
+        raise UsageError(f"bundle: {args.bundle!r} is not a bundle (no configs/train.json)")
+    grid_path = Path(args.grid) if args.grid else bundle / "configs" / "grid.yaml"
+    if not grid_path.is_file():
+        raise UsageError(f"--grid: {str(grid_path)!r} not found" + ("" if args.grid else
+                         " (the bundle ships no configs/grid.yaml; pass --grid)"))  # fmt: skip
+    overlays = [_resolve_overlay(bundle, name) for name in args.config]
+    try:
+        grid = load_grid(grid_path, seeds=args.seeds)
+        runner = StudyRunner(bundle, grid, overlays=overlays, output_dir=args.output_dir, launcher=args.launcher,
+                             cache_dir=args.cache_dir, max_children=args.max_children,
+                             progress=not args.no_progress, stream=args.stream)  # fmt: skip
+    except (GridError, KeyError) as err:
+        raise UsageError(str(err)) from err
+    total = len(runner.children)
+    print(f"study {runner.experiment}: {total} child runs ({len(grid.seeds)} seeds) from {grid_path}; "
+          f"MLflow {runner.tracking_uri}; logs in {runner.study_dir / 'logs'}", file=sys.stderr)  # fmt: skip
+    try:
+        summary = runner.run()
+    except GridError as err:
+        raise UsageError(str(err)) from err
+    except (KeyboardInterrupt, StudyInterrupted):
+        print("medaug: study interrupted; the running child was stopped and marked KILLED. Run the same command "
+              "again to resume.", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    print(f"study {summary.experiment}: parent run {summary.parent_run_id}; {summary.skipped} skipped (already "
+          f"finished), {summary.finished} finished now, {len(summary.failed)} failed, {summary.remaining} not "
+          f"started")  # fmt: skip
+    for name in summary.failed:
+        print(f"  failed: {name} (log: {runner.study_dir / 'logs' / (name + '.log')})")
+    if summary.remaining:
+        print("stopped early as asked (--max-children); run the same command again to continue")
+    report = ["medaug", "report", "--experiment", summary.experiment, "--parent-run", summary.parent_run_id]
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        report += ["--runs-dir", str(runner.output_dir)]
+    print("report: " + " ".join(report))
+    return EXIT_OK if not summary.failed else EXIT_FAILURE
+
+
+def report(args: argparse.Namespace) -> int:
+    from medaug.pipelines.report import ReportError, write_study_report
+
+    try:
+        result = write_study_report(
+            experiment=args.experiment, baseline=args.baseline, parent_run_id=args.parent_run, out_dir=args.out,
+            tracking_uri=args.tracking_uri, runs_dir=args.runs_dir, n_bootstrap=args.n_bootstrap,
+            log_to_mlflow=not args.no_log,
+        )  # fmt: skip
+    except ReportError as err:
+        raise UsageError(str(err)) from err
+    print(f"report on {result['runs']} runs ({result['cells']} strategies/cells, {result['comparisons']} paired "
+          f"comparisons against {result['baseline']!r}):\n  {result['html']}\n  {result['markdown']}")  # fmt: skip
+    if result.get("logged_to"):
+        print(f"logged to MLflow run {result['logged_to']}")
+    return EXIT_OK
+
+
+STUDY_EPILOG = """\
+grid (configs/grid.yaml of the bundle, or --grid):
+  axes:          {config key: [values]}; every combination is run ('#' for sections: rebalance#method)
+  strategies:    optional {name: {config key: value}}; a strategy's keys are fixed for it
+  strategy_key:  the axis that is "the strategy" in the report (named strategies: their name)
+  baseline:      the strategy the report tests the others against
+  seeds:         a count (0..N-1) or a list; --seeds N overrides; seed_key (default: seed)
+  amount_key:    optional axis drawn as amount-sweep curves in the report
+
+resuming: every child run is tagged with a hash of the bundle configs and its overrides; children already
+FINISHED under the study's parent run are skipped, children a killed study left RUNNING are marked KILLED
+and run again. Run the same command again after an interruption.
+
+launcher: the command that runs one child, followed by --config_file/--bundle_root/--output_dir. Default:
+  "{python} -m monai.bundle run"; for DDP: --launcher "torchrun --nproc_per_node=2 -m monai.bundle run"
+  (with the bundle's multi-GPU overlay in --config).
+"""
+
+
 PREDICT_EPILOG = """\
 checkpoint: --checkpoint, else <bundle>/models/model.ts (TorchScript, from MONAI's ckpt_export; runs
 without the network code), else <bundle>/models/model.pt (a training checkpoint, loaded into the network
@@ -306,6 +394,47 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--overrides", help="JSON, as augment#overrides: {\"affine\": {\"prob\": 1.0}}")
     show.add_argument("--allow", nargs="*", default=[], metavar="RULE", help="'if_allowed' anatomy rules to lift")
     show.set_defaults(handler=show_augmentations)
+    study = commands.add_parser("study", help="run a bundle's study grid as MLflow child runs")
+    study_commands = study.add_subparsers(dest="study_command", metavar="SUBCOMMAND")
+    srun = study_commands.add_parser(
+        "run", help="expand the grid and run every child run not yet finished (resumable)",
+        description="Expand the bundle's grid (strategies x axes x seeds) into child runs of one MLflow parent run, "
+        "each a 'python -m monai.bundle run' in a subprocess; skip children already finished with the same config "
+        "hash, so an interrupted study resumes where it stopped.",
+        epilog=STUDY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    srun.add_argument("bundle", help="the bundle folder, e.g. bundles/imbalance_baselines")
+    srun.add_argument("--grid", help="grid YAML (default: <bundle>/configs/grid.yaml)")
+    srun.add_argument("--seeds", type=_positive_int, help="run seeds 0..N-1 instead of the grid's seeds")
+    srun.add_argument("--config", action="append", default=[], metavar="FILE",
+                      help="config overlay merged after configs/train.json, e.g. smoke.json (repeatable)")  # fmt: skip
+    srun.add_argument("--output-dir", help="the children's output_dir (default: <bundle>/runs)")
+    srun.add_argument("--launcher", default="{python} -m monai.bundle run",
+                      help="command that runs one child (default: '%(default)s'; {python} is this interpreter)")
+    srun.add_argument("--cache-dir", help="shared cache of the children, e.g. fitted generators "
+                      "(default: <output-dir>/cache; MEDAUG_CACHE_DIR in their environment)")  # fmt: skip
+    srun.add_argument("--max-children", type=_positive_int, help="stop after launching this many child runs")
+    srun.add_argument("--stream", action="store_true", help="show the children's output (default: log files)")
+    srun.add_argument("--no-progress", action="store_true", help="no progress bar")
+    srun.set_defaults(handler=study_run)
+
+    rep = commands.add_parser(
+        "report", help="HTML and Markdown report of a study: mean ± sd, CIs, paired tests, plots",
+        description="Read the runs of an MLflow experiment (a study's child runs, or all finished runs), and write "
+        "an HTML and a Markdown report: per strategy mean ± sd over seeds and 95%% CI of every test metric; paired "
+        "tests against the baseline on the same seeds and test images (McNemar, DeLong, paired bootstrap of "
+        "balanced accuracy and Youden's J) with Holm correction; plots. The reports are logged to the parent run.",
+    )  # fmt: skip
+    rep.add_argument("--experiment", required=True, help="MLflow experiment (a bundle's name)")
+    rep.add_argument("--baseline", help="strategy to test against (default: the grid's baseline)")
+    rep.add_argument("--parent-run", help="the study's parent run id (default: the latest study in the experiment)")
+    rep.add_argument("--out", help="output folder (default: <runs dir>/reports/<experiment>-<parent run>)")
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+                     "embedded store <runs-dir>/mlflow.db)")  # fmt: skip
+    rep.add_argument("--runs-dir", help="a bundle's output_dir holding mlflow.db (default: bundles/<experiment>/runs)")
+    rep.add_argument("--n-bootstrap", type=_positive_int, default=2000, help="paired bootstrap resamples")
+    rep.add_argument("--no-log", action="store_true", help="do not log the reports to MLflow")
+    rep.set_defaults(handler=report)
     return parser
 
 

@@ -1,16 +1,21 @@
 """The classifier factory builds MONAI networks for any channel count and the study's image size,
 and loads local weights as far as they fit, never downloading anything."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from medaug.models import CLASSIFIERS, build_classifier, load_pretrained
+from medaug.models.classifiers import MIN_INPUT_SIZE
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
 @pytest.mark.parametrize("channels,size,classes", [(1, (32, 32), 2), (3, (64, 48), 3)])
 def test_every_classifier_gives_one_logit_per_class(name, channels, size, classes):
     torch.manual_seed(0)
+    size = tuple(max(side, MIN_INPUT_SIZE.get(name, 1)) for side in size)
     net = build_classifier(name, in_channels=channels, num_classes=classes, spatial_size=size).eval()
     with torch.no_grad():
         out = net(torch.rand(2, channels, *size))
@@ -23,9 +28,11 @@ def test_small_networks_take_medmnist_28px(name):
     assert net(torch.rand(1, 1, 28, 28)).shape == (1, 2)
 
 
-@pytest.mark.parametrize("name", ["densenet121", "efficientnet-b0"])
-def test_too_small_images_get_a_clear_error(name):
-    with pytest.raises(ValueError, match="at least 32"):
+@pytest.mark.parametrize("name,smallest", [("densenet121", 32), ("efficientnet-b0", 32), ("vgg16_bn", 32),
+                                           ("efficientnet_v2_s", 32),
+                                           ("inception_v3", 75)])  # fmt: skip
+def test_too_small_images_get_a_clear_error(name, smallest):
+    with pytest.raises(ValueError, match=f"at least {smallest}"):
         build_classifier(name, spatial_size=(28, 28))
 
 
@@ -60,3 +67,47 @@ def test_pretrained_rgb_weights_load_into_a_grayscale_network(tmp_path):
 def test_pretrained_path_must_exist():
     with pytest.raises(FileNotFoundError, match="pretrained_path"):
         build_classifier("small_cnn", spatial_size=(32, 32), pretrained_path="/nonexistent/weights.pt")
+
+
+TORCHVISION_LAYOUTS = json.loads((Path(__file__).parent / "data" / "torchvision_layouts.json").read_text())
+
+
+@pytest.mark.parametrize("name,options", [("vgg16_bn", {}), ("inception_v3", {"aux_logits": True}),
+                                          ("efficientnet_v2_s", {})])  # fmt: skip
+def test_builds_have_torchvisions_parameter_names_and_shapes(name, options):
+    net = build_classifier(name, in_channels=3, num_classes=1000, spatial_size=(299, 299), **options)
+    ours = {key: list(tensor.shape) for key, tensor in net.state_dict().items()}
+    assert ours == TORCHVISION_LAYOUTS[name]
+
+
+@pytest.mark.parametrize("name,options", [("vgg16_bn", {}), ("inception_v3", {"aux_logits": True}),
+                                          ("efficientnet_v2_s", {})])  # fmt: skip
+def test_a_torchvision_state_dict_loads_with_no_missing_or_unexpected_keys(tmp_path, name, options):
+    # One random value per tensor, broadcast to its shape: the file stays small (a 0-stride tensor saves
+    # one element) while keys and shapes are exactly torchvision's.
+    values = torch.rand(len(TORCHVISION_LAYOUTS[name]), generator=torch.Generator().manual_seed(0))
+    state = {key: value.expand(shape) for (key, shape), value in zip(TORCHVISION_LAYOUTS[name].items(), values)
+             if not key.endswith("num_batches_tracked")}  # fmt: skip
+    torch.save(state, tmp_path / f"{name}.pth")
+    net = build_classifier(name, in_channels=3, num_classes=1000, spatial_size=(299, 299), **options)
+    report = load_pretrained(net, tmp_path / f"{name}.pth")
+    assert report["unexpected"] == [] and report["mismatched"] == []
+    assert [key for key in report["missing"] if not key.endswith("num_batches_tracked")] == []
+    some_key = next(iter(state))
+    torch.testing.assert_close(net.state_dict()[some_key], state[some_key])
+
+
+def test_inception_trains_with_its_auxiliary_classifier_and_predicts_without_it():
+    from medaug.models.inception import InceptionLoss, InceptionOutputs
+
+    torch.manual_seed(0)
+    net = build_classifier("inception_v3", in_channels=1, num_classes=2, spatial_size=(75, 75), aux_logits=True)
+    x, y = torch.rand(2, 1, 75, 75), torch.tensor([0, 1])
+    train_out = net.train()(x)
+    assert isinstance(train_out, InceptionOutputs) and train_out.aux_logits.shape == (2, 2)
+    loss = InceptionLoss(torch.nn.CrossEntropyLoss())(train_out, y)
+    loss.backward()
+    assert net.AuxLogits.fc.weight.grad is not None
+    assert net.eval()(x).shape == (2, 2)
+    with pytest.raises(ValueError, match="at least 75"):
+        net(torch.rand(1, 1, 64, 64))

@@ -1,4 +1,4 @@
-"""Networks: the classifier factory (generators arrive with the oversampling stage)."""
+"""Networks: the classifier zoo (MONAI networks plus VGG-16-BN and Inception-V3 in torchvision's layout)."""
 
 from medaug.models.classifiers import CLASSIFIERS, build_classifier, load_pretrained
 

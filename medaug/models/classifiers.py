@@ -11,6 +11,10 @@ import torch
 from monai.networks import nets
 from torch import nn
 
+from medaug.models.efficientnet_v2 import efficientnet_v2_s
+from medaug.models.inception import INCEPTION_MIN_INPUT_SIZE, inception_v3
+from medaug.models.vgg import VGG_MIN_INPUT_SIZE, vgg16_bn
+
 logger = logging.getLogger("medaug.models")
 
 
@@ -64,18 +68,39 @@ def _small_cnn(in_channels, num_classes, spatial_size, **kwargs):
     return nets.Classifier(in_shape=(in_channels, *spatial_size), classes=num_classes, **{**options, **kwargs})
 
 
+def _vgg16_bn(in_channels, num_classes, spatial_size, **kwargs):
+    return vgg16_bn(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def _efficientnet_v2_s(in_channels, num_classes, spatial_size, **kwargs):
+    return efficientnet_v2_s(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def _inception_v3(in_channels, num_classes, spatial_size, **kwargs):
+    return inception_v3(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
 CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": _resnet(18),
     "resnet34": _resnet(34),
     "resnet50": _resnet(50),
     "densenet121": _densenet121,
     "efficientnet-b0": _efficientnet("efficientnet-b0"),
+    "efficientnet-v2-s": _efficientnet_v2_s,
+    "vgg16-bn": _vgg16_bn,
+    "inception-v3": _inception_v3,
     "small_cnn": _small_cnn,
 }
 
 
 # Networks that downsample 32x fail on smaller inputs (a pooling or kernel larger than the map).
-MIN_INPUT_SIZE = {"densenet121": 32, "efficientnet-b0": 32}
+MIN_INPUT_SIZE = {
+    "densenet121": 32,
+    "efficientnet-b0": 32,
+    "efficientnet-v2-s": 32,
+    "vgg16-bn": VGG_MIN_INPUT_SIZE,
+    "inception-v3": INCEPTION_MIN_INPUT_SIZE,
+}
 
 
 def build_classifier(
@@ -89,7 +114,8 @@ def build_classifier(
     """A 2D classifier that outputs logits of shape (N, num_classes).
 
     Args:
-        name: one of :data:`CLASSIFIERS` (``resnet18``, ``densenet121``, ``efficientnet-b0``, ``small_cnn``, ...).
+        name: one of :data:`CLASSIFIERS` (``resnet18``, ``resnet50``, ``densenet121``, ``efficientnet-b0``,
+            ``efficientnet_v2_s``, ``vgg16_bn``, ``inception_v3``, ``small_cnn``, ...); ``_`` and ``-`` are interchangeable.
         in_channels: 1 for grayscale images, 3 for RGB.
         num_classes: number of output classes.
         spatial_size: (H, W) the network will see; sizes the ResNet stem and the small CNN's head.
@@ -105,7 +131,7 @@ def build_classifier(
     if spatial is not None and min(spatial) < smallest:
         raise ValueError(
             f"{name} needs images of at least {smallest} px per side, got image_size {list(spatial)}; "
-            f"set image_size to [{smallest}, {smallest}] or larger, or use resnet18 or small_cnn"
+            f"set image_size to [{smallest}, {smallest}] or larger (preprocessing resizes the images), or use resnet18 or small_cnn"
         )
     model = CLASSIFIERS[key](in_channels, num_classes, spatial, **kwargs)
     if pretrained_path:

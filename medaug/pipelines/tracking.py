@@ -5,6 +5,11 @@ the evaluator (given the same ``run_name``) log their per-epoch values into it, 
 the test evaluation, which adds the final metrics and artifacts. Where it lives:
 ``MLFLOW_TRACKING_URI`` when set (a server, or any database URI), else an embedded SQLite store
 ``<output_dir>/mlflow.db`` with artifacts in ``<output_dir>/mlruns`` (MONAI's layout for SQLite).
+
+A study runner (``medaug study run``) makes each bundle run a child of its study's parent run without
+touching the bundle's config: it sets ``MEDAUG_PARENT_RUN_ID`` (becomes the ``mlflow.parentRunId``
+tag) and ``MEDAUG_RUN_TAGS`` (a JSON object of extra tags, e.g. the child's config hash) in the
+environment of every child it launches.
 """
 
 from __future__ import annotations
@@ -28,6 +33,26 @@ from medaug.pipelines.distributed import on_rank0_and_share, rank0_first_context
 
 logger = logging.getLogger("medaug.tracking")
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
+PARENT_RUN_ENV = "MEDAUG_PARENT_RUN_ID"
+RUN_TAGS_ENV = "MEDAUG_RUN_TAGS"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
+
+
+def environment_tags() -> dict[str, str]:
+    """Tags a launcher asked for through ``MEDAUG_PARENT_RUN_ID`` and ``MEDAUG_RUN_TAGS``."""
+    tags = {}
+    text = os.environ.get(RUN_TAGS_ENV, "").strip()
+    if text:
+        try:
+            extra = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{RUN_TAGS_ENV} must be a JSON object of tags, got {text[:80]!r} ({err})") from None
+        if not isinstance(extra, dict):
+            raise ValueError(f"{RUN_TAGS_ENV} must be a JSON object of tags, got {type(extra).__name__}")
+        tags.update({str(k): str(v) for k, v in extra.items()})
+    if os.environ.get(PARENT_RUN_ENV, "").strip():
+        tags[PARENT_TAG] = os.environ[PARENT_RUN_ENV].strip()
+    return tags
 
 
 def timestamp() -> str:
@@ -124,18 +149,22 @@ class RunTracker:
         output_dir: where the embedded store lives when ``MLFLOW_TRACKING_URI`` is unset.
         run_dir: this run's own folder (its reports, then logged as artifacts).
         run_name: unique name; MONAI's ``MLFlowHandler`` finds the run by it.
-        tags: e.g. ``{"strategy": "class_weight", "seed": 0}``.
+        tags: e.g. ``{"strategy": "class_weight", "seed": 0}``; the tags of
+            :func:`environment_tags` are added on top.
         params: extra parameters besides the flattened bundle config.
+        parent_run_id: make this run a child of that run (default: ``MEDAUG_PARENT_RUN_ID``).
     """
 
     def __init__(self, experiment_name: str, output_dir: str | os.PathLike, run_name: str,
                  run_dir: str | os.PathLike | None = None, tags: Mapping | None = None,
-                 params: Mapping | None = None) -> None:  # fmt: skip
+                 params: Mapping | None = None, parent_run_id: str | None = None) -> None:  # fmt: skip
         self.experiment_name = experiment_name
         self.output_dir = Path(output_dir)
         self.run_dir = Path(run_dir) if run_dir else self.output_dir / run_name
         self.run_name = run_name
-        self.tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.tags = {k: str(v) for k, v in (tags or {}).items()} | environment_tags()
+        if parent_run_id:
+            self.tags[PARENT_TAG] = str(parent_run_id)
         self.params = dict(params or {})
         self.tracking_uri = default_tracking_uri(output_dir)
         # The first client of a new SQLite store creates its tables; under DDP every rank builds a

@@ -1,0 +1,539 @@
+"""A study grid: a bundle run once per combination of strategies x axes x seeds, resumably.
+
+``configs/grid.yaml`` of a bundle (or ``--grid``) names config overrides in ``monai.bundle``'s
+``#`` syntax::
+
+    description: the three honest baselines
+    strategy_key: rebalance#method        # which key is "the strategy" in the report
+    baseline: none                        # the strategy the report tests the others against
+    axes:                                 # every combination of these values is run
+      rebalance#method: [none, class_weight, oversample]
+      classifier: [resnet18]
+    seeds: 3                              # seeds 0, 1, 2 (or a list: [0, 5, 7]); --seeds N overrides
+    seed_key: seed                        # the config key the seed goes to (default: seed)
+    amount_key: oversample#amount         # optional: the axis drawn as amount-sweep curves
+
+or, with named strategies (a strategy is a set of overrides; ``strategy_key`` is then ``strategy``)::
+
+    strategies:
+      none: {oversample#method: none, oversample#amount: 0}
+      gan:  {oversample#method: gan, oversample#target: multiplier}
+    axes:
+      oversample#amount: [0.5, 1.0, 2.0]
+      classifier: [vgg16, inception_v3]
+
+A key a strategy sets is fixed for that strategy (``none`` above runs once per classifier and
+seed, not once per amount): the grid is the product of axes, strategies' overrides laid on top,
+duplicates dropped.
+
+:class:`StudyRunner` opens one MLflow parent run per study (found again by a key over the bundle's
+configs and the grid without its seeds, so a restart or ``--seeds 5`` after ``--seeds 3`` continues
+the same study), launches every child as ``python -m monai.bundle run`` in a subprocess (or any
+``--launcher``, e.g. ``torchrun``), and makes it a child run through the environment
+(:func:`medaug.pipelines.tracking.environment_tags`): ``mlflow.parentRunId`` and
+``medaug.config_hash``, a hash of the configs' contents and the child's overrides. Children
+already FINISHED with their hash are skipped, so a study killed half-way loses at most the child
+it was running; children left RUNNING by a killed runner are marked KILLED and run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from medaug.io.atomic import write_json_atomic
+from medaug.pipelines.tracking import (
+    PARENT_RUN_ENV,
+    PARENT_TAG,
+    RUN_TAGS_ENV,
+    artifact_location_for,
+    default_tracking_uri,
+    safe_key,
+)
+
+logger = logging.getLogger("medaug.study")
+
+GRID_FIELDS = ("description", "axes", "strategies", "strategy_key", "baseline", "seeds", "seed_key", "amount_key")
+DEFAULT_LAUNCHER = "{python} -m monai.bundle run"
+CACHE_ENV = "MEDAUG_CACHE_DIR"
+# Tags of study runs (the report reads them back).
+ROLE_TAG, STUDY_KEY_TAG, HASH_TAG = "medaug.role", "medaug.study_key", "medaug.config_hash"
+STRATEGY_TAG, CELL_TAG, SEED_TAG, AXES_TAG = "medaug.strategy", "medaug.cell", "medaug.seed", "medaug.axes"
+OVERRIDES_TAG = "medaug.overrides"
+
+
+class GridError(ValueError):
+    """A grid file that cannot be used; the message names the file and the offending key."""
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(_canonical(obj).encode()).hexdigest()
+
+
+def _label(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass
+class Grid:
+    """A parsed, not yet validated grid (see the module docstring for the file format)."""
+
+    axes: dict[str, list]
+    strategies: dict[str, dict]
+    strategy_key: str
+    baseline: str | None
+    seeds: list[int]
+    seed_key: str = "seed"
+    amount_key: str | None = None
+    description: str = ""
+    source: str = "<grid>"
+
+    @property
+    def named_strategies(self) -> bool:
+        return bool(self.strategies)
+
+    def without_seeds(self) -> dict:
+        return {"axes": self.axes, "strategies": self.strategies, "strategy_key": self.strategy_key,
+                "seed_key": self.seed_key}  # fmt: skip
+
+    def as_dict(self) -> dict:
+        return {"description": self.description, "axes": self.axes, "strategies": self.strategies,
+                "strategy_key": self.strategy_key, "baseline": self.baseline, "seeds": self.seeds,
+                "seed_key": self.seed_key, "amount_key": self.amount_key, "source": self.source}  # fmt: skip
+
+
+def _seed_list(value, where: str) -> list[int]:
+    if isinstance(value, bool):
+        raise GridError(f"{where}: 'seeds' must be a count or a list of integers, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise GridError(f"{where}: 'seeds' must be at least 1, got {value}")
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        if len(set(value)) != len(value):
+            raise GridError(f"{where}: 'seeds' lists a seed twice: {value}")
+        return list(value)
+    raise GridError(f"{where}: 'seeds' must be a count or a non-empty list of integers, got {value!r}")
+
+
+def parse_grid(data: Mapping, source: str = "<grid>", seeds: int | None = None) -> Grid:
+    """Check the structure of a grid mapping; ``seeds`` (``--seeds N``) replaces its seeds by 0..N-1."""
+    if not isinstance(data, Mapping):
+        raise GridError(f"{source}: a grid must be a mapping with 'axes' (and optional 'strategies'), "
+                        f"got {type(data).__name__}")  # fmt: skip
+    unknown = sorted(set(data) - set(GRID_FIELDS))
+    if unknown:
+        raise GridError(f"{source}: unknown grid field(s) {unknown}; allowed: {list(GRID_FIELDS)}")
+    axes = data.get("axes") or {}
+    if not isinstance(axes, Mapping):
+        raise GridError(f"{source}: 'axes' must map config keys to lists of values")
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f"{source}: axis {key!r} must be a non-empty list of values, got {values!r}")
+    strategies = data.get("strategies") or {}
+    if not isinstance(strategies, Mapping) or not all(isinstance(v, Mapping) for v in strategies.values()):
+        raise GridError(f"{source}: 'strategies' must map names to dicts of config overrides")
+    seed_key = str(data.get("seed_key", "seed"))
+    if seed_key in axes or any(seed_key in s for s in strategies.values()):
+        raise GridError(f"{source}: the seed key {seed_key!r} is set by 'seeds', not by an axis or strategy")
+    if strategies:
+        strategy_key = str(data.get("strategy_key", "strategy"))
+        if strategy_key != "strategy":
+            raise GridError(f"{source}: with named 'strategies' the strategy is the name; drop 'strategy_key' "
+                            f"({strategy_key!r})")  # fmt: skip
+    else:
+        if not axes:
+            raise GridError(f"{source}: a grid needs 'axes' or 'strategies'")
+        strategy_key = str(data.get("strategy_key", next(iter(axes))))
+        if strategy_key not in axes:
+            raise GridError(f"{source}: strategy_key {strategy_key!r} is not one of the axes {list(axes)}")
+    amount_key = data.get("amount_key")
+    if amount_key is not None and amount_key not in axes:
+        raise GridError(f"{source}: amount_key {amount_key!r} is not one of the axes {list(axes)}")
+    seed_values = list(range(seeds)) if seeds is not None else _seed_list(data.get("seeds", 1), source)
+    grid = Grid(axes={str(k): list(v) for k, v in axes.items()},
+                strategies={str(k): dict(v) for k, v in strategies.items()}, strategy_key=strategy_key,
+                baseline=None if data.get("baseline") is None else str(data.get("baseline")), seeds=seed_values,
+                seed_key=seed_key, amount_key=amount_key, description=str(data.get("description", "")),
+                source=source)  # fmt: skip
+    labels = [c.strategy for c in expand_grid(grid)]
+    if grid.baseline is not None and grid.baseline not in labels:
+        raise GridError(f"{source}: baseline {grid.baseline!r} is none of the strategies {sorted(set(labels))}")
+    return grid
+
+
+def load_grid(path: str | os.PathLike, seeds: int | None = None) -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"--grid: file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise GridError(f"{path}: not valid YAML ({err})") from None
+    return parse_grid(data, str(path), seeds)
+
+
+def validate_grid_keys(grid: Grid, config: Mapping | object) -> None:
+    """Every key the grid sets must exist in the bundle's merged config (``key in ConfigParser``)."""
+    keys = {grid.seed_key, *grid.axes, *(k for s in grid.strategies.values() for k in s)}
+    bad = sorted(k for k in keys if k not in config)
+    if bad:
+        raise GridError(f"{grid.source}: key(s) {bad} are not in the bundle's config; a grid may only override "
+                        f"keys that exist (sections with '#', e.g. 'rebalance#method')")  # fmt: skip
+
+
+@dataclass
+class Child:
+    """One bundle run of the study."""
+
+    overrides: dict
+    strategy: str
+    seed: int
+    axes: dict = field(default_factory=dict)  # the other axes' values (not the strategy's, not the seed)
+
+    @property
+    def cell(self) -> str:
+        """The strategy with its other axis values: what the seeds of a row in the report share."""
+        rest = ", ".join(f"{k}={_label(v)}" for k, v in self.axes.items())
+        return f"{self.strategy} ({rest})" if rest else self.strategy
+
+    @property
+    def name(self) -> str:
+        """A file-safe name, unique in the grid."""
+        short = hashlib.sha256(_canonical(self.overrides).encode()).hexdigest()[:8]
+        text = "-".join([self.strategy, *(_label(v) for v in self.axes.values()), f"seed{self.seed}"])
+        return safe_key(text).replace(" ", "_").replace("/", "_")[:80] + f"-{short}"
+
+
+def expand_grid(grid: Grid) -> list[Child]:
+    """Strategies x product of axes x seeds, strategy overrides on top, duplicates dropped; ordered
+    seed-major so that a study stopped half-way has every strategy on its first seeds."""
+    strategies = grid.strategies or {None: {}}
+    keys = list(grid.axes)
+    cells, seen = [], set()
+    for name, fixed in strategies.items():
+        for values in itertools.product(*(grid.axes[k] for k in keys)):
+            overrides = dict(zip(keys, values)) | fixed
+            token = _canonical(overrides)
+            if token in seen:
+                continue
+            seen.add(token)
+            label = name if name is not None else _label(overrides[grid.strategy_key])
+            other = {k: overrides[k] for k in keys if k != grid.strategy_key and k not in fixed}
+            cells.append((overrides, label, other))
+    return [Child(overrides | {grid.seed_key: seed}, label, seed, other)
+            for seed in grid.seeds for overrides, label, other in cells]  # fmt: skip
+
+
+def config_hash(config_contents: Sequence, overrides: Mapping) -> str:
+    """What a child computes: the merged bundle configs (as parsed, so whitespace does not count) and
+    its overrides. Output folders and the launcher are not part of it."""
+    return _sha({"configs": list(config_contents), "overrides": dict(overrides)})[:16]
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM when the runner dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG), so a
+    killed study never leaves a training running unsupervised."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class StudyInterrupted(Exception):
+    """SIGTERM/SIGINT reached the runner; the running child was stopped and marked KILLED."""
+
+
+@dataclass
+class StudySummary:
+    parent_run_id: str
+    experiment: str
+    tracking_uri: str
+    total: int
+    skipped: int
+    finished: int = 0
+    failed: list[str] = field(default_factory=list)
+    remaining: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and self.remaining == 0
+
+
+class StudyRunner:
+    """Run a bundle's grid as MLflow child runs of one parent run.
+
+    Args:
+        bundle: the bundle folder.
+        grid: a :class:`Grid` (e.g. from :func:`load_grid`).
+        overlays: config files merged after ``configs/train.json`` (e.g. ``configs/smoke.json``).
+        output_dir: the children's ``output_dir`` (run folders; the embedded MLflow store when
+            ``MLFLOW_TRACKING_URI`` is unset). Default ``<bundle>/runs``.
+        launcher: the command before the bundle arguments; ``{python}`` is this interpreter.
+            E.g. ``"torchrun --nproc_per_node=2 -m monai.bundle run"`` with a DDP overlay.
+        cache_dir: shared by all children (``MEDAUG_CACHE_DIR``, and the ``cache_dir`` key when the
+            bundle has one), so an oversampling stage fits each generator once. Default
+            ``<output_dir>/cache``.
+        max_children: stop after launching this many children (the rest on the next run).
+        progress: show a progress bar with ETA.
+        stream: show the children's output instead of writing it to log files only.
+    """
+
+    def __init__(self, bundle: str | os.PathLike, grid: Grid, overlays: Sequence[str | os.PathLike] = (),
+                 output_dir: str | os.PathLike | None = None, launcher: str = DEFAULT_LAUNCHER,
+                 cache_dir: str | os.PathLike | None = None, max_children: int | None = None,
+                 progress: bool = True, stream: bool = False) -> None:  # fmt: skip
+        from monai.bundle import ConfigParser
+
+        self.bundle = Path(bundle).resolve()
+        self.config_files = [self.bundle / "configs" / "train.json", *(Path(p).resolve() for p in overlays)]
+        for path in self.config_files:
+            if not path.is_file():
+                raise GridError(f"--config: file {str(path)!r} not found")
+        self.grid = grid
+        self.parser = ConfigParser()
+        self.parser.read_config([str(p) for p in self.config_files])
+        validate_grid_keys(grid, self.parser)
+        self.contents = [ConfigParser.load_config_file(str(p)) for p in self.config_files]
+        name = self.parser.get("bundle_name")
+        self.experiment = name if isinstance(name, str) and name and name[0] not in "$@%" else self.bundle.name
+        self.output_dir = Path(output_dir).resolve() if output_dir else self.bundle / "runs"
+        self.cache_dir = Path(cache_dir).resolve() if cache_dir else self.output_dir / "cache"
+        self.launcher = launcher
+        self.launch_prefix = shlex.split(launcher.format(python=shlex.quote(sys.executable)))
+        if not self.launch_prefix:
+            raise GridError("--launcher: empty command")
+        self.max_children = max_children
+        self.progress = progress
+        self.stream = stream
+        self.tracking_uri = default_tracking_uri(self.output_dir)
+        self.study_key = _sha({"experiment": self.experiment, "configs": self.contents,
+                               "grid": grid.without_seeds()})[:16]  # fmt: skip
+        self.children = expand_grid(grid)
+        self.hashes = {c.name: config_hash(self.contents, c.overrides) for c in self.children}
+        self.study_dir = self.output_dir / f"study-{self.study_key}"
+        self._current: subprocess.Popen | None = None
+
+    # ---------------------------------------------------------------- MLflow
+    def _client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+
+    def _experiment_id(self, client) -> str:
+        import mlflow
+
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(self.experiment, artifact_location_for(self.tracking_uri))
+        except mlflow.exceptions.MlflowException:  # created meanwhile by someone else
+            return client.get_experiment_by_name(self.experiment).experiment_id
+
+    def _search(self, client, experiment_id: str, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _parent(self, client, experiment_id: str) -> str:
+        """The study's parent run: found again by its study key, or created."""
+        found = self._search(client, experiment_id,
+                             f"tags.`{STUDY_KEY_TAG}` = '{self.study_key}' and tags.`{ROLE_TAG}` = 'study'")  # fmt: skip
+        if found:
+            run_id = sorted(found, key=lambda r: r.info.start_time)[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        grid_name = Path(self.grid.source).stem
+        run_name = f"study-{self.bundle.name}-{grid_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tags = {"mlflow.runName": run_name, ROLE_TAG: "study", STUDY_KEY_TAG: self.study_key,
+                "medaug.strategy_key": self.grid.strategy_key, "medaug.baseline": self.grid.baseline or "",
+                "medaug.amount_key": self.grid.amount_key or "", "stage": "study"}  # fmt: skip
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        params = {"grid.source": self.grid.source, "grid.axes": _canonical(self.grid.axes),
+                  "grid.strategies": _canonical(self.grid.strategies), "grid.strategy_key": self.grid.strategy_key,
+                  "grid.baseline": str(self.grid.baseline), "grid.amount_key": str(self.grid.amount_key),
+                  "configs": _canonical([str(p) for p in self.config_files]), "launcher": self.launcher}  # fmt: skip
+        client.log_batch(run_id, params=[Param(safe_key(k), str(v)[:6000]) for k, v in params.items()])
+        return run_id
+
+    def _log_grid(self, client, run_id: str) -> None:
+        """The grid as run (seeds included) and the children with their hashes, as artifacts."""
+        grid = self.grid.as_dict() | {"children": [
+            {"name": c.name, "strategy": c.strategy, "cell": c.cell, "seed": c.seed, "axes": c.axes,
+             "overrides": c.overrides, "config_hash": self.hashes[c.name]} for c in self.children]}  # fmt: skip
+        path = write_json_atomic(self.study_dir / "grid.json", grid)
+        client.log_artifact(run_id, str(path))
+
+    def _children_runs(self, client, experiment_id: str, parent: str) -> dict[str, list]:
+        by_hash: dict[str, list] = {}
+        for run in self._search(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent}'"):
+            by_hash.setdefault(run.data.tags.get(HASH_TAG, ""), []).append(run)
+        return by_hash
+
+    # ---------------------------------------------------------------- children
+    def _command(self, child: Child) -> list[str]:
+        override_file = self.study_dir / "children" / f"{child.name}.json"
+        write_json_atomic(override_file, child.overrides)
+        files = [str(p) for p in self.config_files] + [str(override_file)]
+        cmd = [*self.launch_prefix, "--config_file", json.dumps(files), "--bundle_root", str(self.bundle),
+               "--output_dir", str(self.output_dir)]  # fmt: skip
+        if "cache_dir" in self.parser:
+            cmd += ["--cache_dir", str(self.cache_dir)]
+        return cmd
+
+    def _environment(self, child: Child, parent: str) -> dict[str, str]:
+        tags = {HASH_TAG: self.hashes[child.name], STUDY_KEY_TAG: self.study_key, ROLE_TAG: "child",
+                STRATEGY_TAG: child.strategy, CELL_TAG: child.cell, SEED_TAG: child.seed,
+                AXES_TAG: _canonical(child.axes),
+                OVERRIDES_TAG: _canonical({k: v for k, v in child.overrides.items() if k != self.grid.seed_key})}  # fmt: skip
+        return {**os.environ, PARENT_RUN_ENV: parent, RUN_TAGS_ENV: _canonical(tags),
+                "MLFLOW_TRACKING_URI": self.tracking_uri, CACHE_ENV: str(self.cache_dir)}  # fmt: skip
+
+    def _stop_current(self) -> None:
+        proc = self._current
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _launch(self, child: Child, parent: str, log_path: Path) -> int:
+        cmd = self._command(child)
+        logger.info("child %s: %s", child.name, shlex.join(cmd))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "w") as log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            out = None if self.stream else log
+            self._current = subprocess.Popen(cmd, env=self._environment(child, parent), stdout=out, stderr=out,
+                                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
+            try:
+                return self._current.wait()
+            finally:
+                self._stop_current()
+                self._current = None
+
+    def _mark(self, client, runs: Sequence, status: str, only_running: bool = True) -> None:
+        for run in runs:
+            if not only_running or run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status)
+
+    def run(self) -> StudySummary:
+        from tqdm.auto import tqdm
+
+        client = self._client()
+        experiment_id = self._experiment_id(client)
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            parent = self._parent(client, experiment_id)
+            self._log_grid(client, parent)
+            existing = self._children_runs(client, experiment_id, parent)
+            # Children a killed runner left RUNNING will never finish: say so in MLflow, run them again.
+            for runs in existing.values():
+                self._mark(client, runs, "KILLED")
+            done = {h for h, runs in existing.items() if any(r.info.status == "FINISHED" for r in runs)}
+            todo = [c for c in self.children if self.hashes[c.name] not in done]
+            summary = StudySummary(parent, self.experiment, self.tracking_uri, total=len(self.children),
+                                   skipped=len(self.children) - len(todo))  # fmt: skip
+            if summary.skipped:
+                print(f"study {self.experiment}: {summary.skipped} of {len(self.children)} child runs already "
+                      f"finished with the same config hash; skipping them", file=sys.stderr)  # fmt: skip
+            launch = todo if self.max_children is None else todo[: self.max_children]
+            previous = signal.getsignal(signal.SIGTERM)
+            with contextlib.suppress(ValueError):  # not the main thread: SIGTERM keeps its handler
+                signal.signal(signal.SIGTERM, _raise_interrupted)
+            bar = tqdm(total=len(self.children), initial=summary.skipped, unit="run", desc=self.experiment,
+                       disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+            try:
+                for child in launch:
+                    bar.set_postfix_str(child.name[:40])
+                    log_path = self.study_dir / "logs" / f"{child.name}.log"
+                    code = self._launch(child, parent, log_path)
+                    runs = self._children_runs(client, experiment_id, parent).get(self.hashes[child.name], [])
+                    if code == 0 and any(r.info.status == "FINISHED" for r in runs):
+                        summary.finished += 1
+                    else:
+                        self._mark(client, runs, "FAILED")
+                        summary.failed.append(child.name)
+                        tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
+                        why = f"exit code {code}" if code else ("exit code 0 but no FINISHED MLflow run tagged with its "
+                                                               "config hash: does the bundle use medaug's RunTracker?")
+                        bar.write(f"child {child.name} failed ({why}); log: {log_path}\n{tail}", file=sys.stderr)
+                    bar.update(1)
+            except (KeyboardInterrupt, StudyInterrupted):
+                self._stop_current()
+                latest = self._children_runs(client, experiment_id, parent)
+                for runs in latest.values():
+                    self._mark(client, runs, "KILLED")
+                client.set_terminated(parent, "KILLED")
+                raise
+            finally:
+                bar.close()
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(signal.SIGTERM, previous)
+            summary.remaining = len(todo) - len(launch)
+            status = "FINISHED" if summary.complete else ("FAILED" if summary.failed else "KILLED")
+            client.log_batch(parent, metrics=_summary_metrics(summary))
+            client.set_terminated(parent, status)
+        return summary
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """One runner per study at a time: a second would mark the first one's children KILLED."""
+        path = self.study_dir / ".lock"
+        handle = open(path, "w")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise GridError(f"another 'medaug study run' is running this study (lock {path})") from None
+            yield
+        finally:
+            handle.close()
+
+
+def _raise_interrupted(signum, frame):
+    raise StudyInterrupted(f"signal {signum}")
+
+
+def _summary_metrics(summary: StudySummary) -> list:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    values = {"children_total": summary.total, "children_finished": summary.skipped + summary.finished,
+              "children_failed": len(summary.failed), "children_remaining": summary.remaining}  # fmt: skip
+    return [Metric(k, float(v), now, 0) for k, v in values.items()]
+
+
+__all__ = ["Grid", "GridError", "Child", "StudyRunner", "StudySummary", "StudyInterrupted", "parse_grid",
+           "load_grid", "validate_grid_keys", "expand_grid", "config_hash", "DEFAULT_LAUNCHER"]  # fmt: skip

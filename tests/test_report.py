@@ -1,0 +1,129 @@
+"""The study report on MLflow runs logged the way study children log them (tags, test metrics,
+``predictions.csv`` and ``metrics.json``), without training anything: pairing by image, the baseline
+matched across an amount sweep, Holm across comparisons, the figures a grid calls for, and an
+experiment of plain bundle runs (no study) with three classes."""
+
+import csv
+import json
+
+import mlflow
+from mlflow.entities import Metric
+import numpy as np
+import pytest
+
+from medaug.pipelines import stats
+from medaug.pipelines.metrics import compute_metrics
+from medaug.pipelines.report import ReportError, write_study_report
+
+N = 60
+Y = np.array([0, 1, 1, 1] * (N // 4))  # class 0 is the minority
+
+
+def _predictions(rng, accuracy, k=2):
+    """Class probabilities whose argmax is right with about the given accuracy."""
+    right = rng.random(N) < accuracy
+    pred = np.where(right, Y, (Y + 1) % k)
+    prob = rng.dirichlet(np.ones(k), N) * 0.4
+    prob[np.arange(N), pred] += 0.6
+    return prob / prob.sum(1, keepdims=True)
+
+
+def _log_run(client, experiment_id, tmp_path, name, tags, prob, class_names, metrics=None, reverse=False):
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    folder = tmp_path / "artifacts" / name
+    folder.mkdir(parents=True)
+    rows = [{"image": f"data.npz#test/{i}", "frame": "", "label": class_names[Y[i]],
+             "predicted": class_names[int(np.argmax(prob[i]))],
+             **{f"prob_{c}": f"{p:.6f}" for c, p in zip(class_names, prob[i])}} for i in range(N)]  # fmt: skip
+    with open(folder / "predictions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[::-1] if reverse else rows)
+    (folder / "metrics.json").write_text(json.dumps({"class_names": class_names, "positive_class": class_names[0]}))
+    client.log_artifact(run.info.run_id, str(folder / "predictions.csv"))
+    client.log_artifact(run.info.run_id, str(folder / "metrics.json"))
+    values = compute_metrics(Y, prob, positive_class=0, class_names=class_names)
+    logged = {**{f"test_{k}": v for k, v in values.items() if k != "n"}, **(metrics or {})}
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in logged.items()])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return prob
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store for the module (creating its tables takes seconds)."""
+    folder = tmp_path_factory.mktemp("store")
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}"), folder
+
+
+@pytest.fixture
+def amount_study(store, tmp_path):
+    """none (amount fixed at 0) and gan at three amounts, three seeds, a synthetic_fid per gan run."""
+    client, folder = store
+    experiment_id = client.create_experiment("amounts", (tmp_path / "mlruns").as_uri())
+    parent = client.create_run(experiment_id, run_name="study", tags={
+        "medaug.role": "study", "medaug.baseline": "none", "medaug.amount_key": "oversample#amount"}).info.run_id
+    rng = np.random.default_rng(0)
+    probs = {}
+    for seed in range(3):
+        for strategy, amount, accuracy in [("none", 0, 0.6), ("gan", 0.5, 0.65), ("gan", 1.0, 0.75), ("gan", 2.0, 0.7)]:
+            axes = {} if strategy == "none" else {"oversample#amount": amount}
+            tags = {"mlflow.parentRunId": parent, "medaug.strategy": strategy, "medaug.seed": str(seed),
+                    "medaug.axes": json.dumps(axes), "medaug.overrides": json.dumps({"oversample#amount": amount})}  # fmt: skip
+            extra = {"synthetic_fid": 40.0 / (1 + amount)} if strategy == "gan" else None
+            probs[(strategy, amount, seed)] = _log_run(
+                client, experiment_id, tmp_path, f"{strategy}-{amount}-{seed}", tags, _predictions(rng, accuracy),
+                ["minority", "majority"], extra, reverse=strategy == "none")  # fmt: skip
+    return client, parent, probs, folder
+
+
+def test_amount_sweep_report_pairs_by_image_and_matches_the_baseline_across_amounts(amount_study, tmp_path):
+    client, parent, probs, folder = amount_study
+    result = write_study_report("amounts", runs_dir=folder, out_dir=tmp_path / "report", n_bootstrap=300)
+    assert result["runs"] == 12 and result["cells"] == 4 and result["comparisons"] == 3
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    by_cell = {c["cell"]: c for c in data["comparisons"]}
+    assert {c["baseline_cell"] for c in by_cell.values()} == {"none"}
+    one = by_cell["gan (oversample#amount=1.0)"]["result"]
+    assert one["seeds"] == [0, 1, 2] and one["images"] == N and one["shared_images"]
+    # The baseline's predictions.csv lists the images in reverse order: the report joins on the image.
+    expected = stats.delong_test([((Y == 0).astype(int), np.stack([probs[("gan", 1.0, s)][:, 0] for s in range(3)]),
+                                   np.stack([probs[("none", 0, s)][:, 0] for s in range(3)]))])  # fmt: skip
+    assert one["auc"]["diff"] == pytest.approx(expected["diff"], abs=1e-5)
+    assert one["auc"]["p"] == pytest.approx(expected["p"], rel=1e-3)
+    raw = [by_cell[c]["result"]["mcnemar"]["p"] for c in sorted(by_cell)]
+    assert [by_cell[c]["result"]["mcnemar"]["p_holm"] for c in sorted(by_cell)] == pytest.approx(stats.holm(raw))
+    files = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"amount_sweep.png", "quality_vs_gain.png", "metrics_by_strategy.png", "report.html", "report.md"} <= files
+    assert data["quality_vs_gain"]["n"] == 3 and data["quality_vs_gain"]["metric"] == "synthetic_fid"
+    assert {a.path for a in client.list_artifacts(parent, "report")} >= {"report/report.html", "report/amount_sweep.png"}
+    with pytest.raises(ReportError, match="--baseline: 'vae' is none of the strategies"):
+        write_study_report("amounts", baseline="vae", runs_dir=folder, out_dir=tmp_path / "r2", log_to_mlflow=False)
+
+
+def test_plain_runs_of_an_experiment_with_three_classes(store, tmp_path):
+    client, folder = store
+    experiment_id = client.create_experiment("plain", (tmp_path / "mlruns").as_uri())
+    rng = np.random.default_rng(1)
+    for seed in range(2):
+        for strategy, accuracy in [("none", 0.5), ("class_weight", 0.7)]:
+            tags = {"strategy": strategy, "seed": str(seed), "classifier": "small_cnn"}
+            _log_run(client, experiment_id, tmp_path, f"{strategy}-{seed}", tags, _predictions(rng, accuracy, k=3),
+                     ["a", "b", "c"])  # fmt: skip
+    single = {"strategy": "oversample", "seed": "0", "classifier": "small_cnn"}  # one seed only
+    _log_run(client, experiment_id, tmp_path, "oversample-0", single, _predictions(rng, 0.6, k=3), ["a", "b", "c"],
+             {"test_balanced_accuracy_ci_low": 0.41, "test_balanced_accuracy_ci_high": 0.72})  # fmt: skip
+    result = write_study_report("plain", runs_dir=folder, out_dir=tmp_path / "report", n_bootstrap=200)
+    assert result["baseline"] == "none" and result["comparisons"] == 2
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    comparison = next(c for c in data["comparisons"] if c["cell"] == "class_weight (classifier=small_cnn)")
+    single_seed = next(c for c in data["comparisons"] if c["cell"] == "oversample (classifier=small_cnn)")
+    assert single_seed["result"]["seeds"] == [0]  # tested against none on the one seed they share
+    one_seed = data["summary"]["oversample (classifier=small_cnn)"]["test_balanced_accuracy"]
+    assert (one_seed["ci_low"], one_seed["ci_high"]) == (0.41, 0.72) and one_seed["ci_source"].startswith("bootstrap")
+    assert "multi-class" in comparison["result"]["auc"]["note"]
+    assert 0 < comparison["result"]["balanced_accuracy"]["p"] <= 1
+    report_run = client.get_run(result["logged_to"])
+    assert report_run.data.tags["medaug.role"] == "report" and report_run.info.status == "FINISHED"
+    with pytest.raises(ReportError, match="no MLflow experiment named 'nothing'"):
+        write_study_report("nothing", runs_dir=folder, log_to_mlflow=False)
