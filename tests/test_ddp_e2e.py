@@ -67,3 +67,24 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
     ddp_test = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
     single = {k: v for k, v in evaluated.data.metrics.items() if k.startswith("test_")}
     assert ddp_test and ddp_test == pytest.approx(single)
+
+
+def test_torchrun_oversamples_once_on_rank0_and_both_ranks_train_on_its_images(bundle_copy, tmp_path):
+    out = tmp_path / "out"
+    overlay = tmp_path / "overlay.json"
+    overlay.write_text(json.dumps({
+        "oversample#method": "vae_interp",
+        "probe": {"_target_": "tests.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
+        "train#trainer#train_handlers": "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]",
+    }))  # fmt: skip
+    result = run_torchrun(bundle_copy, out, str(overlay))
+
+    logs = result.stdout + result.stderr
+    assert logs.count("oversample vae_interp:") == 1, "the stage runs on rank 0 only"
+    manifests = [p for p in out.rglob("manifest.csv") if "mlruns" not in p.parts]  # the MLflow artifact aside
+    assert len(manifests) == 1
+    synthetic = {str(manifests[0].parent / row.split(",")[3]) for row in manifests[0].read_text().splitlines()[1:]}
+    seen = [set(json.loads((tmp_path / "seen" / f"seen-rank{r}.json").read_text())["1"]) for r in (0, 1)]
+    assert seen[0].isdisjoint(seen[1])
+    assert synthetic <= seen[0] | seen[1], "every synthetic image reaches training, on one rank or the other"
+    assert seen[0] - synthetic and seen[1] - synthetic, "both ranks also train on real images"
