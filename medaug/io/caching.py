@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
+from medaug.io import hashing
 from medaug.io.atomic import write_json_atomic
 from medaug.io.npz import parse_npz_ref
 
@@ -37,11 +38,7 @@ INDEX_FORMAT = 1  # bump when what the index holds (scan_entries' fields) change
 
 @functools.lru_cache(maxsize=4096)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashing.file_sha256(path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

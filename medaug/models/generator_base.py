@@ -10,7 +10,6 @@ from, so that provenance is recorded and tests can check that no val/test image 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -109,11 +108,3 @@ class ImageGenerator:
 
     def load_extra_state(self, state: dict) -> None:
         pass
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -57,7 +57,8 @@ from medaug.io.loader import read_entry_image
 from medaug.io.npz import parse_npz_ref
 from medaug.models.class_vae import ClassVAEInterpolation
 from medaug.models.cgan import ConditionalGAN
-from medaug.models.generator_base import ImageGenerator, SampleBatch, file_sha256, seeded
+from medaug.io.hashing import file_sha256
+from medaug.models.generator_base import ImageGenerator, SampleBatch, seeded
 from medaug.models.latent_diffusion import ClassConditionalLDM
 from medaug.pipelines.cost import measure
 from medaug.pipelines.synthetic_metrics import nearest_real

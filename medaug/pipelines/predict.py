@@ -16,7 +16,6 @@ network or training code. This module imports no training code either.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
+from medaug.io.hashing import file_sha256
 from medaug.io.phi import hash_uid
 from medaug.io.readers import UnusableImageError, image_kind, read_dicom_header
 from medaug.io.scan import scan_entries
@@ -63,14 +63,6 @@ def folder_datalist(input_dir: str | os.PathLike, *, channels: int = 1, frames: 
 
 
 # --------------------------------------------------------------------------------------------- model
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:
