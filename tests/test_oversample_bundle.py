@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from PIL import Image
 
 from tests.test_bundle_e2e import artifact_paths, finished_runs, run_bundle
 
@@ -38,3 +39,40 @@ def test_vae_interp_balances_the_train_split_and_an_identical_rerun_hits_the_cac
     assert all(len(r["parent_ids"].split()) == 2 and "#train/" in r["parent_ids"] for r in rows)
     summary = json.loads((out / second.info.run_name / "oversample.json").read_text())
     assert summary["cache_hit"] is True and summary["added"] == {"malignant": 252, "normal_benign": 0}
+
+
+MANIFEST_COLUMNS = {"id", "class", "label", "file", "generator", "generator_checkpoint_sha256", "seed", "parent_ids",
+                    "nearest_real_id", "nearest_real_distance", "near_copy", "kept"}  # fmt: skip
+
+
+@pytest.mark.parametrize("method,target,expected", [
+    ("random", ["--oversample#target", "multiplier", "--oversample#multiplier", "2"], 147),  # 147 -> 294
+    ("gan", ["--oversample#target", "count", "--oversample#count", "20"], 20),
+    ("ldm", ["--oversample#target", "count", "--oversample#count", "12"], 12),
+    ("ldm_img2img", ["--oversample#target", "count", "--oversample#count", "12"], 12),
+    ("hybrid", [], 252),  # balance: 399 - 147
+])  # fmt: skip
+def test_every_method_through_the_bundle_adds_the_requested_minority_images(bundle_copy, tmp_path, method, target,
+                                                                             expected):  # fmt: skip
+    """Each method as users run it (``--oversample#method``), one epoch of training: exactly the requested
+    number of malignant images, right class, shape and provenance, never a val/test parent."""
+    out = tmp_path / "out"
+    run_bundle(bundle_copy, out, "--oversample#method", method, "--max_epochs", "1", "--oversample#classes",
+               "['malignant']", *target)  # fmt: skip
+    client, runs = finished_runs(out)
+    (run,) = runs
+    assert run.data.metrics["oversample_synthetic_malignant"] == expected
+    assert run.data.metrics["oversample_synthetic_normal_benign"] == 0
+    manifest = client.download_artifacts(run.info.run_id, "oversample/manifest.csv", str(tmp_path))
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == expected and set(rows[0]) == MANIFEST_COLUMNS
+    assert {r["class"] for r in rows} == {"malignant"} and {r["generator"] for r in rows} <= {method, "vae_interp",
+                                                                                               "augmentation"}  # fmt: skip
+    (sample_dir,) = {p.parent for p in out.rglob("manifest.csv") if "mlruns" not in p.parts}
+    for row in rows:
+        assert all(row[c] != "" for c in ("id", "file", "seed", "nearest_real_id", "nearest_real_distance"))
+        with Image.open(sample_dir / row["file"]) as image:
+            assert image.mode == "L" and min(image.size) >= 16, "one grey channel, at least the training size"
+        assert "#train/" in row["nearest_real_id"]
+        assert all("#train/" in parent for parent in row["parent_ids"].split())
