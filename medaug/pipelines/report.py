@@ -40,6 +40,7 @@ from medaug.pipelines.study import (
     ROLE_TAG,
     SEED_TAG,
     STRATEGY_TAG,
+    cell_name,
 )
 from medaug.pipelines.tracking import PARENT_TAG
 
@@ -68,8 +69,7 @@ class RunRecord:
 
     @property
     def cell(self) -> str:
-        rest = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in self.axes.items())
-        return f"{self.strategy} ({rest})" if rest else self.strategy
+        return cell_name(self.strategy, self.axes)
 
     @property
     def settings(self) -> dict:

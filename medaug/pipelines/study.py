@@ -94,6 +94,12 @@ def _label(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def cell_name(strategy: str, axes: dict) -> str:
+    """The strategy with its other axis values: what the seeds of one row of a report share."""
+    rest = ", ".join(f"{k}={_label(v)}" for k, v in axes.items())
+    return f"{strategy} ({rest})" if rest else strategy
+
+
 @dataclass
 class Grid:
     """A parsed, not yet validated grid (see the module docstring for the file format)."""
@@ -214,8 +220,7 @@ class Child:
     @property
     def cell(self) -> str:
         """The strategy with its other axis values: what the seeds of a row in the report share."""
-        rest = ", ".join(f"{k}={_label(v)}" for k, v in self.axes.items())
-        return f"{self.strategy} ({rest})" if rest else self.strategy
+        return cell_name(self.strategy, self.axes)
 
     @property
     def name(self) -> str:
