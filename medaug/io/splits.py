@@ -119,12 +119,24 @@ def simulate_imbalance(
 
     ``spec`` (the bundle's ``imbalance`` section), one of:
         ``{"class": "malignant", "keep_fraction": 0.25}``: keep 25% of that class's train images;
-        ``{"class": "malignant", "ratio": 0.1}``: keep as many as 0.1 x the largest other class.
-    None or ``{}`` leaves the data as it is. Validation and test entries are returned untouched.
-    Returns ``(entries, summary)``; the summary records what was removed.
+        ``{"class": "malignant", "ratio": 0.1}``: keep as many as 0.1 x the largest other class;
+        a list of these, applied in order: ``[{"class": "normal", "keep_fraction": 0.25},
+        {"class": "pneumonia", "ratio": 0.25}]`` first shrinks the train split, then makes pneumonia
+        the minority (a study's small dataset cut from a large one).
+    None, ``{}`` or ``[]`` leaves the data as it is. Validation and test entries are returned untouched.
+    Returns ``(entries, summary)``; the summary records what was removed (for a list: ``{"steps": [...]}``).
     """
     if not spec:
         return entries, {}
+    if isinstance(spec, Sequence) and not isinstance(spec, (str, Mapping)):
+        steps = []
+        for i, step in enumerate(spec):
+            if not isinstance(step, Mapping):
+                raise ValueError(f"imbalance step {i} must be a mapping like {{'class': ..., 'keep_fraction': ...}}, got {step!r}")
+            # Each step gets its own seed so two steps on one class do not draw the same images.
+            entries, summary = simulate_imbalance(entries, step, class_names, seed=seed + 7919 * i)
+            steps.append(summary)
+        return entries, {"steps": steps}
     target = _class_index(spec.get("class"), class_names)
     train = [e for e in entries if e["split"] == "train"]
     candidates = [i for i, e in enumerate(entries) if e["split"] == "train" and e["label"] == target]

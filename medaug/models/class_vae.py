@@ -5,6 +5,8 @@ binary cross-entropy + ``beta`` x KL divergence, Kingma & Welling 2014). A synth
 decoding of ``(1 - a) * mu_i + a * mu_j`` for two distinct real images ``i, j`` of the class
 (posterior means), ``a ~ U[alpha_min, alpha_max]``: the latent-interpolation oversampling reported
 to raise minority-class accuracy on a small endoscopy set. Both parents are recorded.
+:meth:`ClassVAEInterpolation.sample_prior` decodes draws from the prior N(0, I) instead: the plain
+"VAE" generator of generator comparisons, with no real parent.
 """
 
 from __future__ import annotations
@@ -109,3 +111,15 @@ class ClassVAEInterpolation(ImageGenerator):
         images = torch.cat(out).clamp(0, 1).cpu() if out else torch.empty(0, self.in_channels, *self.image_size)
         parents = [[str(real_ids[int(p)]), str(real_ids[int(q)])] for p, q in zip(i, j)]
         return SampleBatch(images, parents)
+
+    @torch.no_grad()
+    def sample_prior(self, label: int, n: int, real_images: torch.Tensor, real_ids: Sequence[str],
+                     seed: int) -> SampleBatch:  # fmt: skip
+        """Decode ``z ~ N(0, I)`` with the class's VAE (what a VAE generates when not steered by real
+        images: blurrier and more varied than interpolations). No real parent."""
+        vae = self.vaes[int(label)].eval()
+        g = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(n, vae.latent_size, generator=g).to(self.device)
+        out = [vae.decode_forward(z[a:b]) for a, b in batches(n, 256)]
+        images = torch.cat(out).clamp(0, 1).cpu() if out else torch.empty(0, self.in_channels, *self.image_size)
+        return SampleBatch(images, [[] for _ in range(n)])

@@ -8,7 +8,7 @@ and the labels the loss and the sampler balance on. Methods:
 - ``random``: copies of randomly drawn real train images of the class (random oversampling);
 - ``gan``: :class:`medaug.models.cgan.ConditionalGAN`;
 - ``vae_interp``: :class:`medaug.models.class_vae.ClassVAEInterpolation` (latent interpolation of
-  same-class pairs);
+  same-class pairs); ``vae``: the same fitted VAEs decoding draws from their prior N(0, I);
 - ``ldm`` / ``ldm_img2img``: :class:`medaug.models.latent_diffusion.ClassConditionalLDM`, DDIM from
   noise or SDEdit from real images (both share one fitted model);
 - ``hybrid``: a ``fraction`` of the new images from ``hybrid.generator``, the rest copies of real
@@ -65,7 +65,7 @@ from medaug.pipelines.synthetic_metrics import nearest_real
 
 logger = logging.getLogger("medaug.oversample")
 
-METHODS = ("none", "random", "gan", "vae_interp", "ldm", "ldm_img2img", "hybrid")
+METHODS = ("none", "random", "gan", "vae", "vae_interp", "ldm", "ldm_img2img", "hybrid")
 TARGETS = ("balance", "multiplier", "count")
 GENERATORS: dict[str, type[ImageGenerator]] = {"gan": ConditionalGAN, "vae_interp": ClassVAEInterpolation,
                                                "ldm": ClassConditionalLDM}  # fmt: skip
@@ -203,9 +203,9 @@ class OversampleStage:
         image_size: (H, W) the generators are trained at; new images are written at the train
             images' own (most common) size.
         seed: seeds fitting and sampling.
-        gan, vae_interp, ldm: keyword arguments of the generator classes (``ldm`` also serves
-            ``ldm_img2img``).
-        hybrid: ``{"generator": "gan" | "vae_interp" | "ldm" | "ldm_img2img", "fraction": 0.5}``.
+        gan, vae_interp, ldm: keyword arguments of the generator classes (``vae_interp`` also serves
+            ``vae``, ``ldm`` also ``ldm_img2img``).
+        hybrid: ``{"generator": "gan" | "vae" | "vae_interp" | "ldm" | "ldm_img2img", "fraction": 0.5}``.
         augmentation: the bundle's train augmentation (dictionary transforms on ``"image"``), used
             by ``hybrid`` for its augmented copies.
         quality: ``{"enabled": bool, "feature_epochs": int, "feature_network_path": str | None,
@@ -244,7 +244,7 @@ class OversampleStage:
         self.generator_args = {"gan": dict(gan or {}), "vae_interp": dict(vae_interp or {}), "ldm": dict(ldm or {})}
         self.hybrid = {"generator": "vae_interp", "fraction": 0.5, **dict(hybrid or {})}
         if method == "hybrid":
-            if self.hybrid["generator"] not in ("gan", "vae_interp", "ldm", "ldm_img2img"):
+            if self.hybrid["generator"] not in ("gan", "vae", "vae_interp", "ldm", "ldm_img2img"):
                 raise ValueError(f"hybrid generator {self.hybrid['generator']!r} is not a generative method")
             if not 0.0 <= float(self.hybrid["fraction"]) <= 1.0:
                 raise ValueError(f"hybrid fraction must be in [0, 1], got {self.hybrid['fraction']}")
@@ -276,7 +276,7 @@ class OversampleStage:
 
     def _generator_name(self) -> str | None:
         method = self.hybrid["generator"] if self.method == "hybrid" else self.method
-        return {"gan": "gan", "vae_interp": "vae_interp", "ldm": "ldm", "ldm_img2img": "ldm"}.get(method)
+        return {"gan": "gan", "vae": "vae_interp", "vae_interp": "vae_interp", "ldm": "ldm", "ldm_img2img": "ldm"}.get(method)
 
     def _output_size(self) -> tuple[int, int]:
         sizes = Counter((int(e["height"]), int(e["width"])) for e in self.data.train)
@@ -432,7 +432,7 @@ class OversampleStage:
     def _sample(self, gen: ImageGenerator, method: str, label: int, n: int, real: torch.Tensor,
                 real_ids: Sequence[str]) -> SampleBatch:  # fmt: skip
         small = resize_batch(real, self.image_size)
-        draw = gen.sample_img2img if method == "ldm_img2img" else gen.sample
+        draw = {"ldm_img2img": getattr(gen, "sample_img2img", None), "vae": getattr(gen, "sample_prior", None)}.get(method, gen.sample)
         with seeded(self._class_seed(label, method)):
             batch = draw(label, n, small, real_ids, seed=self._class_seed(label, method))
         if len(batch.images) != n:

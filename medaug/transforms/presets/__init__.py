@@ -90,8 +90,8 @@ def load_preset(preset: str | os.PathLike) -> tuple[dict, str]:
     unknown = set(config) - PRESET_KEYS
     if unknown:
         raise PresetError(f"{path}: unknown key(s) {sorted(unknown)}; a preset has {sorted(PRESET_KEYS)}")
-    if not isinstance(config.get("transforms"), dict) or not config["transforms"]:
-        raise PresetError(f"{path}: 'transforms' must map transform ids to transform configs")
+    if not isinstance(config.get("transforms"), dict):
+        raise PresetError(f"{path}: 'transforms' must map transform ids to transform configs ({{}} for none)")
     config.setdefault("name", path.stem)
     config.setdefault("anatomy", {})
     return config, str(path)
