@@ -205,3 +205,14 @@ def test_hybrid_cache_key_follows_the_augmentation_settings(study, tmp_path):
     assert key(flip_lr) == key([RandFlipd(keys="image", prob=0.5, spatial_axis=1)])
     assert key(flip_lr) != key([RandFlipd(keys="image", prob=0.5, spatial_axis=0)])
     assert key(flip_lr) != key([RandFlipd(keys="image", prob=0.9, spatial_axis=1)])
+
+
+def test_vae_samples_the_prior_of_the_vae_that_vae_interp_fitted(study, tmp_path):
+    """``vae`` and ``vae_interp`` share one fitted VAE per class (one fit, found in the cache by the
+    second), but ``vae`` decodes prior draws: new images with no real parents."""
+    interp = stage(study, tmp_path, "vae_interp").run()
+    prior = stage(study, tmp_path, "vae").run()
+    assert interp.summary["cost"]["fit"]["cached"] is False and prior.summary["cost"]["fit"]["cached"] is True
+    assert [r["parent_ids"] for r in manifest(prior)] == [""] * 12
+    assert all(len(r["parent_ids"].split()) == 2 for r in manifest(interp))
+    assert prior.cache_key != interp.cache_key

@@ -36,6 +36,12 @@ def test_each_preset_composes_with_monai_and_runs_on_a_2d_image(preset):
     assert all(t.prob == 1.0 for _, t in steps if hasattr(t, "prob")), "grid rows show each transform for sure"
 
 
+def test_preset_none_is_no_augmentation_the_reference_row_of_a_study():
+    assert "none" in available_presets()
+    assert AugmentationPlan("none", image_size=(32, 32)).transforms() == []
+    assert build_augmentation("none", image_size=(32, 32)) == []
+
+
 def test_a_vertical_flip_on_chest_xray_is_rejected_naming_the_key_and_the_rule():
     with pytest.raises(AnatomyRuleError) as err:
         AugmentationPlan("chest_xray", overrides=VERTICAL_FLIP)

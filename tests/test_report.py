@@ -70,7 +70,10 @@ def amount_study(store, tmp_path):
             axes = {} if strategy == "none" else {"oversample#amount": amount}
             tags = {"mlflow.parentRunId": parent, "medaug.strategy": strategy, "medaug.seed": str(seed),
                     "medaug.axes": json.dumps(axes), "medaug.overrides": json.dumps({"oversample#amount": amount})}  # fmt: skip
-            extra = {"synthetic_fid": 40.0 / (1 + amount)} if strategy == "gan" else None
+            extra = {"synthetic_fid": 40.0 / (1 + amount), "oversample_synthetic_total": 20 * amount,
+                     "oversample_fit_seconds": 30.0 + seed, "oversample_sample_seconds": 2.0,
+                     "oversample_fit_peak_memory_mb": 900.0, "oversample_sample_peak_memory_mb": 700.0 + seed,
+                     } if strategy == "gan" else None  # fmt: skip
             probs[(strategy, amount, seed)] = _log_run(
                 client, experiment_id, tmp_path, f"{strategy}-{amount}-{seed}", tags, _predictions(rng, accuracy),
                 ["minority", "majority"], extra, reverse=strategy == "none")  # fmt: skip
@@ -96,6 +99,15 @@ def test_amount_sweep_report_pairs_by_image_and_matches_the_baseline_across_amou
     files = {p.name for p in (tmp_path / "report").iterdir()}
     assert {"amount_sweep.png", "quality_vs_gain.png", "metrics_by_strategy.png", "report.html", "report.md"} <= files
     assert data["quality_vs_gain"]["n"] == 3 and data["quality_vs_gain"]["metric"] == "synthetic_fid"
+    # Compute cost next to accuracy: means over seeds of what the oversampling cost, per cell.
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Compute cost" in markdown and "images generated" in markdown
+    section = markdown.split("## Compute cost")[1].split("\n## ")[0].splitlines()
+    cost = next(line for line in section if line.startswith("| gan (oversample#amount=2.0) | 3 |"))
+    cells = [c.strip() for c in cost.strip("|").split("|")]
+    assert cells[3:7] == ["40.0", "31.0", "2.0", "–"] and cells[7] == "900.0"  # images, fit s (30..32), sampling, no copies, peak MB
+    none_row = next(line for line in section if line.startswith("| none | 3 |"))
+    assert none_row.count("–") == 5  # nothing oversampled: only the wall time
     assert {a.path for a in client.list_artifacts(parent, "report")} >= {"report/report.html", "report/amount_sweep.png"}
     with pytest.raises(ReportError, match="--baseline: 'vae' is none of the strategies"):
         write_study_report("amounts", baseline="vae", runs_dir=folder, out_dir=tmp_path / "r2", log_to_mlflow=False)

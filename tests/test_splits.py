@@ -73,6 +73,23 @@ def test_imbalance_ratio_and_seed():
     assert kept == [e["image"] for e in out2 if e["split"] == "train" and e["label"] == 0]
 
 
+def test_imbalance_steps_apply_in_order_to_cut_a_small_set_with_the_other_class_rarer():
+    """A list of steps: first keep a quarter of class b, then cut class a to half of what b has left."""
+    entries = assign_splits(make_entries(n_patients=400, images_per_patient=1, minority_every=2), seed=0)
+    steps = [{"class": "b", "keep_fraction": 0.25}, {"class": "a", "ratio": 0.5}]
+    out, summary = simulate_imbalance(entries, steps, ["a", "b"], seed=3)
+    before = Counter(e["label"] for e in entries if e["split"] == "train")
+    after = Counter(e["label"] for e in out if e["split"] == "train")
+    assert after[1] == round(0.25 * before[1]) and after[0] == round(0.5 * after[1])
+    assert [s["class"] for s in summary["steps"]] == ["b", "a"] and summary["steps"][1]["train_after"] == after[0]
+    for split in ("val", "test"):
+        assert [e for e in out if e["split"] == split] == [e for e in entries if e["split"] == split]
+    assert simulate_imbalance(entries, steps, ["a", "b"], seed=3)[0] == out  # seeded
+    assert simulate_imbalance(entries, [], ["a", "b"])[0] is entries
+    with pytest.raises(ValueError, match="imbalance step 1 must be a mapping"):
+        simulate_imbalance(entries, [{"class": "a", "keep_fraction": 0.5}, 0.5], ["a", "b"])
+
+
 def test_imbalance_none_and_bad_specs():
     entries = assign_splits(make_entries(), seed=0)
     assert simulate_imbalance(entries, None, ["a", "b"])[0] is entries

@@ -41,10 +41,6 @@ class BasicConv2d(nn.Module):
         return F.relu(self.bn(self.conv(x)), inplace=True)
 
 
-def _pool_branch(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
-    return conv(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
-
-
 class InceptionA(nn.Module):
     """35 x 35 block: 1x1, 5x5, double 3x3 and pooled branches (figure 5 of the paper)."""
 
@@ -63,7 +59,7 @@ class InceptionA(nn.Module):
             self.branch1x1(x),
             self.branch5x5_2(self.branch5x5_1(x)),
             self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            _pool_branch(x, self.branch_pool),
+            self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)),
         ]
         return torch.cat(branches, 1)
 
@@ -105,15 +101,13 @@ class InceptionC(nn.Module):
         self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        double = x
-        for conv in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
-                     self.branch7x7dbl_4, self.branch7x7dbl_5):  # fmt: skip
-            double = conv(double)
+        # Written out, not looped over a tuple of modules, so that TorchScript compiles it.
+        double = self.branch7x7dbl_5(self.branch7x7dbl_4(self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x)))))
         branches = [
             self.branch1x1(x),
             self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
             double,
-            _pool_branch(x, self.branch_pool),
+            self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)),
         ]
         return torch.cat(branches, 1)
 
@@ -131,9 +125,7 @@ class InceptionD(nn.Module):
         self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seven = x
-        for conv in (self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
-            seven = conv(seven)
+        seven = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
         branches = [self.branch3x3_2(self.branch3x3_1(x)), seven, F.max_pool2d(x, kernel_size=3, stride=2)]
         return torch.cat(branches, 1)
 
@@ -160,7 +152,7 @@ class InceptionE(nn.Module):
             self.branch1x1(x),
             torch.cat([self.branch3x3_2a(single), self.branch3x3_2b(single)], 1),
             torch.cat([self.branch3x3dbl_3a(double), self.branch3x3dbl_3b(double)], 1),
-            _pool_branch(x, self.branch_pool),
+            self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)),
         ]
         return torch.cat(branches, 1)
 
@@ -199,6 +191,7 @@ class Inception3(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 1000, aux_logits: bool = False,
                  dropout: float = 0.5) -> None:  # fmt: skip
         super().__init__()
+        self.min_input_size = INCEPTION_MIN_INPUT_SIZE  # an attribute: TorchScript cannot read module globals
         self.Conv2d_1a_3x3 = BasicConv2d(in_channels, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
@@ -233,21 +226,24 @@ class Inception3(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | InceptionOutputs:
-        if min(x.shape[-2:]) < INCEPTION_MIN_INPUT_SIZE:
+        if min(x.shape[-2], x.shape[-1]) < self.min_input_size:
             raise ValueError(
-                f"Inception-V3 needs images of at least {INCEPTION_MIN_INPUT_SIZE} px per side, got "
+                f"Inception-V3 needs images of at least {self.min_input_size} px per side, got "
                 f"{list(x.shape[-2:])}; set image_size to at least [75, 75] so preprocessing resizes them"
             )
-        for stage in (self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3, self.maxpool1,
-                      self.Conv2d_3b_1x1, self.Conv2d_4a_3x3, self.maxpool2, self.Mixed_5b, self.Mixed_5c,
-                      self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c, self.Mixed_6d,
-                      self.Mixed_6e):  # fmt: skip
-            x = stage(x)
-        aux = self.AuxLogits(x) if self.AuxLogits is not None and self.training else None
-        for stage in (self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
-            x = stage(x)
+        # Stage by stage, as torchvision names them (a loop over a tuple of modules would not script).
+        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
+        x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
+        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
+        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x)))))
+        aux: torch.Tensor | None = None
+        if self.AuxLogits is not None and self.training:
+            aux = self.AuxLogits(x)
+        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
         logits = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
-        return InceptionOutputs(logits, aux) if aux is not None else logits
+        if torch.jit.is_scripting() or aux is None:  # a TorchScript export serves inference: logits only
+            return logits
+        return InceptionOutputs(logits, aux)
 
 
 class InceptionLoss(nn.Module):

@@ -66,6 +66,7 @@ class RunRecord:
     overrides: dict
     metrics: dict
     start_time: int = 0
+    end_time: int = 0
 
     @property
     def cell(self) -> str:
@@ -129,7 +130,7 @@ def _record(run) -> RunRecord:
         axes = {"classifier": tags["classifier"]} if "classifier" in tags else {}
     overrides = json.loads(tags.get(OVERRIDES_TAG, "{}"))
     return RunRecord(run.info.run_id, run.info.run_name, strategy, seed, axes, overrides, dict(run.data.metrics),
-                     run.info.start_time or 0)  # fmt: skip
+                     run.info.start_time or 0, run.info.end_time or 0)  # fmt: skip
 
 
 def collect_runs(client, experiment: str, parent_run_id: str | None) -> tuple[object | None, list[RunRecord], list[str]]:
@@ -231,6 +232,36 @@ def summarize(records: list[RunRecord]) -> tuple[list[str], list[str], dict, dic
             if bounds is not None and math.isfinite(s["ci_low"]):
                 s["ci_low"], s["ci_high"] = max(bounds[0], s["ci_low"]), min(bounds[1], s["ci_high"])
     return cells, ordered, values, summary
+
+
+# Compute cost of a cell: (column, how a run's value is read); seconds and MB as the runs logged them.
+COST_COLUMNS = (
+    ("run wall time (min)", lambda r: (r.end_time - r.start_time) / 60000 if r.end_time > r.start_time else math.nan),
+    ("images generated", lambda r: r.metrics.get("oversample_synthetic_total", math.nan)),
+    ("generator fit (s)", lambda r: r.metrics.get("oversample_fit_seconds", math.nan)),
+    ("sampling (s)", lambda r: r.metrics.get("oversample_sample_seconds", math.nan)),
+    ("geometric copies (s)", lambda r: r.metrics.get("oversample_augmented_copies_seconds",
+                                                     r.metrics.get("oversample_random_copies_seconds", math.nan))),
+    ("oversampling peak memory (MB)", lambda r: max([v for k, v in r.metrics.items()
+                                                     if k.startswith("oversample_") and k.endswith("_peak_memory_mb")],
+                                                    default=math.nan)),
+)  # fmt: skip
+
+
+def cost_rows(cells: list[str], by_cell: dict) -> list[list[str]]:
+    """Per cell, the mean over seeds of what its runs cost (wall time of the whole bundle run; the
+    oversampling stage's images, seconds and peak memory; a generator fit read from the cache
+    reports the cost of the fit that made it). Empty when no run oversampled."""
+    if not any(k.startswith("oversample_") for c in cells for r in by_cell[c] for k in r.metrics):
+        return []
+    rows = []
+    for cell in cells:
+        row = [cell, str(len(by_cell[cell]))]
+        for _, read in COST_COLUMNS:
+            vals = [v for v in (read(r) for r in by_cell[cell]) if v is not None and math.isfinite(v)]
+            row.append(_f(float(np.mean(vals)), 1) if vals else "–")
+        rows.append(row)
+    return rows
 
 
 def _baseline_cell(cell_rec: RunRecord, baselines: dict[str, RunRecord]) -> str | None:
@@ -382,6 +413,9 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
         ("All test metrics", "mean ± sd over seeds [95% CI]", ["metric", "strategy", "seeds", "mean ± sd [95% CI]"],
          ctx["all_rows"]),
     ]  # fmt: skip
+    if ctx.get("cost_rows"):
+        sections.insert(1, ("Compute cost", "mean over seeds; peak memory: CUDA max allocated on a GPU, the process's peak resident set on a CPU",
+                            ["strategy", "seeds", *(name for name, _ in COST_COLUMNS)], ctx["cost_rows"]))  # fmt: skip
     intro = [f"Experiment `{ctx['experiment']}`; {ctx['source']}; {ctx['n_runs']} finished runs in "
              f"{len(ctx['cells'])} cells; baseline `{ctx['baseline']}`; {ctx['task']}; tracking URI `{ctx['tracking_uri']}`; "
              f"written {ctx['written']}."]  # fmt: skip
@@ -514,7 +548,8 @@ def write_study_report(experiment: str, baseline: str | None = None, parent_run_
     ctx = {"experiment": experiment, "source": source, "task": task, "n_runs": len(records), "cells": cells, "baseline": baseline,
            "tracking_uri": uri, "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "notes": notes,
            "summary_header": summary_header, "summary_rows": summary_rows, "all_rows": all_rows,
-           "comparison_rows": [_comparison_row(c) for c in comparisons], "figures": figures}  # fmt: skip
+           "comparison_rows": [_comparison_row(c) for c in comparisons], "figures": figures,
+           "cost_rows": cost_rows(cells, by_cell)}  # fmt: skip
     html_path, md_path = _render(ctx, out)
     data = {"experiment": experiment, "parent_run_id": parent.info.run_id if parent is not None else None,
             "baseline": baseline, "runs": [r.__dict__ for r in records], "summary": summary,
