@@ -8,7 +8,7 @@ RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 MLFLOW_DIR ?= mlflow-server
 
-.PHONY: install demo test docker-test bench bench-oversampling bench-predict bench-augment bench-data study report \
+.PHONY: install demo test docker-test bench bench-oversampling bench-predict bench-augment bench-data study study-bundles report \
 	mlflow-ui mlflow-server mlflow-screenshot clean
 
 install: $(STAMP)
@@ -56,6 +56,10 @@ bench-data: install
 # e.g. make study SEEDS=5, make study STUDY_ARGS="--config smoke.json"
 study: install
 	$(BIN)/medaug study run $(BUNDLE) --output-dir $(RUNS) $(if $(SEEDS),--seeds $(SEEDS)) $(STUDY_ARGS)
+
+# The five study bundles' configs, generated from the default bundle + scripts/study_bundles/*.yaml.
+study-bundles: install
+	$(BIN)/python scripts/build_study_bundles.py
 
 # HTML + Markdown report of the latest study in the bundle's runs (also logged to its parent run).
 report: install
