@@ -13,6 +13,7 @@ from monai.bundle import ConfigParser
 from medaug.pipelines.study import load_grid, validate_grid_keys
 from tests.conftest import REPO
 from tests.test_bundle_e2e import artifact_paths, run_bundle
+from tests.test_oversample_bundle import check_manifest
 
 STUDIES = ("hybrid_gan_augmentation", "ldm_pediatric_cxr", "generative_model_comparison", "vae_latent_interpolation",
            "physics_augmentation")  # fmt: skip
@@ -66,25 +67,29 @@ def _smoke(study: str, tmp_path, *overrides: str):
     experiment = client.get_experiment_by_name(study)
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and "test_balanced_accuracy" in run.data.metrics
-    return client, run
+    return client, run, out
 
 
 @pytest.mark.slow
 def test_hybrid_gan_smoke_logs_the_cost_of_each_part_next_to_accuracy(tmp_path):
-    client, run = _smoke("hybrid_gan_augmentation", tmp_path)
+    client, run, out = _smoke("hybrid_gan_augmentation", tmp_path)
     m = run.data.metrics
     # 121 normal vs 48 pneumonia train images: 73 new pneumonia images, half GAN, half geometric copies.
     assert m["oversample_synthetic_pneumonia"] == 73 and m["oversample_synthetic_normal"] == 0
     assert {"oversample_fit_seconds", "oversample_sample_seconds", "oversample_augmented_copies_seconds",
             "oversample_fit_peak_memory_mb"} <= set(m)  # fmt: skip
     assert run.data.tags["strategy"] == "hybrid" and run.data.params["data.counts.train.pneumonia"] == "48"
+    rows = check_manifest(client, run, out, tmp_path, "pneumonia", 73, {"gan", "augmentation"})
+    assert sum(r["generator"] == "gan" for r in rows) == round(0.5 * 73)
 
 
 @pytest.mark.slow
 def test_ldm_pediatric_cxr_smoke_reports_the_metrics_of_the_original(tmp_path):
-    client, run = _smoke("ldm_pediatric_cxr", tmp_path)
+    client, run, out = _smoke("ldm_pediatric_cxr", tmp_path)
     m = run.data.metrics
     assert m["oversample_synthetic_pneumonia"] == 304 - 76  # 25% of 1214 normal, then 0.25 x as many pneumonia
+    rows = check_manifest(client, run, out, tmp_path, "pneumonia", 304 - 76, {"ldm_img2img"})
+    assert all(len(r["parent_ids"].split()) == 1 for r in rows)  # each starts from one real train image
     for name in ("balanced_accuracy", "sensitivity", "specificity", "f1", "mcc", "kappa", "youden"):
         assert np.isfinite(m[f"test_{name}"]) and f"test_{name}_ci_low" in m
     assert run.data.params["data.counts.test.pneumonia"] == "390"  # the official test split, untouched
@@ -92,14 +97,14 @@ def test_ldm_pediatric_cxr_smoke_reports_the_metrics_of_the_original(tmp_path):
 
 @pytest.mark.slow
 def test_generative_model_comparison_smoke_logs_an_amount_and_the_fid(tmp_path):
-    client, run = _smoke("generative_model_comparison", tmp_path, "--oversample#method", "vae", "--oversample#multiplier", "3.0")
+    client, run, out = _smoke("generative_model_comparison", tmp_path, "--oversample#method", "vae", "--oversample#multiplier", "3.0")
     m = run.data.metrics
     assert m["oversample_synthetic_pneumonia"] == 2 * 60 and np.isfinite(m["synthetic_fid"])
 
 
 @pytest.mark.slow
 def test_vae_latent_interpolation_smoke_runs_on_four_classes_and_reports_the_rarest(tmp_path):
-    client, run = _smoke("vae_latent_interpolation", tmp_path)
+    client, run, out = _smoke("vae_latent_interpolation", tmp_path)
     m = run.data.metrics
     # Every class topped up to the largest (110 chest_pneumonia train images) by interpolation.
     assert [m[f"oversample_synthetic_{c}"] for c in ("breast_malignant", "breast_normal_benign", "chest_normal",
@@ -111,7 +116,7 @@ def test_vae_latent_interpolation_smoke_runs_on_four_classes_and_reports_the_rar
 
 @pytest.mark.slow
 def test_physics_augmentation_smoke_switches_dataset_and_logs_the_preset_grid(tmp_path):
-    client, run = _smoke("physics_augmentation", tmp_path, "--dataset", "ultrasound", "--augment#mix#method", "cutmix")
-    assert run.data.tags["augment_preset"] == "ultrasound" and run.data.tags["strategy"] == "cutmix"
+    client, run, out = _smoke("physics_augmentation", tmp_path, "--dataset", "ultrasound", "--augment#mix#method", "mixup")
+    assert run.data.tags["augment_preset"] == "ultrasound" and run.data.tags["strategy"] == "mixup"
     assert run.data.params["data.counts.test.malignant"] == "42"
     assert {"augmentation_grid.png", "augmentation.yaml"} <= artifact_paths(client, run.info.run_id)
