@@ -42,7 +42,7 @@ from medaug.pipelines.study import (
     STRATEGY_TAG,
     cell_name,
 )
-from medaug.pipelines.tracking import PARENT_TAG
+from medaug.pipelines.tracking import PARENT_TAG, search_all_runs
 
 logger = logging.getLogger("medaug.report")
 
@@ -106,16 +106,6 @@ def resolve_tracking_uri(tracking_uri: str | None, runs_dir: str | os.PathLike |
     return f"sqlite:///{folder.resolve() / 'mlflow.db'}", folder
 
 
-def _search(client, experiment_id: str, filter_string: str = "") -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _record(run) -> RunRecord:
     tags = run.data.tags
     strategy = tags.get(STRATEGY_TAG) or tags.get("strategy") or "run"
@@ -145,14 +135,14 @@ def collect_runs(client, experiment: str, parent_run_id: str | None) -> tuple[ob
             parent = client.get_run(parent_run_id)
         except Exception as err:  # MlflowException: not found
             raise ReportError(f"--parent-run: no run {parent_run_id!r} ({type(err).__name__})") from None
-        runs = _search(client, exp.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+        runs = search_all_runs(client, exp.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
     else:
-        studies = _search(client, exp.experiment_id, f"tags.`{ROLE_TAG}` = 'study'")
+        studies = search_all_runs(client, exp.experiment_id, f"tags.`{ROLE_TAG}` = 'study'")
         if studies:
             parent = max(studies, key=lambda r: r.info.start_time)
-            runs = _search(client, exp.experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+            runs = search_all_runs(client, exp.experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
         else:
-            runs = [r for r in _search(client, exp.experiment_id) if r.data.tags.get(ROLE_TAG) not in ("study", "report")]
+            runs = [r for r in search_all_runs(client, exp.experiment_id) if r.data.tags.get(ROLE_TAG) not in ("study", "report")]
     notes = []
     unfinished = [r for r in runs if r.info.status != "FINISHED"]
     if unfinished:

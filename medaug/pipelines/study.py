@@ -65,6 +65,7 @@ from medaug.pipelines.tracking import (
     artifact_location_for,
     default_tracking_uri,
     safe_key,
+    search_all_runs,
 )
 
 logger = logging.getLogger("medaug.study")
@@ -354,18 +355,9 @@ class StudyRunner:
         except mlflow.exceptions.MlflowException:  # created meanwhile by someone else
             return client.get_experiment_by_name(self.experiment).experiment_id
 
-    def _search(self, client, experiment_id: str, filter_string: str) -> list:
-        runs, token = [], None
-        while True:
-            page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-            runs += list(page)
-            token = page.token
-            if not token:
-                return runs
-
     def _parent(self, client, experiment_id: str) -> str:
         """The study's parent run: found again by its study key, or created."""
-        found = self._search(client, experiment_id,
+        found = search_all_runs(client, experiment_id,
                              f"tags.`{STUDY_KEY_TAG}` = '{self.study_key}' and tags.`{ROLE_TAG}` = 'study'")  # fmt: skip
         if found:
             run_id = sorted(found, key=lambda r: r.info.start_time)[0].info.run_id
@@ -397,7 +389,7 @@ class StudyRunner:
 
     def _children_runs(self, client, experiment_id: str, parent: str) -> dict[str, list]:
         by_hash: dict[str, list] = {}
-        for run in self._search(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent}'"):
+        for run in search_all_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent}'"):
             by_hash.setdefault(run.data.tags.get(HASH_TAG, ""), []).append(run)
         return by_hash
 

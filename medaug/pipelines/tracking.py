@@ -76,6 +76,18 @@ def artifact_location_for(uri: str) -> str | None:
     return None
 
 
+def search_all_runs(client, experiment_id: str, filter_string: str = "") -> list:
+    """Every run of an experiment that matches ``filter_string``, all pages of MLflow's search
+    (one page holds at most 1000 runs; a study grid with its reports can hold more)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def safe_key(name: str) -> str:
     """MLflow accepts letters, digits, ``_ - . space /`` in names; bundle ids use ``#``."""
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(name).replace("#", "."))
