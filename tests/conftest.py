@@ -4,6 +4,7 @@ shipped in the repository (BreastMNIST and the DICOM samples in tests/data/dicom
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,31 @@ REPO = Path(__file__).resolve().parents[1]
 DICOM_DIR = REPO / "tests" / "data" / "dicom"
 BREAST_64 = REPO / "data" / "breastmnist_64.npz"
 BUNDLE = REPO / "bundles" / "imbalance_baselines"
+
+
+def pytest_report_header(config) -> list[str]:
+    """The numerics this run depends on, so a failure on another machine is readable: CPU model,
+    BLAS/OpenMP libraries with their threads and kernels (threadpoolctl), torch's BLAS and SIMD."""
+    import platform
+
+    import threadpoolctl
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)  # fmt: skip
+    pools = [f"{p['internal_api']} {p.get('version') or ''} ({p['num_threads']} threads"
+             f"{', ' + p['architecture'] if p.get('architecture') else ''})" for p in threadpoolctl.threadpool_info()]  # fmt: skip
+    torch_blas = next((part.split("=", 1)[1] for part in torch.__config__.show().replace(",", " ").split()
+                       if part.startswith("BLAS_INFO=")), "?")  # fmt: skip
+    return [
+        f"cpu: {cpu}; {os.cpu_count()} logical cores",
+        f"thread pools: {'; '.join(pools) or 'none loaded'}",
+        f"torch {torch.__version__}: BLAS {torch_blas}, {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads",
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -66,11 +66,15 @@ def test_fid_of_a_set_with_itself_is_about_zero(breast, feature_net):
 
 
 def test_fid_grows_with_added_noise(breast, feature_net):
+    """Noise steps far apart compared with how much the FID of one set moves between CPUs: the
+    feature network's training depends on the machine's BLAS kernels, and noise of 0.05 changed the
+    FID by less than that (0.003 of 2.5) while 0.1 more noise moves it by about 0.7."""
     images = breast["train"][0]
     reference = feature_net.features(images[::2])
     other_half = images[1::2]
-    fids = [frechet_distance(reference, feature_net.features(noisy(other_half, s))) for s in (0.0, 0.05, 0.1, 0.2)]
-    assert fids == sorted(fids) and fids[-1] > fids[0] * 1.2, fids
+    fids = [frechet_distance(reference, feature_net.features(noisy(other_half, s))) for s in (0.0, 0.2, 0.3, 0.4)]
+    assert all(later > earlier * 1.05 for earlier, later in zip(fids, fids[1:])), fids
+    assert fids[-1] > fids[0] * 1.5, fids
 
 
 def test_fid_needs_two_images_per_set(breast, feature_net):
@@ -78,24 +82,46 @@ def test_fid_needs_two_images_per_set(breast, feature_net):
     assert math.isnan(frechet_distance(features, features[:1]))
 
 
-def test_fid_stays_finite_on_ill_conditioned_features():
-    """ReLU-like features with a few dominant dimensions: MONAI's matrix square root alone fails
-    with an imaginary part; the ridge-regularised retry agrees with a symmetric eigen-decomposition
-    of the same distance, tr(S_r) + tr(S_s) - 2 tr((S_r^1/2 S_s S_r^1/2)^1/2) + |mu_r - mu_s|^2."""
-    from monai.metrics import FIDMetric
-
+def ill_conditioned_features() -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU-like features with a few dominant dimensions and many near-dead ones."""
     g = torch.Generator().manual_seed(1)
     real = torch.relu(torch.randn(200, 256, generator=g) * torch.rand(256, generator=g) ** 4 * 100).double()
     synth = torch.relu(torch.randn(200, 256, generator=g) * torch.rand(256, generator=g) ** 4 * 300).double()
-    with pytest.raises(ValueError, match="Imaginary component"):
-        FIDMetric()(synth, real)
+    return real, synth
+
+
+def fid_by_symmetric_eigendecomposition(real: torch.Tensor, synth: torch.Tensor) -> float:
+    """The same distance computed only with symmetric eigen-decompositions, which stay real on
+    any BLAS: tr(S_r) + tr(S_s) - 2 tr((S_r^1/2 S_s S_r^1/2)^1/2) + |mu_r - mu_s|^2."""
     cov_r, cov_s = torch.cov(real.T), torch.cov(synth.T)
     w, v = torch.linalg.eigh(cov_r)
     root = (v * w.clamp(min=0).sqrt()) @ v.T
     middle = torch.linalg.eigvalsh(root @ cov_s @ root).clamp(min=0).sqrt().sum()
     mean_gap = real.mean(0) - synth.mean(0)
-    reference = float(mean_gap @ mean_gap + cov_r.trace() + cov_s.trace() - 2 * middle)
-    assert frechet_distance(real, synth) == pytest.approx(reference, rel=1e-4)
+    return float(mean_gap @ mean_gap + cov_r.trace() + cov_s.trace() - 2 * middle)
+
+
+def test_fid_of_ill_conditioned_features_agrees_with_an_eigendecomposition():
+    """Whether MONAI's matrix square root succeeds on these features depends on the CPU's BLAS
+    kernels; the distance medaug reports must agree with the eigen-decomposition either way."""
+    real, synth = ill_conditioned_features()
+    assert frechet_distance(real, synth) == pytest.approx(fid_by_symmetric_eigendecomposition(real, synth), rel=1e-3)
+
+
+def test_fid_falls_back_to_a_ridge_when_monais_square_root_is_complex(monkeypatch):
+    """The ridge-regularised retry (taken when MONAI rejects an imaginary square root, as it does
+    for these features on some CPUs) is forced here, so it is exercised on every machine."""
+    import medaug.pipelines.synthetic_metrics as synthetic_metrics
+
+    class ComplexSquareRoot:
+        def __call__(self, y_pred, y):
+            raise ValueError("Imaginary component 1e+03 too large")
+
+    monkeypatch.setattr(synthetic_metrics, "FIDMetric", ComplexSquareRoot)
+    real, synth = ill_conditioned_features()
+    value = frechet_distance(real, synth)
+    assert math.isfinite(value)
+    assert value == pytest.approx(fid_by_symmetric_eigendecomposition(real, synth), rel=1e-3)
 
 
 # --- k-NN precision and recall -------------------------------------------------------------------
