@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from medaug.io.atomic import _new_file_mode
+from medaug.io.atomic import new_file_mode
 
 # OWASP "CSV injection": a spreadsheet runs a cell that starts with one of these as a formula
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -198,7 +198,7 @@ class OutputSet:
         return self._record(name, path)
 
     def _record(self, name: str, path: Path) -> Path:
-        os.chmod(path, _new_file_mode())  # as open() would create it in the folder itself
+        os.chmod(path, new_file_mode())  # as open() would create it in the folder itself
         self._written[name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
         return path
 
