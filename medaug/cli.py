@@ -125,10 +125,26 @@ def predict(args: argparse.Namespace) -> int:
     if args.hash_uids and not salt:
         raise UsageError("--hash-uids: needs a salt (--salt or the MEDAUG_UID_SALT environment variable)")
 
+    from medaug.io.output_set import OutputFolderError
+    from medaug.pipelines import predict as P
+
+    try:  # before any work: an unwritable or busy --output is found now, not after the predictions
+        outputs = P.prediction_outputs(target).open()
+    except OutputFolderError as err:
+        raise UsageError(f"--output: {err}") from None
+    try:
+        return _predict_into(outputs, args, bundle, checkpoint, salt)
+    finally:
+        outputs.close()  # releases the lock; a set not committed is discarded, the previous one kept
+
+
+def _predict_into(outputs, args: argparse.Namespace, bundle: Path, checkpoint: Path, salt: str | None) -> int:
+    """``predict`` once its arguments are checked and ``outputs`` (the --output set) is held."""
     import torch
 
     from medaug.pipelines import predict as P
 
+    source, target = Path(args.input), outputs.folder
     try:
         parser = _inference_parser(bundle, {"bundle_root": str(bundle), "ckpt_path": str(checkpoint)})
         class_names = list(parser.get_parsed_content("class_names"))
@@ -157,13 +173,14 @@ def predict(args: argparse.Namespace) -> int:
           f"{info['checkpoint_sha256'][:12]}); classes: {', '.join(class_names)}", file=sys.stderr)  # fmt: skip
     try:
         summary = P.predict_folder(
-            source, target, model=model, preprocessing=preprocessing, class_names=class_names, frames=frames,
+            source, outputs, model=model, preprocessing=preprocessing, class_names=class_names, frames=frames,
             modalities=modalities, batch_size=batch_size, workers=args.workers, device=device, model_info=info,
             uid_salt=salt, parallel=parallel, progress=not args.no_progress,
         )  # fmt: skip
     except P.CheckpointMismatchError as err:  # e.g. a TorchScript model with another number of classes
         raise UsageError(f"--checkpoint: {err}") from err
     print(summary.line())
+    print(f"run {summary.run_id}, finished {summary.finished_at} (named in summary.json)")
     if summary.skipped:
         print(f"{summary.skipped} file(s) not used: see {target / 'skipped.csv'} for the reasons")
     return summary.exit_code
@@ -303,19 +320,27 @@ checkpoint: --checkpoint, else <bundle>/models/model.ts (TorchScript, from MONAI
 without the network code), else <bundle>/models/model.pt (a training checkpoint, loaded into the network
 that configs/inference.json describes). The bundle may also come from the MEDAUG_BUNDLE environment variable.
 
-outputs (in --output, each written to a temporary file and renamed, so a killed run leaves no half file):
+outputs (in --output; checked writable and locked before any work):
   predictions.csv, predictions.json  path (relative to --input), frame, sop_instance_uid, study_instance_uid,
                                      predicted, prob_<class> per class, model_name, model_version,
                                      checkpoint_sha256
   skipped.csv                        every file not used, with the reason
-  summary.json                       counts, seconds, images/s, exit code
+  summary.json                       run_id (a UUID), started_at and finished_at (UTC), counts, seconds,
+                                     images/s, exit code, and the sha256 of the three other files
+A run writes the four files into --output/.predict-<run_id>.tmp/ and renames them into place at the end,
+summary.json last (the old one is removed first): a run that fails or is killed leaves the previous set as
+it was, and a folder without summary.json holds no complete set. One run at a time: --output/.predict.lock
+is held (flock, released by the system when a run dies) and a second run into the same folder is refused
+(exit 2). In the CSV files, text that starts with = + - @, a tab or a carriage return gets a leading '
+so that spreadsheets do not run it as a formula; the JSON files keep the raw values.
 The input folder is only read. Patient names, IDs, birth dates and the other identifying attributes of the
 DICOM PS3.15 Basic Profile never appear in outputs or messages; --hash-uids replaces the UIDs too.
 
 exit codes:
   0  every file was used
   3  finished, but some files were skipped (see skipped.csv)
-  2  usage or configuration error (the message names the argument)
+  2  usage or configuration error (the message names the argument), including an --output that cannot be
+     written or that another run is writing to
   1  unexpected failure
 """
 
@@ -359,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--bundle", help=f"bundle folder (default: ${BUNDLE_ENV})")
     pred.add_argument("--checkpoint", help="model file: TorchScript .ts or checkpoint .pt (default: see below)")
     pred.add_argument("--input", help="folder of images to predict (read only)")
-    pred.add_argument("--output", help="folder for the outputs (created; must not be inside --input)")
+    pred.add_argument("--output", help="folder for the outputs (created; must not be inside --input; one run at a time)")
     pred.add_argument("--batch-size", type=_positive_int, help="images per model call (default: the bundle's)")
     pred.add_argument("--workers", type=_positive_int, help="parallel decoders (default: min(4, CPU count))")
     pred.add_argument("--parallel", choices=["thread", "process"],

@@ -5,8 +5,11 @@ One path serves ``medaug predict`` and the bundle's ``configs/inference.json``
 (:class:`FolderPrediction`): :func:`predict_folder` walks the input, decodes each file once in a
 pool of threads through the bundle's ``preprocessing`` (``LoadDatalistImaged`` + resize, the
 validation transforms), batches what decodes and runs the model on each batch as soon as it is
-full, and writes ``predictions.csv``, ``predictions.json``, ``skipped.csv`` and ``summary.json``
-atomically. A file that cannot be used is a row in ``skipped.csv``, never a crash.
+full, and writes ``predictions.csv``, ``predictions.json``, ``skipped.csv`` and ``summary.json`` as one
+set: the output folder is locked and checked writable before any work, the files go to a temporary
+folder beside them and are swapped in at the end, ``summary.json`` (run id, times, the other files'
+sha256) last (:func:`prediction_outputs`). A file that cannot be used is a row in ``skipped.csv``,
+never a crash.
 
 The model is either a checkpoint (``{"model": state_dict}``) loaded into the bundle's network, or a
 TorchScript export (``ckpt_export``) loaded with ``torch.jit.load``; the TorchScript path imports no
@@ -16,6 +19,7 @@ network or training code. This module imports no training code either.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import os
@@ -31,16 +35,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medaug.io.atomic import write_csv_atomic, write_json_atomic
 from medaug.io.hashing import file_sha256
+from medaug.io.output_set import OutputSet, utc_now
 from medaug.io.phi import hash_uid
 from medaug.io.readers import UnusableImageError, image_kind, read_dicom_header
 from medaug.io.scan import scan_entries
 from medaug.io.sources import looks_like_image, walk_files, walk_input
+from medaug.processes import die_with_parent
 
 logger = logging.getLogger("medaug.predict")
 
 EXIT_ALL_USED, EXIT_SOME_SKIPPED = 0, 3
+OUTPUT_FILES = ("predictions.csv", "predictions.json", "skipped.csv", "summary.json")
+OUTPUT_MARKER = "summary.json"  # renamed into place last: its presence marks a complete set
 
 
 def folder_datalist(input_dir: str | os.PathLike, *, channels: int = 1, frames: str = "middle",
@@ -203,6 +210,8 @@ _worker_decoder: _Decoder | None = None  # the decoder of a worker process (set 
 
 def _init_worker(decoder: _Decoder) -> None:
     global _worker_decoder
+    if (parent := multiprocessing.parent_process()) is not None:  # a worker: no orphan decoding after a SIGKILL
+        die_with_parent(parent_pid=parent.pid)
     _worker_decoder = decoder
     torch.set_num_threads(1)  # the workers are the parallelism; no oversubscription
 
@@ -234,6 +243,8 @@ class PredictionSummary:
     images_per_s: float
     output_dir: str
     exit_code: int
+    run_id: str = ""  # of the output set (OutputSet.run_id), also in summary.json
+    finished_at: str = ""  # UTC, ISO 8601
 
     def line(self) -> str:
         return (f"predicted {self.images} image(s) from {self.predicted_files} file(s), skipped {self.skipped} "
@@ -247,9 +258,40 @@ def _check_output_outside_input(input_dir: Path, output_dir: Path) -> None:
         raise ValueError(f"output folder {str(output_dir)!r} is inside the input folder; the input is never written to")
 
 
+def prediction_outputs(output_dir: str | os.PathLike) -> OutputSet:
+    """The output set of a prediction run in ``output_dir`` (not yet opened): ``OUTPUT_FILES``, written
+    into ``.predict-<run id>.tmp/`` and swapped in at the end, ``summary.json`` last, under the lock
+    ``.predict.lock`` (see :mod:`medaug.io.output_set`)."""
+    return OutputSet(output_dir, OUTPUT_FILES, marker=OUTPUT_MARKER, tool="predict")
+
+
+def _holding_outputs(predict: Callable) -> Callable:
+    """``predict`` with its arguments checked and its output folder held before any work: created, locked
+    and given a fresh temporary folder (:class:`OutputFolderError` if it cannot be, e.g. unwritable,
+    or busy with another run), then released, uncommitted files discarded, however the run ends. An
+    :class:`OutputSet` already open (the CLI opens it before loading the model) is used as it is."""
+
+    @functools.wraps(predict)
+    def run(input_dir, output_dir, **kwargs) -> PredictionSummary:
+        held = isinstance(output_dir, OutputSet)
+        input_dir, folder = Path(input_dir), output_dir.folder if held else Path(output_dir)
+        if not input_dir.is_dir():
+            raise FileNotFoundError(f"input folder {str(input_dir)!r} does not exist or is not a folder")
+        _check_output_outside_input(input_dir, folder)
+        if kwargs.get("batch_size", 1) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {kwargs['batch_size']}")
+        if held:
+            return predict(input_dir, output_dir, **kwargs)
+        with prediction_outputs(folder) as output:
+            return predict(input_dir, output, **kwargs)
+
+    return run
+
+
+@_holding_outputs
 def predict_folder(
     input_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | OutputSet,
     *,
     model: torch.nn.Module,
     preprocessing: Callable,
@@ -267,6 +309,10 @@ def predict_folder(
 ) -> PredictionSummary:
     """Predict every usable image below ``input_dir``; write the outputs to ``output_dir``.
 
+    ``output_dir`` is checked writable and locked before any image is read, and the four files are
+    replaced as one set at the end (see :func:`prediction_outputs`); a failed or killed run leaves the
+    previous set. An open :class:`OutputSet` from :func:`prediction_outputs` may be given instead.
+
     Args:
         model: from :func:`load_model`; its output are logits, one per class (softmax applied here,
             as the bundle's ``postprocessing``).
@@ -282,13 +328,11 @@ def predict_folder(
 
     Returns:
         a :class:`PredictionSummary`; ``exit_code`` is 0 when every file was used, 3 when some were skipped.
+
+    Raises:
+        OutputFolderError: ``output_dir`` cannot be written, or another run holds it (before any work).
     """
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {str(input_dir)!r} does not exist or is not a folder")
-    _check_output_outside_input(input_dir, output_dir)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    output, output_dir = output_dir, output_dir.folder  # opened by _holding_outputs
     class_names = [str(n) for n in class_names]
     info = {"model_name": "", "model_version": "", "checkpoint_sha256": "", **(model_info or {})}
     start = time.perf_counter()
@@ -358,13 +402,16 @@ def predict_folder(
     summary = PredictionSummary(
         files=n_files, images=len(rows), predicted_files=used_files, skipped=len(skipped), seconds=round(seconds, 3),
         images_per_s=round(len(rows) / max(seconds, 1e-9), 2), output_dir=str(output_dir),
-        exit_code=EXIT_SOME_SKIPPED if skipped else EXIT_ALL_USED,
+        exit_code=EXIT_SOME_SKIPPED if skipped else EXIT_ALL_USED, run_id=output.run_id,
     )  # fmt: skip
-    write_csv_atomic(output_dir / "predictions.csv", rows, fields)
-    write_json_atomic(output_dir / "predictions.json", rows)
-    write_csv_atomic(output_dir / "skipped.csv", skipped, ["path", "reason"])
-    write_json_atomic(output_dir / "summary.json", {**asdict(summary), **info, "classes": class_names,
-                                                    "uids_hashed": bool(uid_salt)})  # fmt: skip
+    # CSV text cells that a spreadsheet would run as formulas (=, +, -, @ ...) get a leading '; the JSON stays raw
+    output.write_csv("predictions.csv", rows, fields)
+    output.write_json("predictions.json", rows)
+    output.write_csv("skipped.csv", skipped, ["path", "reason"])
+    summary.finished_at = utc_now()
+    output.write_json(OUTPUT_MARKER, {**asdict(summary), **info, "classes": class_names, "uids_hashed": bool(uid_salt),
+                                      "started_at": output.started_at, "files": output.digests()})  # fmt: skip
+    output.commit()
     return summary
 
 
@@ -374,7 +421,7 @@ class FolderPrediction:
     Args:
         model: from :func:`load_model` (checkpoint or TorchScript).
         preprocessing: the bundle's validation transforms.
-        input_dir, output_dir: the folder to predict and where the outputs go (written atomically).
+        input_dir, output_dir: the folder to predict and where the outputs go (locked, replaced as a set).
         class_names: output classes in order.
         others: as :func:`predict_folder`.
     """
