@@ -238,8 +238,8 @@ def test_a_second_runner_on_a_shared_store_is_refused_while_the_first_runs(bundl
     assert len({c.data.tags["medaug.config_hash"] for c in children}) == 2, "no child ran twice"
 
 
-def test_a_runner_whose_heartbeat_went_stale_is_taken_over_and_then_touches_nothing(bundle_copy, tmp_path,
-                                                                                    shared_store, monkeypatch):  # fmt: skip
+def test_a_runner_whose_heartbeat_went_stale_is_taken_over_and_then_touches_nothing(
+        bundle_copy, tmp_path, shared_store, monkeypatch):  # fmt: skip
     with monkeypatch.context() as elsewhere:  # alice runs on another machine
         elsewhere.setattr(study_lock.socket, "gethostname", lambda: "gpu-node-7")
         alice = _runner(bundle_copy, tmp_path / "alice")

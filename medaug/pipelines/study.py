@@ -492,8 +492,7 @@ class StudyRunner:
             return
         self._check_lock()
         for run in runs:
-            if not only_running or run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, status)
+            client.set_terminated(run.info.run_id, status)
 
     def run(self) -> StudySummary:
         from tqdm.auto import tqdm
