@@ -236,7 +236,7 @@ def _resolve_overlay(bundle: Path, name: str) -> Path:
 
 
 def study_run(args: argparse.Namespace) -> int:
-    from medaug.pipelines.study import GridError, StudyInterrupted, StudyRunner, load_grid
+    from medaug.pipelines.study import GridError, StudyInterrupted, StudyLocked, StudyLockLost, StudyRunner, load_grid
 
     bundle = Path(args.bundle)
     if not (bundle / "configs" / "train.json").is_file():
@@ -250,7 +250,7 @@ def study_run(args: argparse.Namespace) -> int:
         grid = load_grid(grid_path, seeds=args.seeds)
         runner = StudyRunner(bundle, grid, overlays=overlays, output_dir=args.output_dir, launcher=args.launcher,
                              cache_dir=args.cache_dir, max_children=args.max_children,
-                             progress=not args.no_progress, stream=args.stream)  # fmt: skip
+                             progress=not args.no_progress, stream=args.stream, take_over=args.take_over)  # fmt: skip
     except (GridError, KeyError) as err:
         raise UsageError(str(err)) from err
     total = len(runner.children)
@@ -258,7 +258,10 @@ def study_run(args: argparse.Namespace) -> int:
           f"MLflow {runner.tracking_uri}; logs in {runner.study_dir / 'logs'}", file=sys.stderr)  # fmt: skip
     try:
         summary = runner.run()
-    except GridError as err:
+    except StudyLockLost as err:
+        print(f"medaug: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (GridError, StudyLocked) as err:
         raise UsageError(str(err)) from err
     except (KeyboardInterrupt, StudyInterrupted):
         print("medaug: study interrupted; the running child was stopped and marked KILLED. Run the same command "
@@ -308,6 +311,13 @@ grid (configs/grid.yaml of the bundle, or --grid):
 resuming: every child run is tagged with a hash of the bundle configs and its overrides; children already
 FINISHED under the study's parent run are skipped, children a killed study left RUNNING are marked KILLED
 and run again. Run the same command again after an interruption.
+
+one runner per study: a lock file in --output-dir, and a lock on the tracking store (a 'medaug.study_lock'
+tag on the study's parent run: owner host, pid, since, and a heartbeat rewritten every 30 s), so a second
+runner on a shared MLFLOW_TRACKING_URI (another folder or machine) refuses (exit 2) naming the owner instead
+of killing its child runs. A runner killed outright leaves its lock behind: it is taken over once its
+heartbeat is older than 180 s, or at once from the same machine when that process is gone. --take-over
+takes it now (only for a runner known to be gone: the old one, if alive, stops before its next child).
 
 launcher: the command that runs one child, followed by --config_file/--bundle_root/--output_dir. Default:
   "{python} -m monai.bundle run"; for DDP: --launcher "torchrun --nproc_per_node=2 -m monai.bundle run"
@@ -441,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     srun.add_argument("--max-children", type=_positive_int, help="stop after launching this many child runs")
     srun.add_argument("--stream", action="store_true", help="show the children's output (default: log files)")
     srun.add_argument("--no-progress", action="store_true", help="no progress bar")
+    srun.add_argument("--take-over", action="store_true",
+                      help="take the study's lock from another runner whose heartbeat is not stale yet "
+                      "(only when that runner is known to be gone; see below)")  # fmt: skip
     srun.set_defaults(handler=study_run)
 
     rep = commands.add_parser(

@@ -3,16 +3,20 @@ hash covers, and how a launcher makes a bundle run a child of the study's parent
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import mlflow
 import pytest
 import yaml
 
-from medaug.pipelines.study import GridError, StudyRunner, config_hash, expand_grid, load_grid, parse_grid
+from medaug.pipelines import study_lock
+from medaug.pipelines.study import (GridError, StudyLocked, StudyLockLost, StudyRunner, config_hash, expand_grid,
+                                    load_grid, parse_grid)
 from medaug.pipelines.tracking import RunTracker, environment_tags
 from tests.conftest import BUNDLE
 
@@ -137,3 +141,138 @@ def test_a_failing_child_is_reported_and_sigterm_stops_a_running_one(bundle_copy
     assert time.monotonic() - started < 30, "the runner did not wait for the two-minute child"
     assert runner.returncode == 1 and "study interrupted" in stderr and "Run the same command again" in stderr
     assert _parent(out).info.status == "KILLED", "the same study (parent run) as the first attempt, now KILLED"
+
+
+# ---------------------------------------------------------------- one runner per study on a shared store
+class FakeChild:
+    """Stands in for ``monai.bundle run``: makes the tagged MLflow child run the real one would make,
+    and, when told, stays RUNNING until ``finish`` is set."""
+
+    def __init__(self, runner, status="FINISHED", hold=False):
+        self.runner, self.status = runner, status
+        self.started, self.finish = threading.Event(), threading.Event()
+        if not hold:
+            self.finish.set()
+        runner._launch = self
+
+    def __call__(self, child, parent, log_path):
+        client = mlflow.MlflowClient(self.runner.tracking_uri)
+        experiment = client.get_experiment_by_name(self.runner.experiment).experiment_id
+        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "medaug.role": "child",
+                                                  "medaug.config_hash": self.runner.hashes[child.name]})  # fmt: skip
+        self.started.set()
+        self.finish.wait(60)
+        if self.status:
+            client.set_terminated(run.info.run_id, self.status)
+        return 0 if self.status == "FINISHED" else 1
+
+
+def _runner(bundle, out, **kwargs):
+    grid = load_grid(BUNDLE / "configs" / "grid.yaml", seeds=1)  # 3 children
+    options = {"max_children": 1, "progress": False, "lock_heartbeat": 0.05, "lock_stale_after": 60.0,
+               "lock_settle": 0.05}  # fmt: skip
+    return StudyRunner(bundle, grid, output_dir=out, **{**options, **kwargs})
+
+
+def _in_thread(function):
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = function()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _study_runs(runner):
+    client = mlflow.MlflowClient(runner.tracking_uri)
+    experiment = client.get_experiment_by_name(runner.experiment).experiment_id
+    runs = client.search_runs([experiment])
+    (parent,) = [r for r in runs if r.data.tags.get("medaug.role") == "study"]
+    return parent, [r for r in runs if r.data.tags.get("medaug.role") == "child"]
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    """An empty MLflow database: creating one (its schema migrations) takes seconds, copying it does not."""
+    path = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def shared_store(tmp_path, monkeypatch, empty_store):
+    """MLFLOW_TRACKING_URI for every runner, as on a team's server (a SQLite file stands in for it)."""
+    (tmp_path / "server").mkdir()
+    shutil.copy(empty_store, tmp_path / "server" / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}")
+
+
+def test_a_second_runner_on_a_shared_store_is_refused_while_the_first_runs(bundle_copy, tmp_path, shared_store):
+    alice = _runner(bundle_copy, tmp_path / "alice")
+    alice_child = FakeChild(alice, hold=True)
+    thread, outcome = _in_thread(alice.run)
+    assert alice_child.started.wait(60), outcome
+    bob = _runner(bundle_copy, tmp_path / "bob")  # another output folder (or machine), the same server
+    FakeChild(bob)
+    with pytest.raises(StudyLocked, match=rf"is being run by another runner .*host \S+, pid {os.getpid()}, since "
+                       rf".*running from {tmp_path / 'alice'}.*--take-over"):  # fmt: skip
+        bob.run()
+    parent, children = _study_runs(alice)
+    assert [c.info.status for c in children] == ["RUNNING"], "bob marked none of alice's children KILLED"
+    assert parent.info.status == "RUNNING" and "medaug.study_lock" in parent.data.tags
+
+    alice_child.finish.set()
+    thread.join(60)
+    assert outcome["result"].finished == 1
+    parent, _ = _study_runs(alice)
+    assert "medaug.study_lock" not in parent.data.tags, "released at the end"
+    summary = bob.run()  # free now: continues the same study
+    assert summary.parent_run_id == parent.info.run_id and summary.skipped == 1 and summary.finished == 1
+    _, children = _study_runs(bob)
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED"]
+    assert len({c.data.tags["medaug.config_hash"] for c in children}) == 2, "no child ran twice"
+
+
+def test_a_runner_whose_heartbeat_went_stale_is_taken_over_and_then_touches_nothing(
+        bundle_copy, tmp_path, shared_store, monkeypatch):  # fmt: skip
+    with monkeypatch.context() as elsewhere:  # alice runs on another machine
+        elsewhere.setattr(study_lock.socket, "gethostname", lambda: "gpu-node-7")
+        alice = _runner(bundle_copy, tmp_path / "alice")
+        alice_child = FakeChild(alice, status=None, hold=True)
+        thread, outcome = _in_thread(alice.run)
+        assert alice_child.started.wait(60), outcome
+    alice.study_lock.stop_heartbeat()  # her machine goes silent (frozen, cut off, killed)
+    bob = _runner(bundle_copy, tmp_path / "bob", lock_stale_after=0.5, lock_heartbeat=0.1)
+    FakeChild(bob)
+    deadline = time.monotonic() + 30
+    while True:  # until alice's heartbeat is older than bob's stale_after
+        try:
+            summary = bob.run()
+            break
+        except StudyLocked as err:
+            assert "gpu-node-7" in str(err) and time.monotonic() < deadline, err
+            time.sleep(0.1)
+    assert summary.finished == 1
+    parent, children = _study_runs(bob)
+    assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED"], "alice's stale child marked KILLED, rerun"
+
+    alice_child.finish.set()  # alice wakes up: her child ends, she finds the lock gone
+    thread.join(60)
+    assert isinstance(outcome.get("error"), StudyLockLost), outcome
+    after, children_after = _study_runs(bob)
+    assert sorted(c.info.status for c in children_after) == ["FINISHED", "KILLED"]  # not FAILED by alice
+    assert after.info.status == parent.info.status
+
+
+def test_an_interrupted_runner_releases_the_lock(bundle_copy, tmp_path, shared_store):
+    runner = _runner(bundle_copy, tmp_path / "out")
+    runner._launch = lambda child, parent, log: (_ for _ in ()).throw(KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    parent, _ = _study_runs(runner)
+    assert parent.info.status == "KILLED" and "medaug.study_lock" not in parent.data.tags

@@ -34,6 +34,12 @@ the same study), launches every child as ``python -m monai.bundle run`` in a sub
 ``medaug.config_hash``, a hash of the configs' contents and the child's overrides. Children
 already FINISHED with their hash are skipped, so a study killed half-way loses at most the child
 it was running; children left RUNNING by a killed runner are marked KILLED and run again.
+
+One runner per study: a lock file in the output folder, and a lock on the tracking store
+(:mod:`medaug.pipelines.study_lock`: a tag on the parent run with a heartbeat), so that runners
+started from other folders or machines against one shared server refuse to run the same study
+instead of killing each other's children. Children are only marked KILLED or FAILED while the lock
+is held.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ from medaug.pipelines.tracking import (
     safe_key,
     search_all_runs,
 )
+from medaug.pipelines.study_lock import StudyLock, StudyLocked, StudyLockLost
 
 logger = logging.getLogger("medaug.study")
 
@@ -257,11 +264,21 @@ def config_hash(config_contents: Sequence, overrides: Mapping) -> str:
     return _sha({"configs": list(config_contents), "overrides": dict(overrides)})[:16]
 
 
+def _load_libc():
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    return None
+
+
+_LIBC = _load_libc()  # loaded here, not in the forked child (the lock's heartbeat thread runs meanwhile)
+
+
 def _die_with_parent() -> None:
     """Children get SIGTERM when the runner dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG), so a
     killed study never leaves a training running unsupervised."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    if _LIBC is not None:
+        with contextlib.suppress(Exception):
+            _LIBC.prctl(1, signal.SIGTERM)
 
 
 class StudyInterrupted(Exception):
@@ -301,12 +318,19 @@ class StudyRunner:
         max_children: stop after launching this many children (the rest on the next run).
         progress: show a progress bar with ETA.
         stream: show the children's output instead of writing it to log files only.
+        take_over: take the study's lock on the tracking store even from a runner whose heartbeat
+            is live (``--take-over``: for a runner known to be gone).
+        lock_heartbeat, lock_stale_after, lock_settle: seconds between the lock's heartbeats, age
+            of a heartbeat after which the lock may be taken over, and the wait between writing the
+            lock and reading it back (see :class:`~medaug.pipelines.study_lock.StudyLock`).
     """
 
     def __init__(self, bundle: str | os.PathLike, grid: Grid, overlays: Sequence[str | os.PathLike] = (),
                  output_dir: str | os.PathLike | None = None, launcher: str = DEFAULT_LAUNCHER,
                  cache_dir: str | os.PathLike | None = None, max_children: int | None = None,
-                 progress: bool = True, stream: bool = False) -> None:  # fmt: skip
+                 progress: bool = True, stream: bool = False, take_over: bool = False,
+                 lock_heartbeat: float = 30.0, lock_stale_after: float = 180.0,
+                 lock_settle: float = 2.0) -> None:  # fmt: skip
         from monai.bundle import ConfigParser
 
         self.bundle = Path(bundle).resolve()
@@ -337,6 +361,11 @@ class StudyRunner:
         self.hashes = {c.name: config_hash(self.contents, c.overrides) for c in self.children}
         self.study_dir = self.output_dir / f"study-{self.study_key}"
         self._current: subprocess.Popen | None = None
+        if lock_heartbeat <= 0 or lock_stale_after <= lock_heartbeat:
+            raise ValueError(f"lock_stale_after ({lock_stale_after}) must exceed lock_heartbeat ({lock_heartbeat}) > 0")
+        self.take_over = take_over
+        self.lock_heartbeat, self.lock_stale_after, self.lock_settle = lock_heartbeat, lock_stale_after, lock_settle
+        self.study_lock: StudyLock | None = None
 
     # ---------------------------------------------------------------- MLflow
     def _client(self):
@@ -355,14 +384,18 @@ class StudyRunner:
         except mlflow.exceptions.MlflowException:  # created meanwhile by someone else
             return client.get_experiment_by_name(self.experiment).experiment_id
 
-    def _parent(self, client, experiment_id: str) -> str:
-        """The study's parent run: found again by its study key, or created."""
+    def _find_parent(self, client, experiment_id: str) -> str | None:
         found = search_all_runs(client, experiment_id,
                              f"tags.`{STUDY_KEY_TAG}` = '{self.study_key}' and tags.`{ROLE_TAG}` = 'study'")  # fmt: skip
-        if found:
-            run_id = sorted(found, key=lambda r: r.info.start_time)[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-            return run_id
+        return min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if found else None
+
+    def _parent(self, client, experiment_id: str) -> str:
+        """The study's parent run: found again by its study key, or created. Changes no status (the
+        caller does, once it holds the lock). Two runners that both found none and created one each
+        see both after ``lock_settle`` and keep the same (the earliest); the other is deleted."""
+        found = self._find_parent(client, experiment_id)
+        if found is not None:
+            return found
         grid_name = Path(self.grid.source).stem
         run_name = f"study-{self.bundle.name}-{grid_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         tags = {"mlflow.runName": run_name, ROLE_TAG: "study", STUDY_KEY_TAG: self.study_key,
@@ -377,7 +410,13 @@ class StudyRunner:
                   "grid.baseline": str(self.grid.baseline), "grid.amount_key": str(self.grid.amount_key),
                   "configs": _canonical([str(p) for p in self.config_files]), "launcher": self.launcher}  # fmt: skip
         client.log_batch(run_id, params=[Param(safe_key(k), str(v)[:6000]) for k, v in params.items()])
-        return run_id
+        time.sleep(self.lock_settle)
+        kept = self._find_parent(client, experiment_id) or run_id
+        if kept != run_id:
+            logger.info("study %s: another runner created its parent run %s at the same time; using it",
+                        self.study_key, kept)  # fmt: skip
+            client.delete_run(run_id)
+        return kept
 
     def _log_grid(self, client, run_id: str) -> None:
         """The grid as run (seeds included) and the children with their hashes, as artifacts."""
@@ -440,10 +479,20 @@ class StudyRunner:
                 self._stop_current()
                 self._current = None
 
+    def _check_lock(self) -> None:
+        """Raise :class:`StudyLockLost` unless this runner holds the study's lock (read afresh)."""
+        if self.study_lock is None:
+            raise StudyLockLost("the study's lock is not held")
+        self.study_lock.check()
+
     def _mark(self, client, runs: Sequence, status: str, only_running: bool = True) -> None:
+        """Set the status of child runs; only while holding the lock (they may be another runner's)."""
+        runs = [r for r in runs if not only_running or r.info.status == "RUNNING"]
+        if not runs:
+            return
+        self._check_lock()
         for run in runs:
-            if not only_running or run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, status)
+            client.set_terminated(run.info.run_id, status)
 
     def run(self) -> StudySummary:
         from tqdm.auto import tqdm
@@ -451,13 +500,12 @@ class StudyRunner:
         client = self._client()
         experiment_id = self._experiment_id(client)
         self.study_dir.mkdir(parents=True, exist_ok=True)
-        with self._lock():
-            parent = self._parent(client, experiment_id)
+        with self._lock(client, experiment_id) as parent:
+            client.update_run(parent, status="RUNNING")
             self._log_grid(client, parent)
             existing = self._children_runs(client, experiment_id, parent)
             # Children a killed runner left RUNNING will never finish: say so in MLflow, run them again.
-            for runs in existing.values():
-                self._mark(client, runs, "KILLED")
+            self._mark(client, [r for runs in existing.values() for r in runs], "KILLED")
             done = {h for h, runs in existing.items() if any(r.info.status == "FINISHED" for r in runs)}
             todo = [c for c in self.children if self.hashes[c.name] not in done]
             summary = StudySummary(parent, self.experiment, self.tracking_uri, total=len(self.children),
@@ -473,9 +521,11 @@ class StudyRunner:
                        disable=not self.progress, dynamic_ncols=True)  # fmt: skip
             try:
                 for child in launch:
+                    self._check_lock()
                     bar.set_postfix_str(child.name[:40])
                     log_path = self.study_dir / "logs" / f"{child.name}.log"
                     code = self._launch(child, parent, log_path)
+                    self._check_lock()
                     runs = self._children_runs(client, experiment_id, parent).get(self.hashes[child.name], [])
                     if code == 0 and any(r.info.status == "FINISHED" for r in runs):
                         summary.finished += 1
@@ -489,10 +539,10 @@ class StudyRunner:
                     bar.update(1)
             except (KeyboardInterrupt, StudyInterrupted):
                 self._stop_current()
-                latest = self._children_runs(client, experiment_id, parent)
-                for runs in latest.values():
-                    self._mark(client, runs, "KILLED")
-                client.set_terminated(parent, "KILLED")
+                if self.study_lock is not None and self.study_lock.held():  # else: the runs are another's
+                    latest = self._children_runs(client, experiment_id, parent)
+                    self._mark(client, [r for runs in latest.values() for r in runs], "KILLED")
+                    client.set_terminated(parent, "KILLED")
                 raise
             finally:
                 bar.close()
@@ -500,21 +550,35 @@ class StudyRunner:
                     signal.signal(signal.SIGTERM, previous)
             summary.remaining = len(todo) - len(launch)
             status = "FINISHED" if summary.complete else ("FAILED" if summary.failed else "KILLED")
+            self._check_lock()
             client.log_batch(parent, metrics=_summary_metrics(summary))
             client.set_terminated(parent, status)
         return summary
 
     @contextlib.contextmanager
-    def _lock(self):
-        """One runner per study at a time: a second would mark the first one's children KILLED."""
+    def _lock(self, client, experiment_id: str):
+        """One runner per study at a time (a second would mark the first one's children KILLED):
+        a lock file in the output folder, then the study's lock on the tracking store, held as a tag
+        of the parent run with a heartbeat; yields the parent run id. Released on the way out, also
+        on an interruption; a runner killed outright leaves a lock that goes stale."""
         path = self.study_dir / ".lock"
         handle = open(path, "w")
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise GridError(f"another 'medaug study run' is running this study (lock {path})") from None
-            yield
+                raise StudyLocked(f"another 'medaug study run' is running this study (lock {path})") from None
+            parent = self._parent(client, experiment_id)
+            lock = StudyLock(self.tracking_uri, parent, heartbeat=self.lock_heartbeat,
+                             stale_after=self.lock_stale_after, settle=self.lock_settle, take_over=self.take_over,
+                             where=str(self.output_dir), label=self.study_key)  # fmt: skip
+            lock.acquire()
+            self.study_lock = lock
+            try:
+                yield parent
+            finally:
+                self.study_lock = None
+                lock.release()
         finally:
             handle.close()
 
@@ -532,5 +596,6 @@ def _summary_metrics(summary: StudySummary) -> list:
     return [Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
-__all__ = ["Grid", "GridError", "Child", "StudyRunner", "StudySummary", "StudyInterrupted", "parse_grid",
-           "load_grid", "validate_grid_keys", "expand_grid", "config_hash", "DEFAULT_LAUNCHER"]  # fmt: skip
+__all__ = ["Grid", "GridError", "Child", "StudyRunner", "StudySummary", "StudyInterrupted", "StudyLocked",
+           "StudyLockLost", "parse_grid", "load_grid", "validate_grid_keys", "expand_grid", "config_hash",
+           "DEFAULT_LAUNCHER"]  # fmt: skip
