@@ -11,6 +11,27 @@ import threading
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def _load_libc():
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL(None, use_errno=True)  # the process's own libc: glibc or musl
+    return None
+
+
+# Loaded in the parent, at import: loading a library in a child forked while other threads run
+# (a study's lock heartbeat, decode threads) could deadlock on a lock one of them held.
+_LIBC = _load_libc()
+
+
+def arm_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
+    """Linux ``prctl(PR_SET_PDEATHSIG, sig)`` for the calling process; False where unavailable. Safe
+    in a ``preexec_fn`` (no allocation, no thread): the signal arrives when the parent dies."""
+    if _LIBC is None:
+        return False
+    with contextlib.suppress(Exception):
+        return _LIBC.prctl(PR_SET_PDEATHSIG, int(sig)) == 0
+    return False
+
+
 def die_with_parent(sig: int = signal.SIGTERM, *, parent_pid: int | None = None, poll_s: float = 1.0) -> None:
     """Call in a child process (a pool worker's initializer, a ``preexec_fn``): the child gets ``sig``
     when its parent dies.
@@ -23,10 +44,7 @@ def die_with_parent(sig: int = signal.SIGTERM, *, parent_pid: int | None = None,
     that lives as long as they do.
     """
     expected = parent_pid if parent_pid is not None else os.getppid()
-    armed = False
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc: glibc or musl
-        armed = libc.prctl(PR_SET_PDEATHSIG, int(sig)) == 0
+    armed = arm_parent_death_signal(sig)
     if os.getppid() != expected:  # the parent died before we could ask; we are an orphan already
         os.kill(os.getpid(), sig)
         return

@@ -45,7 +45,6 @@ is held.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import itertools
@@ -64,6 +63,7 @@ from pathlib import Path
 import yaml
 
 from medaug.io.atomic import write_json_atomic
+from medaug.processes import arm_parent_death_signal
 from medaug.pipelines.tracking import (
     PARENT_RUN_ENV,
     PARENT_TAG,
@@ -264,21 +264,10 @@ def config_hash(config_contents: Sequence, overrides: Mapping) -> str:
     return _sha({"configs": list(config_contents), "overrides": dict(overrides)})[:16]
 
 
-def _load_libc():
-    with contextlib.suppress(OSError):
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    return None
-
-
-_LIBC = _load_libc()  # loaded here, not in the forked child (the lock's heartbeat thread runs meanwhile)
-
-
 def _die_with_parent() -> None:
     """Children get SIGTERM when the runner dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG), so a
     killed study never leaves a training running unsupervised."""
-    if _LIBC is not None:
-        with contextlib.suppress(Exception):
-            _LIBC.prctl(1, signal.SIGTERM)
+    arm_parent_death_signal(signal.SIGTERM)
 
 
 class StudyInterrupted(Exception):
