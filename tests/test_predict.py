@@ -321,6 +321,7 @@ def test_walk_input_follows_folder_links_once_and_reports_the_rest(tmp_path):
     assert {p["path"]: p["reason"] for p in problems} == {
         "linked": "same folder as another path already read (through a symbolic link), not read twice",
         "dangling.dcm": "broken symbolic link (target does not exist)",
+        ".hidden": "hidden file (name starts with '.'), not read; rename it to use it",
     }
 
 
