@@ -325,6 +325,21 @@ def test_walk_input_follows_folder_links_once_and_reports_the_rest(tmp_path):
     }
 
 
+def test_hidden_files_and_folders_are_listed_in_skipped_csv_not_predicted(bundle, tmp_path):
+    source = tmp_path / "in"
+    (source / ".dir").mkdir(parents=True)
+    shutil.copyfile(DICOM_DIR / "CT_small.dcm", source / "CT_small.dcm")
+    shutil.copyfile(DICOM_DIR / "CT_small.dcm", source / ".hidden.dcm")
+    shutil.copyfile(DICOM_DIR / "CT_small.dcm", source / ".dir" / "x.dcm")
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"]) == 3
+    assert [r["path"] for r in read_csv(out / "predictions.csv")] == ["CT_small.dcm"]
+    assert {r["path"]: r["reason"] for r in read_csv(out / "skipped.csv")} == {
+        ".hidden.dcm": "hidden file (name starts with '.'), not read; rename it to use it",
+        ".dir": "hidden folder (name starts with '.'), not searched; rename it to use its files",
+    }
+
+
 def test_file_names_that_are_not_utf8_are_escaped_not_fatal(bundle, tmp_path):
     source = tmp_path / "in"
     source.mkdir()

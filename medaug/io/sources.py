@@ -13,6 +13,13 @@ Each source returns entries that carry ``image``, ``label``, ``class_name``, ``p
 where only the pixels' headers can tell), ``split`` (None where the layout fixes none), ``source``
 and ``synthetic=False``, plus the files it had to leave out with a reason. Reading the pixels, and
 skipping what cannot be decoded, happens later in :mod:`medaug.io.scan`.
+
+Nothing is dropped silently and nothing is guessed: the walk (:func:`walk_input`, shared with
+``medaug predict``) lists hidden files and folders, named pipes, sockets and devices, unreadable
+files and link loops as skipped and never opens a non-regular file; labels are checked before any
+image is read (:class:`LabelsError`): a ``labels.csv`` beside or above ``dataset_dir`` that is not
+named, a label or class folder outside ``class_names`` (when set; see
+:func:`resolve_class_names`), and CSV rows that give one file different labels.
 """
 
 from __future__ import annotations
