@@ -332,7 +332,8 @@ def test_hidden_files_and_folders_are_listed_in_skipped_csv_not_predicted(bundle
     shutil.copyfile(DICOM_DIR / "CT_small.dcm", source / ".hidden.dcm")
     shutil.copyfile(DICOM_DIR / "CT_small.dcm", source / ".dir" / "x.dcm")
     out = tmp_path / "out"
-    assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"]) == 3
+    code = main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"])
+    assert code == 3
     assert [r["path"] for r in read_csv(out / "predictions.csv")] == ["CT_small.dcm"]
     assert {r["path"]: r["reason"] for r in read_csv(out / "skipped.csv")} == {
         ".hidden.dcm": "hidden file (name starts with '.'), not read; rename it to use it",

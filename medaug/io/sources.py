@@ -261,9 +261,9 @@ def resolve_class_names(found: Iterable[str], class_names: Sequence[str] | None,
         return names
     described = []
     for label in unknown:
-        text = repr(label) + (f" ({occurrences[label]})" if occurrences and label in occurrences else "")
-        close = difflib.get_close_matches(label, names, n=1)
-        described.append(text + (f", did you mean {close[0]!r}?" if close else ""))
+        notes = [occurrences[label]] if occurrences and label in occurrences else []
+        notes += [f"did you mean {close!r}?" for close in difflib.get_close_matches(label, names, n=1)]
+        described.append(repr(label) + (f" ({'; '.join(notes)})" if notes else ""))
     learnt = _class_order(found | set(names))
     raise LabelsError(
         f"{where} has {len(unknown)} class(es) not in class_names {names}: {'; '.join(described)}. "
@@ -393,8 +393,10 @@ def _rows_by_key(rows: list[dict], key: str, csv_path: Path) -> dict[str, dict]:
         labelled = [row for row in group if row.get("label")] or group[:1]
         fields = {(row.get("label"), row.get("split"), row.get("patientid") or None) for row in labelled}
         if len(fields) > 1:
-            differ = [name for i, name in enumerate(("label", "split", "patient_id")) if len({f[i] for f in fields}) > 1]
-            rows_text = ", ".join(f"{row['_line']} (label {row['label']!r}" + (f", split {row['split']!r}" if row["split"] else "") + ")"
+            differ = [name for i, name in enumerate(("label", "split", "patient_id"))
+                      if len({f[i] for f in fields}) > 1]  # fmt: skip
+            rows_text = ", ".join(f"{row['_line']} (label {row['label']!r}"
+                                  + (f", split {row['split']!r})" if row["split"] else ")")
                                   for row in labelled)  # fmt: skip
             conflicts.append(f"{_shown_key(key, value)} on lines {rows_text} differ in {' and '.join(differ)}")
         elif len(labelled) > 1:
@@ -403,8 +405,8 @@ def _rows_by_key(rows: list[dict], key: str, csv_path: Path) -> dict[str, dict]:
     if conflicts:
         shown = "; ".join(conflicts[:10]) + (f"; ... ({len(conflicts)} in all)" if len(conflicts) > 10 else "")
         raise LabelsError(
-            f"labels CSV {str(csv_path)!r} has conflicting rows for {len(conflicts)} {key_label(key)}(s): {shown}. Keep one row per "
-            f"{key_label(key)} (or make the repeated rows agree) and run again"
+            f"labels CSV {str(csv_path)!r} has conflicting rows for {len(conflicts)} {key_label(key)}(s): {shown}. "
+            f"Keep one row per {key_label(key)} (or make the repeated rows agree) and run again"
         )
     if repeats:
         logger.warning("labels CSV %s repeats %d %s(s) with the same label; each is used once: %s", csv_path,
@@ -433,7 +435,7 @@ def dicom_csv_entries(
     rows, key = _read_labels_csv(csv_path)
     row_of = _rows_by_key(rows, key, csv_path)
     lines_of: dict[str, list[int]] = {}
-    for row in row_of.values():
+    for row in rows:
         if row.get("label"):
             lines_of.setdefault(row["label"], []).append(row["_line"])
     names = resolve_class_names(lines_of, class_names, where=f"labels CSV {str(csv_path)!r}",
@@ -467,7 +469,8 @@ def dicom_csv_entries(
         row = row_of[value]
         used.add(value)
         if not row.get("label"):
-            skipped.append({"path": relative, "reason": f"its row in {csv_path.name} (line {row['_line']}) has an empty label"})
+            reason = f"its row in {csv_path.name} (line {row['_line']}) has an empty label"
+            skipped.append({"path": relative, "reason": reason})
             continue
         entries.append(
             _entry(str(path.resolve()), names.index(row["label"]), row["label"], split=row["split"],
