@@ -32,7 +32,8 @@ def data_info(args: argparse.Namespace) -> int:
 
     data = build_study_data(
         args.dataset_dir, data_format=args.data_format, labels_csv=args.labels_csv, exclude=args.exclude,
-        seed=args.seed, frames=args.frames, min_train_per_class=0, progress=sys.stderr.isatty(),
+        class_names=_class_names_arg(args.class_names), seed=args.seed, frames=args.frames, min_train_per_class=0,
+        progress=sys.stderr.isatty(),
     )  # fmt: skip
     if args.json:
         info = data.fingerprint() | {"sizes": dict(data.sizes()), "modalities": dict(data.modalities()),
@@ -60,6 +61,22 @@ def data_info(args: argparse.Namespace) -> int:
     if data.patient_leaks:
         print(f"patients in more than one split: {len(data.patient_leaks)}")
     return EXIT_OK
+
+
+def _class_names_arg(values: list[str] | None) -> list[str] | None:
+    """``--class-names a b``, or the bundle override's spelling ``"['a','b']"`` / ``null``."""
+    if not values:
+        return None
+    if len(values) == 1 and values[0].strip().lower() in ("null", "none"):
+        return None
+    if len(values) == 1 and values[0].strip().startswith("["):
+        import ast
+
+        try:
+            return [str(v) for v in ast.literal_eval(values[0])]
+        except (ValueError, SyntaxError):
+            raise UsageError(f"--class-names: cannot read {values[0]!r} as a list of names") from None
+    return list(values)
 
 
 def _positive_int(text: str) -> int:
@@ -374,10 +391,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Index a dataset the way a bundle would and report what it holds: classes, counts per class and "
         "split, image sizes, modalities, files that cannot be used (and why), and images whose pixels appear in "
         "more than one split.",
+        epilog="Skipped files (listed with a reason, as in a bundle's skipped.csv): files that are not images, "
+        "cannot be decoded, have no class (no CSV row, not inside a class folder), hidden files and folders (a name "
+        "starting with '.'; not read) and named pipes, sockets or devices (never opened). Stops with exit 2, before "
+        "decoding anything, when a labels.csv sits beside or above dataset_dir but is not used (name it with "
+        "--labels-csv, or set --data-format folder), when a label or class folder is not in --class-names, or when "
+        "the CSV gives one file conflicting rows (the message names the lines).",
     )  # fmt: skip
     info.add_argument("dataset_dir", help="an .npz archive, a folder per class, or a DICOM folder with labels.csv")
-    info.add_argument("--data-format", choices=["npz", "folder", "dicom_csv"], help="override layout detection")
-    info.add_argument("--labels-csv", help="labels CSV for a DICOM folder (default: <dataset_dir>/labels.csv)")
+    info.add_argument("--data-format", "--data_format", choices=["npz", "folder", "dicom_csv"],
+                      help="override layout detection (also: read class folders and ignore a labels.csv above)")
+    info.add_argument("--labels-csv", "--labels_csv",
+                      help="labels CSV for a DICOM folder (default: <dataset_dir>/labels.csv; paths in it are "
+                      "relative to dataset_dir)")
+    info.add_argument("--class-names", "--class_names", nargs="+", metavar="NAME",
+                      help="the classes a bundle expects (its class_names), in order; a label or class folder "
+                      "outside them is an error (default: learn every class found; \"['a','b']\" and null are "
+                      "accepted too)")
     info.add_argument("--exclude", nargs="*", default=[], metavar="GLOB", help="file globs to leave out, e.g. '*_mask*'")
     info.add_argument("--frames", choices=["middle", "all"], default="middle", help="frames of multi-frame files")
     info.add_argument("--seed", type=int, default=0, help="seed of the split when the source fixes none")

@@ -89,7 +89,8 @@ def test_png_tree_and_dicom_folder_as_dataset_dir(bundle_copy, tmp_path, png_tre
     assert runs[0].info.status == "FINISHED" and runs[0].data.params["data.format"] == "folder"
 
     out = tmp_path / "dicom"
-    run_bundle(bundle_copy, out, "--dataset_dir", str(dicom_folder), "--positive_class", "mr")
+    run_bundle(bundle_copy, out, "--dataset_dir", str(dicom_folder), "--class_names", "['ct','mr']",
+               "--positive_class", "mr")
     client, runs = finished_runs(out)
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.params["data.format"] == "dicom_csv"
@@ -97,6 +98,22 @@ def test_png_tree_and_dicom_folder_as_dataset_dir(bundle_copy, tmp_path, png_tre
     local = client.download_artifacts(run.info.run_id, "skipped.csv", str(tmp_path))
     assert "truncated.dcm" in Path(local).read_text()
     assert "PAT0" not in json.dumps(run.data.params), "no patient identifier in MLflow params"
+
+
+def test_a_labels_csv_beside_dataset_dir_stops_the_bundle_before_training_naming_labels_csv(bundle_copy, tmp_path):
+    from tests.test_sources import site_folders
+
+    images = site_folders(tmp_path / "export")
+    config_files = str([str(bundle_copy / c) for c in CONFIGS])
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_files, "--bundle_root", str(bundle_copy),
+         "--output_dir", str(tmp_path / "out"), "--dataset_dir", str(images)],
+        cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"--labels_csv '{tmp_path / 'export' / 'labels.csv'}'" in result.stderr, result.stderr[-3000:]
+    assert not list((tmp_path / "out").rglob("model.pt")), "no training started"
 
 
 def test_embedded_store_lands_under_output_dir_without_env(bundle_copy, tmp_path):

@@ -111,7 +111,8 @@ def test_training_run_logs_no_identifiers_to_mlflow(tmp_path, bundle_copy):
     env = {**os.environ, "PYTHONHASHSEED": "0", "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_files, "--bundle_root", str(bundle_copy),
-         "--output_dir", str(out), "--dataset_dir", str(source), "--positive_class", "mr", "--max_epochs", "1"],
+         "--output_dir", str(out), "--dataset_dir", str(source), "--class_names", "['ct','mr']",
+         "--positive_class", "mr", "--max_epochs", "1"],
         cwd=REPO, env=env, capture_output=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]

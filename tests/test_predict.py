@@ -321,6 +321,23 @@ def test_walk_input_follows_folder_links_once_and_reports_the_rest(tmp_path):
     assert {p["path"]: p["reason"] for p in problems} == {
         "linked": "same folder as another path already read (through a symbolic link), not read twice",
         "dangling.dcm": "broken symbolic link (target does not exist)",
+        ".hidden": "hidden file (name starts with '.'), not read; rename it to use it",
+    }
+
+
+def test_hidden_files_and_folders_are_listed_in_skipped_csv_not_predicted(bundle, tmp_path):
+    source = tmp_path / "in"
+    (source / ".dir").mkdir(parents=True)
+    shutil.copyfile(DICOM_DIR / "CT_small.dcm", source / "CT_small.dcm")
+    shutil.copyfile(DICOM_DIR / "CT_small.dcm", source / ".hidden.dcm")
+    shutil.copyfile(DICOM_DIR / "CT_small.dcm", source / ".dir" / "x.dcm")
+    out = tmp_path / "out"
+    code = main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"])
+    assert code == 3
+    assert [r["path"] for r in read_csv(out / "predictions.csv")] == ["CT_small.dcm"]
+    assert {r["path"]: r["reason"] for r in read_csv(out / "skipped.csv")} == {
+        ".hidden.dcm": "hidden file (name starts with '.'), not read; rename it to use it",
+        ".dir": "hidden folder (name starts with '.'), not searched; rename it to use its files",
     }
 
 

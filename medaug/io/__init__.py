@@ -2,12 +2,12 @@
 
 from medaug.io.caching import DATASET_TYPES, make_dataset
 from medaug.io.loader import LoadDatalistImaged, read_entry_image
-from medaug.io.sources import DATA_FORMATS, detect_format, source_entries
+from medaug.io.sources import DATA_FORMATS, LabelsError, detect_format, source_entries
 from medaug.io.splits import assign_splits, simulate_imbalance
 from medaug.io.study_data import StudyData, TooFewImagesError, build_study_data, shipped_data_path
 
 __all__ = [
-    "DATA_FORMATS", "DATASET_TYPES", "LoadDatalistImaged", "StudyData", "TooFewImagesError", "assign_splits",
-    "build_study_data", "detect_format", "make_dataset", "read_entry_image", "shipped_data_path",
+    "DATA_FORMATS", "DATASET_TYPES", "LabelsError", "LoadDatalistImaged", "StudyData", "TooFewImagesError",
+    "assign_splits", "build_study_data", "detect_format", "make_dataset", "read_entry_image", "shipped_data_path",
     "simulate_imbalance", "source_entries",
 ]  # fmt: skip

@@ -33,7 +33,7 @@ from medaug.io.npz import parse_npz_ref
 
 logger = logging.getLogger("medaug.data")
 DATASET_TYPES = ("Dataset", "CacheDataset", "PersistentDataset")
-INDEX_FORMAT = 1  # bump when what the index holds (scan_entries' fields) changes
+INDEX_FORMAT = 2  # bump when what the index holds changes (2: hidden and non-regular files listed, label checks)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +20,7 @@ from medaug.io.loader import read_entry_image
 from medaug.io.npz import parse_npz_ref
 from medaug.io.phi import pseudonym  # noqa: F401  (re-exported: medaug.io.scan.pseudonym is a contract)
 from medaug.io.readers import UnusableImageError, read_dicom_header
+from medaug.io.sources import NOT_REGULAR
 
 FRAME_MODES = ("middle", "all")
 
@@ -28,9 +30,24 @@ def display_path(entry: dict) -> str:
     return entry.get("relpath") or entry["image"]
 
 
+def _not_a_regular_file(image: str) -> str | None:
+    """The reason a referenced file cannot be opened without risk (a named pipe blocks ``open()``
+    forever, a device never ends), or None. The walks in :mod:`medaug.io.sources` leave these out
+    already; this covers datalists made elsewhere and files replaced after the walk."""
+    parsed = parse_npz_ref(image)
+    try:
+        mode = os.stat(parsed[0] if parsed else image).st_mode
+    except OSError:
+        return None  # the reader says what is wrong (missing, unreadable)
+    return None if stat.S_ISREG(mode) else NOT_REGULAR
+
+
 def _scan_one(entry: dict, channels: int, frames: str) -> tuple[list[dict], dict | None]:
     image = entry["image"]
     try:
+        reason = _not_a_regular_file(image)
+        if reason:
+            return [], {"path": display_path(entry), "reason": reason}
         header = None
         if parse_npz_ref(image) is None and not image.lower().endswith((".png", ".jpg", ".jpeg", ".nii", ".nii.gz")):
             try:

@@ -19,7 +19,7 @@ import numpy as np
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
 from medaug.io.caching import folder_listing_key, load_index, save_index
 from medaug.io.scan import cross_split_duplicates, scan_entries
-from medaug.io.sources import source_entries
+from medaug.io.sources import detect_format, source_entries
 from medaug.io.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, patients_in_several_splits, simulate_imbalance
 
 logger = logging.getLogger("medaug.data")
@@ -137,6 +137,9 @@ def index_dataset(dataset_dir: str, data_format: str | None, labels_csv: str | N
     runs with other seeds share one index.
     """
     exclude = list(exclude or ())
+    # the layout (and a labels.csv beside the folder that would go unused) is checked before the
+    # index cache is consulted: a cached index must not hide that error
+    fmt = data_format or detect_format(dataset_dir, labels_csv)
     key = None
     if index_cache is not None:
         key = folder_listing_key(dataset_dir, labels_csv, data_format=data_format, exclude=exclude,
@@ -146,7 +149,7 @@ def index_dataset(dataset_dir: str, data_format: str | None, labels_csv: str | N
             logger.info("index of %s read from %s (%d images)", dataset_dir, index_cache, len(cached["entries"]))
             return cached["format"], cached["entries"], cached["class_names"], cached["skipped"]
     fmt, raw, names, skipped = source_entries(
-        dataset_dir, data_format, labels_csv=labels_csv, exclude=exclude, class_names=class_names
+        dataset_dir, fmt, labels_csv=labels_csv, exclude=exclude, class_names=class_names
     )
     usable, unreadable = scan_entries(raw, channels=channels, frames=frames, progress=progress)
     skipped = skipped + unreadable
@@ -177,10 +180,12 @@ def build_study_data(
         dataset_dir: an .npz archive, a folder per class (optionally under split folders), or a
             DICOM folder with a labels CSV.
         data_format: ``npz``, ``folder`` or ``dicom_csv`` to override detection.
-        labels_csv: the labels CSV (default ``labels.csv`` at the top of ``dataset_dir``).
+        labels_csv: the labels CSV (default ``labels.csv`` at the top of ``dataset_dir``; one beside
+            or above ``dataset_dir`` is an error until it is named here or ``data_format`` is set).
         exclude: glob patterns of files to leave out (e.g. ``['*_mask*']``).
-        class_names: names of the integer labels of an .npz archive (ignored by other sources,
-            whose names come from folders or the CSV).
+        class_names: the classes, in label-index order: names of the integer labels of an .npz
+            archive; for folders and CSVs the class folders / labels allowed, any other stopping
+            the run with the list of them. None (or empty) learns the classes found, sorted.
         split_fractions: train/val/test shares where the source fixes no split.
         imbalance: the ``imbalance`` section (see :func:`medaug.io.splits.simulate_imbalance`).
         seed: seeds the split and the imbalance simulation.
