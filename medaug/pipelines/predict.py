@@ -40,7 +40,7 @@ from medaug.io.output_set import OutputSet, utc_now
 from medaug.io.phi import hash_uid
 from medaug.io.readers import UnusableImageError, image_kind, read_dicom_header
 from medaug.io.scan import scan_entries
-from medaug.io.sources import looks_like_image, walk_files, walk_input
+from medaug.io.sources import looks_like_image, walk_input
 from medaug.processes import die_with_parent
 
 logger = logging.getLogger("medaug.predict")
@@ -58,8 +58,9 @@ def folder_datalist(input_dir: str | os.PathLike, *, channels: int = 1, frames: 
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input folder {str(root)!r} does not exist")
-    entries, skipped = [], []
-    for path, relative in walk_files(root, exclude):
+    entries = []
+    files, skipped = walk_input(root, exclude)  # pipes, sockets, hidden files: listed, never opened
+    for path, relative in files:
         if looks_like_image(path):
             entries.append({"image": str(path.resolve()), "relpath": relative, "label": -1, "split": "predict",
                             "source": "predict", "synthetic": False})  # fmt: skip
