@@ -127,9 +127,8 @@ def predict(args: argparse.Namespace) -> int:
 
     import torch
 
-    from medaug.pipelines import predict as P
-
     from medaug.bundle_trust import untrusted_parts
+    from medaug.pipelines import predict as P
 
     used = ["class_names", "frames", "modalities", "batch_size", "parallel", "preprocessing"]
     used += [] if P.is_torchscript(checkpoint) else ["network_def"]
