@@ -159,11 +159,25 @@ def _predict_into(outputs, args: argparse.Namespace, bundle: Path, checkpoint: P
     """``predict`` once its arguments are checked and ``outputs`` (the --output set) is held."""
     import torch
 
+    from medaug.bundle_trust import untrusted_parts
     from medaug.pipelines import predict as P
 
     source, target = Path(args.input), outputs.folder
+    used = ["class_names", "frames", "modalities", "batch_size", "parallel", "preprocessing"]
+    used += [] if P.is_torchscript(checkpoint) else ["network_def"]
     try:
         parser = _inference_parser(bundle, {"bundle_root": str(bundle), "ckpt_path": str(checkpoint)})
+        untrusted = [] if args.trust_bundle else untrusted_parts(parser, used)
+    except Exception as err:
+        raise UsageError(f"--bundle: configs/inference.json cannot be used ({type(err).__name__}: {err})") from err
+    if untrusted:
+        raise UsageError(f"--bundle: configs/inference.json of {str(bundle)!r} could run code when read: "
+                         f"{'; '.join(untrusted)}. Pass --trust-bundle only if you wrote the bundle or trust "
+                         f"where it came from")  # fmt: skip
+    if args.trust_bundle:
+        print("medaug: --trust-bundle: the bundle's expressions and _target_ components are evaluated as they "
+              "are; they can run any code", file=sys.stderr)  # fmt: skip
+    try:
         class_names = list(parser.get_parsed_content("class_names"))
         frames = args.frames or parser.get_parsed_content("frames", default="middle")
         modalities = args.modalities or parser.get_parsed_content("modalities", default=None)
@@ -363,6 +377,13 @@ so that spreadsheets do not run it as a formula; the JSON files keep the raw val
 The input folder is only read. Patient names, IDs, birth dates and the other identifying attributes of the
 DICOM PS3.15 Basic Profile never appear in outputs or messages; --hash-uids replaces the UIDs too.
 
+untrusted bundles: MONAI evaluates '$' expressions and imports any '_target_' of a config, so a bundle can run
+code. Without --trust-bundle, predict first checks the parts of configs/inference.json it reads (class_names,
+frames, modalities, batch_size, parallel, preprocessing, network_def for a .pt checkpoint, and whatever they
+reference) and stops with exit 2 if one could run code: a '$' expression other than $torch.<dtype> or
+$len(@<id>), a _target_ that is not a MONAI/medaug transform or network, or a _mode_ other than the default.
+The shipped bundles and the Docker image's baked bundle pass this check.
+
 exit codes:
   0  every file was used
   3  finished, but some files were skipped (see skipped.csv)
@@ -436,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--hash-uids", action="store_true",
                       help="replace SOP/Study Instance UIDs by salted hashes (HMAC-SHA256)")  # fmt: skip
     pred.add_argument("--salt", help="salt for --hash-uids (prefer the MEDAUG_UID_SALT environment variable)")
+    pred.add_argument("--trust-bundle", action="store_true",
+                      help="evaluate the bundle's inference.json as it is, '$' expressions and any _target_ "
+                      "included (default: refuse those that could run code; see below)")  # fmt: skip
     pred.add_argument("--device", help="torch device (default: cuda:0 if available, else cpu)")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
     pred.set_defaults(handler=predict)

@@ -45,6 +45,16 @@ def pytest_report_header(config) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pseudonym_key(tmp_path_factory):
+    """One pseudonym key for the whole suite, in its environment (child processes inherit it), and a
+    key file path in a temporary folder: no test reads or creates ~/.config/medaug/pseudonym.key."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDAUG_PSEUDONYM_KEY", "test-suite-pseudonym-key")
+        patch.setenv("MEDAUG_PSEUDONYM_KEY_FILE", str(tmp_path_factory.mktemp("pseudonym") / "pseudonym.key"))
+        yield "test-suite-pseudonym-key"
+
+
 @pytest.fixture(scope="session")
 def breast_arrays():
     with np.load(BREAST_64) as archive:

@@ -2,7 +2,10 @@
 that is indexed once and indexed again only when it changes."""
 
 import json
+import logging
 import os
+import pathlib
+import pickle
 import shutil
 
 import pytest
@@ -18,6 +21,11 @@ from medaug.io.caching import _describe, entry_content_hash, folder_listing_key,
 def preprocessing(size):
     return Compose([LoadDatalistImaged(keys="image"), Resized(keys="image", spatial_size=size, mode="area"),
                     EnsureTyped(keys="image", dtype=torch.float32), RandFlipd(keys="image", prob=0.5)])  # fmt: skip
+
+
+def without_random_flip(size):
+    """The preprocessing without its random flip: every item read is comparable."""
+    return Compose(preprocessing(size).transforms[:3])
 
 
 def test_content_hash_follows_pixels_label_and_file_bytes(tmp_path):
@@ -66,6 +74,58 @@ def test_persistent_dataset_reuses_decoded_images_across_instances_and_keeps_the
 
     make_dataset(data, preprocessing([24, 24]), "PersistentDataset", cache_dir=tmp_path)[0]
     assert len(list((tmp_path / "persistent").glob("*.pt"))) == 5, "another image_size is another cache entry"
+
+
+class PlantedCode:
+    """What a malicious cache file holds: unpickling it (weights_only=False) creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_planted_cache_file_runs_no_code_and_the_entry_is_recomputed(png_tree, tmp_path, monkeypatch, caplog):
+    data = [{"image": str(p), "label": i % 2, "pixel_hash": f"h{i}"} for i, p in enumerate(sorted(png_tree.rglob("*.png"))[:3])]
+    cache = tmp_path / "cache"
+    cold = make_dataset(data, without_random_flip([16, 16]), "PersistentDataset", cache_dir=cache)
+    expected = [cold[i]["image"] for i in range(3)]
+    files = sorted((cache / "persistent").glob("*.pt"))
+    marker = tmp_path / "code_ran"
+    torch.save({"image": PlantedCode(marker), "label": 0}, files[0])  # torch's zip format
+    files[1].write_bytes(pickle.dumps(PlantedCode(marker), protocol=2))  # a bare pickle
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(files[0], weights_only=True)
+
+    with caplog.at_level(logging.WARNING, logger="medaug.data"):
+        warm = make_dataset(data, without_random_flip([16, 16]), "PersistentDataset", cache_dir=cache)
+        items = [warm[i] for i in range(3)]
+    assert not marker.exists(), "the planted pickle ran"
+    assert all(torch.equal(a["image"].as_tensor(), b.as_tensor()) for a, b in zip(items, expected))
+    assert [r.message.count("refused") for r in caplog.records] == [1, 1]
+    assert "recomputed and stored again" in caplog.records[0].message
+    assert [type(torch.load(f, weights_only=True)["image"]).__name__ for f in files] == ["MetaTensor"] * 3, "replaced"
+
+    torch.save({"image": PlantedCode(marker)}, files[2])  # another user's file in a shared cache: kept
+    real_unlink = pathlib.Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self == files[2]:
+            raise PermissionError(13, "Operation not permitted", str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medaug.data"):
+        warm = make_dataset(data, without_random_flip([16, 16]), "PersistentDataset", cache_dir=cache)
+        again = [warm[i] for i in range(3) for _ in range(2)]
+    assert not marker.exists() and files[2].is_file()
+    assert len(again) == 6 and all(s["image"].shape == (1, 16, 16) for s in again)
+    assert len(caplog.records) == 1 and "computed at every read" in caplog.records[0].message
+
+    pickle.loads(pickle.dumps(PlantedCode(marker)))  # the control: loaded as MONAI did before, it runs
+    assert marker.exists()
 
 
 def test_a_folder_is_indexed_once_and_again_when_a_file_changes(png_tree, tmp_path, monkeypatch):

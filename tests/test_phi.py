@@ -4,6 +4,8 @@ into sample files appear in no output file, console or log line, or MLflow recor
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +14,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from medaug.io.phi import IDENTIFYING_ATTRIBUTES, hash_uid
+from medaug.io import build_study_data
+from medaug.io.phi import IDENTIFYING_ATTRIBUTES, PseudonymKeyError, hash_uid, pseudonym, pseudonym_key_file
 from tests.conftest import DICOM_DIR, REPO, derived_dicom
 from tests.test_predict import make_bundle
 
@@ -75,6 +78,63 @@ def test_profile_list_and_salted_uid_hashes():
     assert uid not in hash_uid(uid, "a") and hash_uid("", "a") == ""
     with pytest.raises(ValueError):
         hash_uid(uid, "")
+
+
+def test_a_pseudonym_cannot_be_recomputed_without_the_key(monkeypatch):
+    record_numbers = [f"{n:09d}" for n in range(123456000, 123457000)]  # an attacker's candidates
+    monkeypatch.setenv("MEDAUG_PSEUDONYM_KEY", "project secret")
+    value = pseudonym("123456789")
+    assert value.startswith("p-") and len(value) == 18 and int(value[2:], 16) >= 0
+    assert value == pseudonym("123456789"), "stable for one key"
+    unkeyed = {"p-" + hashlib.sha256(c.encode()).hexdigest()[:16]: c for c in record_numbers}
+    assert value not in unkeyed, "hashing candidates without the key finds nothing"
+    assert {pseudonym(c, key=b"project secret") for c in record_numbers} >= {value}, "with the key it does"
+    monkeypatch.setenv("MEDAUG_PSEUDONYM_KEY", "another project")
+    assert pseudonym("123456789") != value
+
+
+def test_the_key_file_is_created_once_for_its_owner_only_and_reused(monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv("MEDAUG_PSEUDONYM_KEY")
+    key_file = tmp_path / "config" / "medaug" / "pseudonym.key"
+    monkeypatch.setenv("MEDAUG_PSEUDONYM_KEY_FILE", str(key_file))
+    first = pseudonym("PAT-1")
+    assert key_file.stat().st_mode & 0o777 == 0o600 and key_file.parent.stat().st_mode & 0o777 == 0o700
+    key, mtime = key_file.read_text().strip(), key_file.stat().st_mtime_ns
+    assert len(key) == 64 and first == pseudonym("PAT-1", key=key.encode())
+    assert pseudonym("PAT-1") == first and key_file.stat().st_mtime_ns == mtime, "read again, not made again"
+    assert [p.name for p in key_file.parent.iterdir()] == ["pseudonym.key"], "no temporary file left"
+
+    monkeypatch.setenv("MEDAUG_PSEUDONYM_KEY_FILE", str(tmp_path / "other.key"))
+    assert pseudonym("PAT-1") != first, "another key file, another key"
+
+    key_file.chmod(0o644)
+    monkeypatch.setenv("MEDAUG_PSEUDONYM_KEY_FILE", str(key_file))
+    with caplog.at_level(logging.WARNING, logger="medaug.data"):
+        assert pseudonym("PAT-1") == first
+    assert "can be read by others" in caplog.text and key not in caplog.text
+    key_file.write_text("")
+    with pytest.raises(PseudonymKeyError, match="is empty.*MEDAUG_PSEUDONYM_KEY"):
+        pseudonym("PAT-1")
+
+
+def test_the_default_key_file_lives_in_the_user_config_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("MEDAUG_PSEUDONYM_KEY_FILE")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert pseudonym_key_file() == tmp_path / "xdg" / "medaug" / "pseudonym.key"
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert pseudonym_key_file() == tmp_path / "home" / ".config" / "medaug" / "pseudonym.key"
+
+
+def test_another_key_builds_another_index_never_reuses_old_pseudonyms(png_tree, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    patients = lambda: sorted(e["patient_id"] for e in build_study_data(png_tree, index_cache=cache, progress=False).entries)  # noqa: E731
+    first = patients()
+    monkeypatch.setenv("MEDAUG_PSEUDONYM_KEY", "a new key")
+    assert set(patients()).isdisjoint(first)
+    assert len(list(cache.glob("index-*.json"))) == 2
+    monkeypatch.undo()
+    assert patients() == first, "the first key reads its own index again"
 
 
 def test_predict_outputs_and_console_carry_no_identifiers_and_uids_hash_on_request(tmp_path):

@@ -277,12 +277,36 @@ def test_unexpected_failure_exits_1_and_leaves_no_half_written_output(bundle, tm
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_a_bundle_whose_config_would_run_code_is_refused_unless_trusted(bundle, tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    evil = Path(shutil.copytree(bundle, tmp_path / "evil"))
+    config = json.loads((evil / "configs" / "inference.json").read_text())
+    config["frames"] = f"$open({str(marker)!r}, 'w').close() or 'middle'"  # a key predict reads
+    (evil / "configs" / "inference.json").write_text(json.dumps(config))
+    argv = ["predict", "--bundle", str(evil), "--input", str(DICOM_DIR), "--output", str(tmp_path / "o"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: --bundle:" in err and "frames: expression" in err and "--trust-bundle" in err
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+    component = Path(shutil.copytree(bundle, tmp_path / "component"))  # code through a _target_, no '$'
+    config = json.loads((component / "configs" / "inference.json").read_text())
+    config["preprocessing"]["transforms"].append({"_target_": "os.system", "command": f"touch {marker}"})
+    (component / "configs" / "inference.json").write_text(json.dumps(config))
+    assert main(["predict", "--bundle", str(component), *argv[3:]]) == 2
+    assert "'os.system' (os.system) is outside monai and medaug" in capsys.readouterr().err
+    assert not marker.exists()
+
+    assert main([*argv, "--trust-bundle"]) == 3, "trusted: evaluated as MONAI would"  # ATTRIBUTION.md is no image
+    assert marker.exists() and "--trust-bundle" in capsys.readouterr().err
+
+
 def test_help_documents_exit_codes_and_default_checkpoint(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = capsys.readouterr().out
     for part in ("exit codes", "0  every file was used", "3  finished", "2  usage", "1  unexpected",
-                 "models/model.ts", "models/model.pt", "skipped.csv", "--hash-uids"):  # fmt: skip
+                 "models/model.ts", "models/model.pt", "skipped.csv", "--hash-uids", "--trust-bundle"):  # fmt: skip
         assert part in text, part
 
 

@@ -32,6 +32,17 @@ def test_split_keeps_class_proportions_and_fractions():
         assert sum(1 for x in labels if x == 0) / len(labels) == pytest.approx(0.25, abs=0.06)
 
 
+def test_the_split_does_not_depend_on_the_pseudonym_key():
+    from medaug.io.phi import pseudonym
+
+    def split_under(key: bytes, n_patients: int) -> dict:
+        entries = [{**e, "patient_id": pseudonym(e["patient_id"], key=key)} for e in make_entries(n_patients)]
+        return {e["image"]: e["split"] for e in assign_splits(entries, seed=7)}
+
+    for n_patients in (60, 5):  # many patients, a handful
+        assert split_under(b"one site", n_patients) == split_under(b"another site", n_patients), n_patients
+
+
 def test_same_seed_same_split_other_seed_other_split():
     a = assign_splits(make_entries(), seed=7)
     b = assign_splits(make_entries(), seed=7)

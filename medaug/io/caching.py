@@ -9,7 +9,10 @@ large DICOM folder is decoded and indexed once, not at every run.
   in later epochs and later runs; ranks and runs share it. Files are named by
   :func:`entry_content_hash` (the image's pixel hash from the index, its label and reference) plus
   :func:`transform_hash` (the deterministic preprocessing and its parameters), so a changed image,
-  label or ``image_size`` never reads a stale tensor.
+  label or ``image_size`` never reads a stale tensor. The files are read with
+  ``torch.load(weights_only=True)``: tensors, MONAI's ``MetaTensor`` and plain metadata load, a
+  file that would unpickle anything else (code planted in a shared cache) is refused, logged and
+  recomputed (:class:`ContentKeyedPersistentDataset`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from collections.abc import Sequence
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.utils.enums import TraceKeys
 
 from medaug.io import hashing
 from medaug.io.atomic import write_json_atomic
@@ -34,6 +40,10 @@ from medaug.io.npz import parse_npz_ref
 logger = logging.getLogger("medaug.data")
 DATASET_TYPES = ("Dataset", "CacheDataset", "PersistentDataset")
 INDEX_FORMAT = 2  # bump when what the index holds changes (2: hidden and non-regular files listed, label checks)
+
+# MONAI allow-lists MetaTensor and its meta enums for weights_only loading; the keys of a MetaTensor's
+# applied_operations (a str enum) are missing from that list. An enum's unpickling only looks a value up.
+torch.serialization.add_safe_globals([TraceKeys])
 
 
 @functools.lru_cache(maxsize=4096)
@@ -104,6 +114,44 @@ def transform_hash(transforms: Sequence) -> bytes:
     return hashlib.sha256(text.encode()).hexdigest()[:16].encode()
 
 
+class ContentKeyedPersistentDataset(PersistentDataset):
+    """MONAI's ``PersistentDataset`` (``weights_only=True``), with a cache file it refuses reported and
+    recomputed.
+
+    MONAI deletes a file that does not load as weights only with a "Corrupt cache file" warning, and
+    stops with ``PermissionError`` when it may not delete it (another user's file in a shared cache
+    folder). Here the entry is logged once as refused and recomputed: the file is replaced when it can
+    be deleted, else the entry is computed at every read without touching it.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs, weights_only=True)
+        self._refused: set[str] = set()
+
+    def _cachecheck(self, item_transformed):
+        if self.cache_dir is None:
+            return super()._cachecheck(item_transformed)
+        hashfile = self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
+        if hashfile.name in self._refused:
+            return self._pre_transform(deepcopy(item_transformed))
+        if not hashfile.is_file():  # a miss: MONAI computes the entry and writes it atomically
+            return super()._cachecheck(item_transformed)
+        try:
+            return torch.load(hashfile, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0])
+        try:
+            hashfile.unlink()
+            outcome = "recomputed and stored again"
+        except OSError:
+            self._refused.add(hashfile.name)
+            outcome = "computed at every read (the file cannot be deleted)"
+        logger.warning("cache file %s refused: it holds more than tensors and plain metadata, or is corrupt (%s); "
+                       "the entry is %s", hashfile, reason[:300], outcome)  # fmt: skip
+        return self._cachecheck(item_transformed)
+
+
 def make_dataset(data: Sequence[dict], transform, dataset_type: str = "CacheDataset",
                  cache_dir: str | os.PathLike | None = None, cache_rate: float = 1.0,
                  num_workers: int | None = 1, progress: bool = False) -> Dataset:  # fmt: skip
@@ -127,11 +175,10 @@ def make_dataset(data: Sequence[dict], transform, dataset_type: str = "CacheData
                             progress=progress)  # fmt: skip
     if not cache_dir:
         raise ValueError("dataset_type 'PersistentDataset' needs a cache_dir (a folder for the decoded images)")
-    # track_meta keeps each image's reference (meta 'filename_or_obj') that predictions.csv names;
-    # the cached MetaTensors are MONAI's own type, which weights_only loading refuses.
-    return PersistentDataset(data=data, transform=transform, cache_dir=Path(cache_dir) / "persistent",
-                             hash_func=entry_content_hash, hash_transform=transform_hash, track_meta=True,
-                             weights_only=False)  # fmt: skip
+    # track_meta keeps each image's reference (meta 'filename_or_obj') that predictions.csv names.
+    return ContentKeyedPersistentDataset(data=data, transform=transform, cache_dir=Path(cache_dir) / "persistent",
+                                         hash_func=entry_content_hash, hash_transform=transform_hash,
+                                         track_meta=True)  # fmt: skip
 
 
 def folder_listing_key(dataset_dir: str | os.PathLike, *extra_files: str | os.PathLike | None, **settings) -> str:

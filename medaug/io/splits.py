@@ -19,10 +19,18 @@ DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 def _carve(entries: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Split ``entries`` into (rest, carved) with ``carved`` about ``fraction`` of them, whole
     patients at a time and class proportions kept (scikit-learn's StratifiedGroupKFold: its first
-    fold is the carved part)."""
+    fold is the carved part).
+
+    Patients are named here by their first image in (pixel hash, relative path, frame) order, not by
+    their pseudonym: pseudonyms depend on the project's pseudonym key, and a split must not (the same
+    data and seed give the same split on every machine)."""
     if not entries or fraction <= 0:
         return entries, []
-    groups = np.array([e["patient_id"] for e in entries])
+    name: dict[str, str] = {}
+    for e in entries:
+        image = f"{e.get('pixel_hash') or ''}|{e.get('relpath') or e['image']}|{e.get('frame')}"
+        name[e["patient_id"]] = min(name.get(e["patient_id"], image), image)
+    groups = np.array([name[e["patient_id"]] for e in entries])
     n_groups = len(set(groups))
     n_splits = int(min(max(2, round(1 / fraction)), n_groups))
     if n_splits < 2:

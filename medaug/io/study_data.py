@@ -18,6 +18,7 @@ import numpy as np
 
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
 from medaug.io.caching import folder_listing_key, load_index, save_index
+from medaug.io.phi import pseudonym_key_id
 from medaug.io.scan import cross_split_duplicates, scan_entries
 from medaug.io.sources import detect_format, source_entries
 from medaug.io.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, patients_in_several_splits, simulate_imbalance
@@ -142,8 +143,10 @@ def index_dataset(dataset_dir: str, data_format: str | None, labels_csv: str | N
     fmt = data_format or detect_format(dataset_dir, labels_csv)
     key = None
     if index_cache is not None:
+        # the index holds pseudonyms: another pseudonym key (by its id) is another index
         key = folder_listing_key(dataset_dir, labels_csv, data_format=data_format, exclude=exclude,
-                                 class_names=list(class_names or []), channels=channels, frames=frames)  # fmt: skip
+                                 class_names=list(class_names or []), channels=channels, frames=frames,
+                                 pseudonym_key=pseudonym_key_id())  # fmt: skip
         cached = load_index(index_cache, key)
         if cached is not None:
             logger.info("index of %s read from %s (%d images)", dataset_dir, index_cache, len(cached["entries"]))
