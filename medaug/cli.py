@@ -14,6 +14,8 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SKIPPED = 0, 1, 2, 3
 BUNDLE_ENV = "MEDAUG_BUNDLE"
+# Set to 1 in the Docker image: predict uses $MEDAUG_BUNDLE only (no other --bundle, no --trust-bundle).
+BUNDLE_ONLY_ENV = "MEDAUG_BUNDLE_ONLY"
 DEFAULT_CHECKPOINTS = ("models/model.ts", "models/model.pt")
 
 
@@ -116,11 +118,27 @@ def _inference_parser(bundle: Path, overrides: dict):
     return parser
 
 
+def _check_baked_bundle_only(args: argparse.Namespace) -> None:
+    """Where the installation fixes its bundle (the Docker image), predict runs that bundle only: a
+    ``--bundle`` naming another folder, or ``--trust-bundle``, would let a caller of the image run
+    a config it does not ship."""
+    baked = os.environ.get(BUNDLE_ENV)
+    if not baked:
+        raise UsageError(f"--bundle: {BUNDLE_ONLY_ENV}=1 but {BUNDLE_ENV} names no bundle")
+    if args.bundle and Path(args.bundle).resolve() != Path(baked).resolve():
+        raise UsageError(f"--bundle: this installation predicts with its baked bundle only ({baked}); "
+                         f"build an image with the other bundle instead")  # fmt: skip
+    if args.trust_bundle:
+        raise UsageError("--trust-bundle: not accepted here; the baked bundle needs no trust")
+
+
 def predict(args: argparse.Namespace) -> int:
     from medaug.io.phi import quiet_header_libraries, uid_salt
 
     quiet_header_libraries()
     bundle_arg = args.bundle or os.environ.get(BUNDLE_ENV)
+    if os.environ.get(BUNDLE_ONLY_ENV) == "1":
+        _check_baked_bundle_only(args)
     if not bundle_arg:
         raise UsageError(f"--bundle: required (or set {BUNDLE_ENV})")
     bundle = Path(bundle_arg)

@@ -70,6 +70,7 @@ def test_dockerfile_static_checks():
     assert users and users[-1] not in ("root", "0", "0:0"), "the image must run as a non-root user"
     assert entrypoint() == ["medaug", "predict", "--input", "/input", "--output", "/output"]
     assert image_env()["MEDAUG_BUNDLE"] == "/opt/medaug/bundle"
+    assert image_env()["MEDAUG_BUNDLE_ONLY"] == "1", "the image predicts with its baked bundle only"
     for word, rest in steps:
         if word == "COPY":
             *sources, _ = [expand(part, args) for part in shlex.split(rest) if not part.startswith("--")]
@@ -97,3 +98,24 @@ def test_entrypoint_runs_outside_docker_as_the_same_command(tmp_path):
     assert len(read_csv(out / "predictions.csv")) == len(list(DICOM_DIR.glob("*.dcm")))
     assert "model.ts" in result.stderr, "the image's default model is the TorchScript export"
     assert tree_state(source) == before
+
+
+def test_the_image_predicts_with_its_baked_bundle_only(tmp_path):
+    """In the image (MEDAUG_BUNDLE_ONLY=1) a caller cannot swap in another bundle, e.g. one mounted
+    at run time whose config could run code, nor switch the config check off."""
+    baked = make_bundle(tmp_path / "baked", export=True)
+    other = make_bundle(tmp_path / "other", export=True)
+    source = tmp_path / "input"
+    shutil.copytree(DICOM_DIR, source)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MEDAUG_BUNDLE": str(baked), "MEDAUG_BUNDLE_ONLY": "1"}
+
+    def run(*extra):
+        command = [sys.executable, "-m", "medaug.cli", "predict", "--input", str(source), "--no-progress", *extra]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    swapped = run("--output", str(tmp_path / "out1"), "--bundle", str(other))
+    assert swapped.returncode == 2 and "--bundle" in swapped.stderr and "baked bundle only" in swapped.stderr
+    trusted = run("--output", str(tmp_path / "out2"), "--trust-bundle")
+    assert trusted.returncode == 2 and "--trust-bundle" in trusted.stderr
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists(), "refused before any work"
+    assert run("--output", str(tmp_path / "out3"), "--bundle", str(baked)).returncode == 3  # itself, by name: fine
