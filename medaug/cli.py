@@ -377,7 +377,8 @@ launcher: the command that runs one child, followed by --config_file/--bundle_ro
 PREDICT_EPILOG = """\
 checkpoint: --checkpoint, else <bundle>/models/model.ts (TorchScript, from MONAI's ckpt_export; runs
 without the network code), else <bundle>/models/model.pt (a training checkpoint, loaded into the network
-that configs/inference.json describes). The bundle may also come from the MEDAUG_BUNDLE environment variable.
+that configs/inference.json describes). The bundle may also come from the MEDAUG_BUNDLE environment variable;
+with MEDAUG_BUNDLE_ONLY=1 (the Docker image) it is the only bundle: another --bundle or --trust-bundle is refused.
 
 outputs (in --output; checked writable and locked before any work):
   predictions.csv, predictions.json  path (relative to --input), frame, sop_instance_uid, study_instance_uid,
