@@ -163,24 +163,23 @@ def predict(args: argparse.Namespace) -> int:
     from medaug.io.output_set import OutputFolderError
     from medaug.pipelines import predict as P
 
+    parser = _checked_inference_parser(args, bundle, checkpoint)  # read only, nothing evaluated yet
     try:  # before any work: an unwritable or busy --output is found now, not after the predictions
         outputs = P.prediction_outputs(target).open()
     except OutputFolderError as err:
         raise UsageError(f"--output: {err}") from None
     try:
-        return _predict_into(outputs, args, bundle, checkpoint, salt)
+        return _predict_into(outputs, parser, args, bundle, checkpoint, salt)
     finally:
         outputs.close()  # releases the lock; a set not committed is discarded, the previous one kept
 
 
-def _predict_into(outputs, args: argparse.Namespace, bundle: Path, checkpoint: Path, salt: str | None) -> int:
-    """``predict`` once its arguments are checked and ``outputs`` (the --output set) is held."""
-    import torch
-
+def _checked_inference_parser(args: argparse.Namespace, bundle: Path, checkpoint: Path):
+    """The bundle's inference config, refused (exit 2, naming --trust-bundle) when a part predict
+    reads could run code; nothing of it is evaluated here."""
     from medaug.bundle_trust import untrusted_parts
     from medaug.pipelines import predict as P
 
-    source, target = Path(args.input), outputs.folder
     used = ["class_names", "frames", "modalities", "batch_size", "parallel", "preprocessing"]
     used += [] if P.is_torchscript(checkpoint) else ["network_def"]
     try:
@@ -195,6 +194,17 @@ def _predict_into(outputs, args: argparse.Namespace, bundle: Path, checkpoint: P
     if args.trust_bundle:
         print("medaug: --trust-bundle: the bundle's expressions and _target_ components are evaluated as they "
               "are; they can run any code", file=sys.stderr)  # fmt: skip
+    return parser
+
+
+def _predict_into(outputs, parser, args: argparse.Namespace, bundle: Path, checkpoint: Path,
+                  salt: str | None) -> int:  # fmt: skip
+    """``predict`` once its arguments and bundle are checked and ``outputs`` (the --output set) is held."""
+    import torch
+
+    from medaug.pipelines import predict as P
+
+    source, target = Path(args.input), outputs.folder
     try:
         class_names = list(parser.get_parsed_content("class_names"))
         frames = args.frames or parser.get_parsed_content("frames", default="middle")
