@@ -117,6 +117,27 @@ def test_enhanced_ct_rescale_comes_from_the_functional_groups_which_monai_ignore
     np.testing.assert_array_equal(hu, ds.pixel_array[0].astype(np.float32) - 1024.0)
 
 
+@pytest.mark.parametrize("center, width", [(40.0, 400.0), (2047.5, 4096.0), (-600.3, 1500.7), (10.0, 1.0), (0.5, 1.5)])
+def test_linear_window_gives_the_values_of_pydicoms_apply_windowing_to_the_bit(center, width):
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_windowing
+
+    from medaug.io.readers import _linear_window
+
+    rng = np.random.default_rng(0)
+    low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2  # pydicom's LINEAR edges
+    values = np.concatenate([rng.normal(center, width, 4000), np.round(rng.normal(center, width, 4000)),
+                             [low, high, np.nextafter(low, -np.inf), np.nextafter(high, np.inf), center, np.nan]])  # fmt: skip
+    view = Dataset()
+    view.PhotometricInterpretation, view.BitsStored, view.PixelRepresentation = "MONOCHROME2", 1, 0
+    view.WindowCenter, view.WindowWidth, view.VOILUTFunction = center, width, "LINEAR"
+    expected = apply_windowing(values.copy(), view)
+    assert 0 < np.mean(expected == 0) < 1 and 0 < np.mean(expected == 1) < 1, "pixels below, inside and above"
+    np.testing.assert_array_equal(_linear_window(values, center, width), expected)
+    with pytest.raises(ValueError):
+        _linear_window(values, center, 0.5)
+
+
 def test_header_window_maps_to_the_display_range(decoded):
     pixels, meta = decoded["693_UNCR.dcm"]
     assert meta["normalization"] == "window" and meta["window"] == (40.0, 100.0)

@@ -636,6 +636,28 @@ def _modality_values(frame: _DicomFrame) -> np.ndarray:
     return pixels.astype(np.float64, copy=False)
 
 
+def _linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """:func:`pydicom.pixels.apply_windowing` for the LINEAR VOI LUT function (PS3.3 C.11.2.1.2.1) onto
+    ``[0, 1]``, with the same arithmetic and comparisons, so the same values to the bit. pydicom's
+    version gathers and scatters the pixels through three boolean masks, which on a 1760² radiograph
+    takes a fifth of the time of its JPEG 2000 decoding; this one computes in place.
+
+    Raises:
+        ValueError: ``width`` below 1, as pydicom.
+    """
+    if width < 1:
+        raise ValueError("the Window Width must be at least 1 for a LINEAR windowing operation")
+    center, width = center - 0.5, width - 1
+    values = np.asarray(values, dtype=np.float64)
+    out = np.subtract(values, center)
+    with np.errstate(divide="ignore", invalid="ignore"):  # width 0: every pixel is below or above
+        out /= width
+    out += 0.5
+    np.putmask(out, values <= center - width / 2, 0.0)
+    np.putmask(out, values > center + width / 2, 1.0)
+    return out
+
+
 def _voi_to_unit(values: np.ndarray, frame: _DicomFrame) -> tuple[np.ndarray, dict]:
     """Modality values -> display values in ``[0, 1]``, before any MONOCHROME1 inversion.
 
@@ -673,7 +695,10 @@ def _voi_to_unit(values: np.ndarray, frame: _DicomFrame) -> tuple[np.ndarray, di
             view.BitsStored, view.PixelRepresentation = 1, 0
             view.WindowCenter, view.WindowWidth = center, width
             view.VOILUTFunction = str(source.get("VOILUTFunction") or "LINEAR")
-            out = apply_windowing(values, view)
+            if view.VOILUTFunction.upper() == "LINEAR":
+                out = _linear_window(values, center, width)
+            else:
+                out = apply_windowing(values, view)
             if np.ptp(out) > 0:
                 return out, {**info, "normalization": "window", "window": (center, width),
                              "window_center": center, "window_width": width}  # fmt: skip

@@ -14,11 +14,20 @@ never a crash.
 The model is either a checkpoint (``{"model": state_dict}``) loaded into the bundle's network, or a
 TorchScript export (``ckpt_export``) loaded with ``torch.jit.load``; the TorchScript path imports no
 network or training code. This module imports no training code either.
+
+Speed and memory: the bundles decode in worker processes (``"parallel": "process"`` in
+``inference.json``; threads hold the GIL through pydicom's parsing and the JPEG 2000 decoder), the
+model meanwhile running on the cores the workers leave. Files are decoded at most
+``max(4 * workers, 2 * batch_size)`` ahead of the model. With ``frames="all"`` a multi-frame file is
+decoded ``batch_size`` frames per task, each frame once (``LoadDatalistImaged.frames``), the tasks
+spread over the workers; memory holds the frames of a few such tasks as model inputs, never the
+file's pixels (the middle frame alone is decoded otherwise).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -274,6 +283,23 @@ def _executor(parallel: str, workers: int, decoder: _Decoder) -> tuple[Executor,
     raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
 
 
+@contextlib.contextmanager
+def _model_threads(parallel: str, workers: int, device: str | torch.device) -> Iterator[None]:
+    """While worker processes decode on ``workers`` cores, the model (on CPU) gets the cores left, at least
+    one, instead of one thread per core: OpenMP threads that spin-wait on cores the decoders need slow
+    both down."""
+    if parallel != "process" or torch.device(device).type != "cpu":
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, cores - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class PredictionSummary:
     files: int
@@ -358,14 +384,16 @@ def predict_folder(
         model: from :func:`load_model`; its output are logits, one per class (softmax applied here,
             as the bundle's ``postprocessing``).
         preprocessing: the bundle's validation transforms, called on ``{"image": path, "frame": f}``.
-        frames: ``"middle"`` frame of multi-frame files, or ``"all"`` (one prediction per frame).
+        frames: ``"middle"`` frame of multi-frame files, or ``"all"`` (one prediction per frame, the
+            frames decoded ``batch_size`` per task).
         modalities: DICOM modalities the model takes (e.g. ``["US"]``); others are skipped as
             "wrong modality for this model". None takes any. Non-DICOM files have no modality.
         workers: decoding threads (default ``min(4, cpu count)``).
         model_info: ``model_name``, ``model_version``, ``checkpoint_sha256`` copied into every row.
         uid_salt: when given, SOP/Study Instance UIDs are replaced by ``hash_uid(uid, salt)``.
         parallel: ``"thread"`` (decoding threads in this process) or ``"process"`` (worker processes,
-            one torch thread each: no GIL contention, at the cost of starting them).
+            one torch thread each: no GIL contention, at the cost of starting them; the model then
+            gets the CPU cores they leave, at least one; the bundles' default).
 
     Returns:
         a :class:`PredictionSummary`; ``exit_code`` is 0 when every file was used, 3 when some were skipped.
@@ -410,7 +438,7 @@ def predict_folder(
     window = max(4 * workers, 2 * batch_size)  # files decoded ahead of the model, bounded in memory
     bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not progress, leave=False)
     executor, decode = _executor(parallel, workers, decoder)
-    with executor as pool:
+    with executor as pool, _model_threads(parallel, workers, device):
         # futures in output order; the first ``in_front`` decode more frames of the file just taken,
         # which are submitted ``workers + 1`` at a time, ahead of the next files (see _Decoder)
         queue: collections.deque = collections.deque()
