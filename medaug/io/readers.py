@@ -383,17 +383,20 @@ def _percentile_to_unit(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     step = max(1, int(np.sqrt(values.size / _PERCENTILE_SAMPLE)))
     sample = values[::step, ::step] if values.ndim >= 2 else values[::step]
-    sample = sample[np.isfinite(sample)]
+    sample = sample[np.isfinite(sample)]  # a copy, which the percentiles may reorder
     if sample.size == 0:
         return np.zeros(values.shape, dtype=np.float32)
-    lo, hi = np.percentile(sample, _PERCENTILES)
+    lo, hi = np.percentile(sample, _PERCENTILES, overwrite_input=True)
     if hi <= lo:
         finite = values[np.isfinite(values)]
         lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.float32)
-    out = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+    out = np.subtract(values, lo)  # (values - lo) / (hi - lo) clipped, in place
+    out /= hi - lo
+    np.clip(out, 0.0, 1.0, out=out)
+    np.putmask(out, np.isnan(out), 0.0)  # infinities are clipped already
+    return out.astype(np.float32)
 
 
 def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
