@@ -227,7 +227,7 @@ class _Decoder:
 
     def _images(self, path: Path, frames: list) -> Iterator[tuple]:
         """``(frame asked for, preprocessed image)`` for each of ``frames``; decoded once if several."""
-        if frames != [None] and len(frames) > 1 and self.split is not None:
+        if len(frames) > 1 and self.split is not None:
             loader, rest = self.split
             for data in loader.frames({"image": str(path)}, frames):
                 yield data["frame"], rest(data)["image"]
@@ -388,7 +388,7 @@ def predict_folder(
             frames decoded ``batch_size`` per task).
         modalities: DICOM modalities the model takes (e.g. ``["US"]``); others are skipped as
             "wrong modality for this model". None takes any. Non-DICOM files have no modality.
-        workers: decoding threads (default ``min(4, cpu count)``).
+        workers: decoding threads or processes (default ``min(4, cpu count)``).
         model_info: ``model_name``, ``model_version``, ``checkpoint_sha256`` copied into every row.
         uid_salt: when given, SOP/Study Instance UIDs are replaced by ``hash_uid(uid, salt)``.
         parallel: ``"thread"`` (decoding threads in this process) or ``"process"`` (worker processes,
