@@ -187,7 +187,7 @@ def plain_monai_config(bundle: Path, files: list[Path], ckpt: Path, out: Path, b
     }
 
 
-def cost_breakdown(bundle: Path, repeats: int = 5) -> dict:
+def cost_breakdown(bundle: Path, repeats: int = 7) -> dict:
     """Where the time of one file goes: CPU ms per file (median of ``repeats``, one torch thread, in this
     process) of each step of medaug predict's decoding and of the plain MONAI preprocessing, for each
     sample of the mix, and of the model per image (batch 32)."""
@@ -205,14 +205,16 @@ def cost_breakdown(bundle: Path, repeats: int = 5) -> dict:
     decoder = _Decoder(medaug_pre, "middle", None)
     loader, rest = _split_loader(medaug_pre)
 
-    def cpu_ms(fn) -> float:
-        fn()
-        samples = []
-        for _ in range(repeats):
-            start = time.process_time()
-            fn()
-            samples.append(time.process_time() - start)
-        return 1000 * statistics.median(samples)
+    def cpu_ms(steps: dict) -> dict:
+        """CPU ms of each step, the steps interleaved in every repeat so that drift hits them alike."""
+        samples = {name: [] for name in steps}
+        for r in range(repeats + 1):
+            for name, fn in steps.items():
+                start = time.process_time()
+                fn()
+                if r:  # the first round warms up
+                    samples[name].append(1000 * (time.process_time() - start))
+        return {name: statistics.median(v) for name, v in samples.items()}
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -220,20 +222,19 @@ def cost_breakdown(bundle: Path, repeats: int = 5) -> dict:
         per_sample = {}
         for name in SAMPLES:
             path = REPO / "tests" / "data" / "dicom" / name
-            header = cpu_ms(lambda: read_dicom_header(path))
-            read = cpu_ms(lambda: read_image_with_meta(path))
             loaded = loader({"image": str(path)})
-            transforms = cpu_ms(lambda: rest(dict(loaded)))
-            whole = cpu_ms(lambda: decoder((path, name)))
-            plain = cpu_ms(lambda: plain_pre({"image": str(path)}))
-            per_sample[name] = {"header_checks": round(header, 1), "decode_and_display": round(read - header, 1),
-                                "bundle_transforms": round(transforms, 1), "medaug_total": round(whole, 1),
-                                "plain_monai_preprocessing": round(plain, 1)}  # fmt: skip
+            ms = cpu_ms({"header": lambda: read_dicom_header(path), "read": lambda: read_image_with_meta(path),
+                         "transforms": lambda: rest(dict(loaded)), "whole": lambda: decoder((path, name)),
+                         "plain": lambda: plain_pre({"image": str(path)})})  # fmt: skip
+            per_sample[name] = {"header_checks": round(ms["header"], 1),
+                                "decode_and_display": round(ms["read"] - ms["header"], 1),
+                                "bundle_transforms": round(ms["transforms"], 1), "medaug_total": round(ms["whole"], 1),
+                                "plain_monai_preprocessing": round(ms["plain"], 1)}  # fmt: skip
         net = build_classifier(inference["classifier"], inference["channels"], len(inference["class_names"]),
                                tuple(size)).eval()  # fmt: skip
         batch = torch.rand(32, inference["channels"], *size)
         with torch.inference_mode():
-            model = cpu_ms(lambda: net(batch)) / 32
+            model = cpu_ms({"model": lambda: net(batch)})["model"] / 32
     finally:
         torch.set_num_threads(threads)
     mean = {k: round(statistics.mean(v[k] for v in per_sample.values()), 1) for k in next(iter(per_sample.values()))}
@@ -366,7 +367,7 @@ def main() -> None:
     mean, j2k = breakdown["mean_over_mix"], breakdown["cpu_ms_per_file"].get("RG3_J2KR.dcm", {})
     table += "\n".join([
         "",
-        "## Where the time goes (CPU ms per file, one thread, median of 5, mean over the six samples of the mix)",
+        "## Where the time goes (CPU ms per file, one thread, median of 7, mean over the six samples of the mix)",
         "",
         "| step | ms per file | of which RG3_J2KR.dcm (JPEG 2000, 1760²) |",
         "|---|---|---|",
