@@ -7,9 +7,9 @@ predict every file with the same network (the default bundle's ResNet-18 at 64 p
 throughput does not depend on the weights), the same batch size and the same number of decoding workers:
 
 * ``medaug predict``: ``medaug.cli.main(["predict", ...])`` in process: walk, header checks, decoding
-  with the photometric handling of training (VOI window, MONOCHROME1) in threads (the default) and,
-  as a second figure, in worker processes (``--parallel process``), batched model calls, CSV/JSON
-  outputs written atomically.
+  with the photometric handling of training (VOI window, MONOCHROME1) in worker processes (the
+  bundle's default, ``"parallel": "process"``) and, as a second figure, in threads
+  (``--parallel thread``), batched model calls, CSV/JSON outputs written atomically.
 * plain MONAI bundle inference: a model-zoo style ``inference.json`` (as a dict, run through
   ``monai.bundle.ConfigParser``): ``LoadImaged(PydicomReader)`` -> ``EnsureChannelFirstd`` ->
   ``ScaleIntensityd`` -> ``Resized``, ``Dataset`` + ``DataLoader(num_workers)``, ``SupervisedEvaluator``
@@ -17,9 +17,19 @@ throughput does not depend on the weights), the same batch size and the same num
   it neither walks the folder nor checks files, and would stop at the first broken one).
 
 Each path runs ``--repeats`` times, alternating, after one warm-up each on 12 files; images/s is the
-median. Writes ``benchmarks/results/predict_throughput.json`` and ``.md`` and prints the table.
+median.
+
+Multi-frame: one file of ``--frames-count`` (500) frames of 512 x 512 16-bit MONOCHROME2 (262 MB,
+uncompressed), written at run time from the header of the real multi-frame sample ``emri_small.dcm``,
+is predicted by ``medaug predict`` in a fresh process with ``--frames all`` and with the default
+middle frame: wall time, ``ru_maxrss`` of ``getrusage(RUSAGE_CHILDREN)`` (the largest process: the
+run or one of its workers) and the peak sum of PSS over the run's process tree (sampled from /proc,
+shared pages counted once).
+
+Writes ``benchmarks/results/predict_throughput.json`` and ``.md`` and prints the table.
 
     python benchmarks/predict_throughput.py [--files 600] [--repeats 3] [--workers 2] [--batch-size 32]
+        [--frames-count 500]
 """
 
 from __future__ import annotations
@@ -30,11 +40,13 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import torch
 from pydicom.uid import generate_uid
@@ -43,9 +55,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BUNDLE = REPO / "bundles" / "imbalance_baselines"
 RESULTS = REPO / "benchmarks" / "results"
-#: the two ways medaug decodes in parallel; "medaug_predict" is the default of inference.json
-MODES = {"medaug_predict": "thread", "medaug_predict_processes": "process"}
+#: the two ways medaug decodes in parallel: "medaug_predict" is the default of inference.json ("parallel")
+DEFAULT_PARALLEL = json.loads((BUNDLE / "configs" / "inference.json").read_text()).get("parallel", "thread")
+OTHER_PARALLEL = "thread" if DEFAULT_PARALLEL == "process" else "process"
+PLURAL = {"thread": "threads", "process": "processes"}
+MODES = {"medaug_predict": DEFAULT_PARALLEL, f"medaug_predict_{PLURAL[OTHER_PARALLEL]}": OTHER_PARALLEL}
 PATHS = (*MODES, "plain_monai_bundle")
+MULTI_FRAME_SAMPLE = "emri_small.dcm"
 SAMPLES = ("CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "MR2_UNCR.dcm",
            "RG3_J2KR.dcm")  # fmt: skip
 
@@ -64,6 +80,76 @@ def make_folder(root: Path, n: int) -> dict[str, int]:
         ds.save_as(target, enforce_file_format=True)
         counts[name] += 1
     return counts
+
+
+def make_multi_frame(target: Path, frames: int, size: int = 512) -> int:
+    """A ``frames`` x ``size``² 16-bit MONOCHROME2 file from the header of :data:`MULTI_FRAME_SAMPLE`: a disc
+    phantom that grows over the frames, plus noise, in the sample's value range; returns its size in bytes."""
+    ds = pydicom.dcmread(REPO / "tests" / "data" / "dicom" / MULTI_FRAME_SAMPLE)
+    peak = int(ds.pixel_array.max())
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    radius = np.hypot(yy - size / 2, xx - size / 2) / (size / 2)
+    noise = rng.normal(0, 0.03 * peak, (size, size))
+    pixels = np.empty((frames, size, size), dtype=np.uint16)
+    for k in range(frames):
+        disc = (radius < 0.2 + 0.6 * k / max(frames - 1, 1)) * 0.7 * peak
+        pixels[k] = np.clip(disc + 0.15 * peak + np.roll(noise, k, axis=0), 0, 2**ds.BitsStored - 1)
+    ds.Rows = ds.Columns = size
+    ds.NumberOfFrames = frames
+    ds.PixelData = pixels.tobytes()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target, enforce_file_format=True)
+    return target.stat().st_size
+
+
+def _tree_pss_kb(root: int) -> int:
+    """Sum of PSS (kB) over ``root`` and its descendants, from /proc (Linux); 0 where unreadable."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def run_multi_frame(bundle: Path, source: Path, out: Path, frames: str, workers: int) -> dict:
+    """``medaug predict --frames <frames>`` on ``source`` in a fresh process: seconds, peak memory, images."""
+    predict = [sys.executable, "-m", "medaug.cli", "predict", "--bundle", str(bundle), "--input", str(source),
+               "--output", str(out), "--frames", frames, "--workers", str(workers), "--no-progress"]  # fmt: skip
+    # the wrapper reports RUSAGE_CHILDREN of this one run (the largest of medaug and its workers)
+    wrapper = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, *predict], stdout=subprocess.PIPE, env=env, text=True)
+    peak_pss = 0
+    while proc.poll() is None:
+        peak_pss = max(peak_pss, _tree_pss_kb(proc.pid))
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    stdout = proc.stdout.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"medaug predict --frames {frames} exited {proc.returncode}: {stdout[-2000:]}")
+    maxrss_kb = int(stdout.strip().splitlines()[-1])
+    images = json.loads((out / "summary.json").read_text())["images"]
+    return {"frames": frames, "images": images, "seconds": round(seconds, 2),
+            "max_rss_mib": round(maxrss_kb / 1024, 1), "peak_pss_sum_mib": round(peak_pss / 1024, 1)}  # fmt: skip
 
 
 def plain_monai_config(bundle: Path, files: list[Path], ckpt: Path, out: Path, batch_size: int, workers: int) -> dict:
@@ -101,6 +187,60 @@ def plain_monai_config(bundle: Path, files: list[Path], ckpt: Path, out: Path, b
     }
 
 
+def cost_breakdown(bundle: Path, repeats: int = 7) -> dict:
+    """Where the time of one file goes: CPU ms per file (median of ``repeats``, one torch thread, in this
+    process) of each step of medaug predict's decoding and of the plain MONAI preprocessing, for each
+    sample of the mix, and of the model per image (batch 32)."""
+    from monai.bundle import ConfigParser
+
+    from medaug.io.readers import read_dicom_header, read_image_with_meta
+    from medaug.models import build_classifier
+    from medaug.pipelines.predict import _Decoder, _split_loader
+
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    size = inference["image_size"]
+    medaug_pre = ConfigParser({"channels": inference["channels"], "image_size": size,
+                               "preprocessing": inference["preprocessing"]}).get_parsed_content("preprocessing")  # fmt: skip
+    plain_pre = ConfigParser(plain_monai_config(bundle, [], bundle / "models" / "model.pt", bundle, 1, 0)).get_parsed_content("preprocessing")  # fmt: skip
+    decoder = _Decoder(medaug_pre, "middle", None)
+    loader, rest = _split_loader(medaug_pre)
+
+    def cpu_ms(steps: dict) -> dict:
+        """CPU ms of each step, the steps interleaved in every repeat so that drift hits them alike."""
+        samples = {name: [] for name in steps}
+        for r in range(repeats + 1):
+            for name, fn in steps.items():
+                start = time.process_time()
+                fn()
+                if r:  # the first round warms up
+                    samples[name].append(1000 * (time.process_time() - start))
+        return {name: statistics.median(v) for name, v in samples.items()}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        per_sample = {}
+        for name in SAMPLES:
+            path = REPO / "tests" / "data" / "dicom" / name
+            loaded = loader({"image": str(path)})
+            ms = cpu_ms({"header": lambda: read_dicom_header(path), "read": lambda: read_image_with_meta(path),
+                         "transforms": lambda: rest(dict(loaded)), "whole": lambda: decoder((path, name)),
+                         "plain": lambda: plain_pre({"image": str(path)})})  # fmt: skip
+            per_sample[name] = {"header_checks": round(ms["header"], 1),
+                                "decode_and_display": round(ms["read"] - ms["header"], 1),
+                                "bundle_transforms": round(ms["transforms"], 1), "medaug_total": round(ms["whole"], 1),
+                                "plain_monai_preprocessing": round(ms["plain"], 1)}  # fmt: skip
+        net = build_classifier(inference["classifier"], inference["channels"], len(inference["class_names"]),
+                               tuple(size)).eval()  # fmt: skip
+        batch = torch.rand(32, inference["channels"], *size)
+        with torch.inference_mode():
+            model = cpu_ms({"model": lambda: net(batch)})["model"] / 32
+    finally:
+        torch.set_num_threads(threads)
+    mean = {k: round(statistics.mean(v[k] for v in per_sample.values()), 1) for k in next(iter(per_sample.values()))}
+    return {"cpu_ms_per_file": per_sample, "mean_over_mix": mean, "model_ms_per_image": round(model, 1)}
+
+
 def run_plain_monai(config: dict) -> int:
     from monai.bundle import ConfigParser
 
@@ -134,6 +274,8 @@ def main() -> None:
     cli.add_argument("--repeats", type=int, default=3)
     cli.add_argument("--workers", type=int, default=2)
     cli.add_argument("--batch-size", type=int, default=32)
+    cli.add_argument("--frames-count", type=int, default=500, help="frames of the multi-frame file (0: no multi-frame rows)")
+    cli.add_argument("--note", default="", help="a sentence added to the .md, e.g. what else ran on the machine")
     cli.add_argument("--keep", action="store_true", help="keep the generated folder")
     args = cli.parse_args()
 
@@ -171,6 +313,16 @@ def main() -> None:
             seconds, images["plain_monai_bundle"] = timed(run_plain_monai, config)
             times["plain_monai_bundle"].append(seconds)
             print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), file=sys.stderr)
+
+        breakdown = cost_breakdown(bundle)
+        print(f"cost breakdown: {breakdown['mean_over_mix']}, model {breakdown['model_ms_per_image']} ms", file=sys.stderr)
+
+        multi_frame, multi_frame_mb = [], 0
+        if args.frames_count:
+            multi_frame_mb = make_multi_frame(work / "multi" / "series.dcm", args.frames_count) / 2**20
+            for frames in ("all", "middle"):
+                multi_frame.append(run_multi_frame(bundle, work / "multi", work / f"o-multi-{frames}", frames, args.workers))
+                print(f"multi-frame {frames}: {multi_frame[-1]}", file=sys.stderr)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -182,11 +334,17 @@ def main() -> None:
         "network": f"{inference['classifier']} at {inference['image_size']} px, CPU",
         "images": images, "seconds": {k: [round(s, 3) for s in v] for k, v in times.items()},
         "images_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "default_parallel": DEFAULT_PARALLEL,
         "ratio_medaug_over_plain_monai": round(rates["medaug_predict"] / rates["plain_monai_bundle"], 3),
-        "ratio_medaug_processes_over_plain_monai": round(rates["medaug_predict_processes"]
-                                                         / rates["plain_monai_bundle"], 3),  # fmt: skip
+        f"ratio_medaug_{PLURAL[OTHER_PARALLEL]}_over_plain_monai": round(rates[f"medaug_predict_{PLURAL[OTHER_PARALLEL]}"]
+                                                                 / rates["plain_monai_bundle"], 3),  # fmt: skip
+        "cost_breakdown": breakdown,
+        "multi_frame": {"file": f"{args.frames_count} frames of 512x512 uint16 MONOCHROME2, uncompressed, "
+                                f"{multi_frame_mb:.0f} MiB, header of {MULTI_FRAME_SAMPLE}",
+                        "runs": multi_frame} if multi_frame else None,  # fmt: skip
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "python": platform.python_version(), "platform": platform.platform()},
+        "note": args.note,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
     table = "\n".join([
@@ -198,13 +356,44 @@ def main() -> None:
         *[f"| {k.replace('_', ' ')} | {images[k]} | {statistics.median(times[k]):.1f} | {rates[k]:.1f} |"
           for k in PATHS],
         "",
-        f"Ratio medaug predict (default, {MODES['medaug_predict']} decoding) / plain MONAI: "
-        f"**{result['ratio_medaug_over_plain_monai']:.2f}x**; with worker processes "
-        f"(`--parallel process`): {result['ratio_medaug_processes_over_plain_monai']:.2f}x "
+        f"Ratio medaug predict (default, {DEFAULT_PARALLEL} decoding) / plain MONAI: "
+        f"**{result['ratio_medaug_over_plain_monai']:.2f}x**; with `--parallel {OTHER_PARALLEL}`: "
+        f"{result[f'ratio_medaug_{PLURAL[OTHER_PARALLEL]}_over_plain_monai']:.2f}x "
         f"(median of {args.repeats} runs each, alternating, same process, same files). File mix: "
-        + ", ".join(f"{k} x{v}" for k, v in counts.items()) + ". Generated by `benchmarks/predict_throughput.py`.",
+        + ", ".join(f"{k} x{v}" for k, v in counts.items()) + ". Generated by `benchmarks/predict_throughput.py`."
+        + (f" {args.note}" if args.note else ""),
         "",
     ])  # fmt: skip
+    mean, j2k = breakdown["mean_over_mix"], breakdown["cpu_ms_per_file"].get("RG3_J2KR.dcm", {})
+    table += "\n".join([
+        "",
+        "## Where the time goes (CPU ms per file, one thread, median of 7, mean over the six samples of the mix)",
+        "",
+        "| step | ms per file | of which RG3_J2KR.dcm (JPEG 2000, 1760²) |",
+        "|---|---|---|",
+        *[f"| {k.replace('_', ' ')} | {v:.1f} | {j2k.get(k, 0):.1f} |" for k, v in mean.items()],
+        f"| model ({result['network']}, batch 32), per image | {breakdown['model_ms_per_image']:.1f} | |",
+        "",
+        "Header checks: the header parse with the pixel-data and size checks; decode and display (the whole read "
+        "less the header checks): pixels (MONAI "
+        "`LoadImage(PydicomReader)`, pydicom for frames of multi-frame files), modality LUT, VOI window, "
+        "MONOCHROME1; bundle transforms: the bundle's `Resized` and `EnsureTyped` on the loaded image; medaug total: "
+        "all of it as a prediction worker runs it. Identifier scrubbing does not "
+        "show: rows carry only the UIDs (HMAC-hashed with `--hash-uids`, microseconds). Both paths decode JPEG 2000 "
+        "with the same OpenJPEG, which bounds the ratio.",
+        "",
+    ])  # fmt: skip
+    if multi_frame:
+        table += "\n".join([
+            "",
+            f"## Multi-frame ({result['multi_frame']['file']}; `medaug predict` in a fresh process, {args.workers} workers)",
+            "",
+            "| path | images | s | max RSS of one process MiB | peak PSS of all its processes MiB |",
+            "|---|---|---|---|---|",
+            *[f"| multi-frame `--frames {r['frames']}` | {r['images']} | {r['seconds']:.1f} | {r['max_rss_mib']:.0f} | "
+              f"{r['peak_pss_sum_mib']:.0f} |" for r in multi_frame],
+            "",
+        ])  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "predict_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "predict_throughput.md").write_text(table)

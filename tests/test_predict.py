@@ -374,3 +374,79 @@ def test_file_names_that_are_not_utf8_are_escaped_not_fatal(bundle, tmp_path):
     out = tmp_path / "out"
     assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"]) == 0
     assert [r["path"] for r in read_csv(out / "predictions.csv")] == ["scan_\\xff.dcm"]
+
+
+# ------------------------------------------------------------------------------------ multi-frame
+
+
+def _bundle_preprocessing(bundle: Path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    return parser.get_parsed_content("preprocessing")
+
+
+def _last_frame_corrupt(target: Path) -> None:
+    """emri_small in RLE with its last frame overwritten (item lengths intact): decoding every frame fails."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(DICOM_DIR / "emri_small.dcm")
+    ds.compress(RLELossless)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=10))
+    frames[9] = b"\xff" * len(frames[9])
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(target)
+
+
+def test_all_frames_are_decoded_once_per_chunk_with_the_inputs_of_one_frame_at_a_time(bundle):
+    """With --frames all a multi-frame file is decoded a chunk of frames per task (the first task hands out
+    the others) and the bundle's transforms after the loader run per frame: the model inputs are those of
+    the bundle's preprocessing called once per frame, as before."""
+    from medaug.pipelines.predict import _Decoder
+
+    preprocessing = _bundle_preprocessing(bundle)
+    for name, chunks in (("emri_small.dcm", [[4, 5, 6, 7], [8, 9]]), ("eCT_Supplemental.dcm", [])):
+        path = DICOM_DIR / name
+        first = _Decoder(preprocessing, "all", None, chunk=4)((path, name))
+        assert first.skipped is None and [frames for _, _, frames in first.more] == chunks
+        items = first.items + [item for task in first.more for item in _Decoder(preprocessing, "all", None)(task).items]
+        assert [fields["frame"] for fields, _ in items] == list(range(len(items)))
+        for fields, image in items:
+            one_frame = preprocessing({"image": str(path), "frame": fields["frame"]})["image"]
+            np.testing.assert_array_equal(image, one_frame.numpy())
+
+
+@pytest.mark.parametrize("parallel", ["thread", "process"])
+def test_all_frames_predicted_in_order_and_a_file_failing_in_a_later_chunk_is_skipped_whole(bundle, tmp_path, parallel):
+    from medaug.pipelines.predict import load_model
+
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("CT_small.dcm", "emri_small.dcm", "eCT_Supplemental.dcm"):
+        shutil.copyfile(DICOM_DIR / name, source / name)
+    _last_frame_corrupt(source / "corrupt_last_frame.dcm")
+    out = tmp_path / "out"
+    # batch 3: emri_small's 10 frames are 4 tasks; the corrupt file fails in its last one, after 3 good ones
+    assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--frames", "all",
+                 "--batch-size", "3", "--workers", "2", "--parallel", parallel, "--no-progress"]) == 3  # fmt: skip
+    rows = read_csv(out / "predictions.csv")
+    assert [(r["path"], r["frame"]) for r in rows] == [("CT_small.dcm", ""), *[("eCT_Supplemental.dcm", str(k)) for k in range(2)],
+                                                       *[("emri_small.dcm", str(k)) for k in range(10)]]  # fmt: skip
+    assert read_csv(out / "skipped.csv") == [{"path": "corrupt_last_frame.dcm", "reason": "truncated or corrupt pixel data"}]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["predicted_files"], summary["skipped"], summary["images"]) == (3, 1, 13)
+
+    preprocessing = _bundle_preprocessing(bundle)
+    model = load_model(bundle / "models" / "model.pt", build_classifier("small_cnn", 1, 2, (32, 32)))
+    images = torch.stack([preprocessing({"image": str(source / r["path"]), "frame": int(r["frame"]) if r["frame"] else None})["image"]
+                          for r in rows])  # fmt: skip
+    with torch.inference_mode():
+        expected = torch.softmax(model(images), dim=1)[:, 0].numpy()
+    np.testing.assert_allclose([float(r["prob_malignant"]) for r in rows], expected, atol=1e-5)
+
+    middle = tmp_path / "middle"  # the middle frame alone decodes: the file is predicted
+    assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(middle),
+                 "--parallel", parallel, "--no-progress"]) == 0  # fmt: skip
+    assert {r["path"]: r["frame"] for r in read_csv(middle / "predictions.csv")}["corrupt_last_frame.dcm"] == "5"

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from medaug.io.readers import (
     IMAGE_SUFFIXES,
@@ -27,6 +27,7 @@ from medaug.io.readers import (
     dicom_to_modality_values,
     image_kind,
     is_dicom,
+    read_dicom_frames,
     read_dicom_header,
     read_image,
     read_image_with_meta,
@@ -116,6 +117,27 @@ def test_enhanced_ct_rescale_comes_from_the_functional_groups_which_monai_ignore
     np.testing.assert_array_equal(hu, ds.pixel_array[0].astype(np.float32) - 1024.0)
 
 
+@pytest.mark.parametrize("center, width", [(40.0, 400.0), (2047.5, 4096.0), (-600.3, 1500.7), (10.0, 1.0), (0.5, 1.5)])
+def test_linear_window_gives_the_values_of_pydicoms_apply_windowing_to_the_bit(center, width):
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_windowing
+
+    from medaug.io.readers import _linear_window
+
+    rng = np.random.default_rng(0)
+    low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2  # pydicom's LINEAR edges
+    values = np.concatenate([rng.normal(center, width, 4000), np.round(rng.normal(center, width, 4000)),
+                             [low, high, np.nextafter(low, -np.inf), np.nextafter(high, np.inf), center, np.nan]])  # fmt: skip
+    view = Dataset()
+    view.PhotometricInterpretation, view.BitsStored, view.PixelRepresentation = "MONOCHROME2", 1, 0
+    view.WindowCenter, view.WindowWidth, view.VOILUTFunction = center, width, "LINEAR"
+    expected = apply_windowing(values.copy(), view)
+    assert 0 < np.mean(expected == 0) < 1 and 0 < np.mean(expected == 1) < 1, "pixels below, inside and above"
+    np.testing.assert_array_equal(_linear_window(values, center, width), expected)
+    with pytest.raises(ValueError):
+        _linear_window(values, center, 0.5)
+
+
 def test_header_window_maps_to_the_display_range(decoded):
     pixels, meta = decoded["693_UNCR.dcm"]
     assert meta["normalization"] == "window" and meta["window"] == (40.0, 100.0)
@@ -200,6 +222,68 @@ def test_single_frame_file_accepts_frame_zero_only():
     np.testing.assert_array_equal(read_image(path, frame=0), read_image(path))
     with pytest.raises(UnusableImageError, match="out of range"):
         read_image(path, frame=1)
+
+
+@pytest.mark.filterwarnings("ignore:PydicomReader")  # MONAI: no affine for this sample; irrelevant here
+def test_frames_are_decoded_one_at_a_time_with_the_values_of_monai_decoding_all(tmp_path):
+    """pydicom decodes the frames asked for, alone (read_dicom_frames, frame=k, the middle one); the values
+    are those of MONAI's LoadImage(PydicomReader), which decodes every frame, its float32 rescale included."""
+    from monai.data import PydicomReader
+    from monai.transforms import LoadImage
+
+    ds = pydicom.dcmread(DICOM_DIR / "emri_small.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept = 0.37, -100
+    rescaled = tmp_path / "rescaled.dcm"
+    ds.save_as(rescaled)
+    for path in (DICOM_DIR / "emri_small.dcm", rescaled):
+        whole = np.asarray(LoadImage(reader=PydicomReader(swap_ij=False), image_only=True, dtype=None)(str(path)))
+        assert whole.shape == (10, 64, 64)
+        for k in range(10):
+            np.testing.assert_array_equal(dicom_to_modality_values(path, frame=k), whole[k].astype(np.float32))
+    for path in (DICOM_DIR / "emri_small.dcm", DICOM_DIR / "eCT_Supplemental.dcm", rescaled):
+        streamed = list(read_dicom_frames(path, channels=3))
+        assert [meta["frame"] for _, meta in streamed] == list(range(FRAMES.get(path.name, 10)))
+        for k, (pixels, meta) in enumerate(streamed):
+            expected, expected_meta = read_image_with_meta(path, channels=3, frame=k)
+            np.testing.assert_array_equal(pixels, expected)
+            assert meta == expected_meta
+    assert [m["frame"] for _, m in read_dicom_frames(rescaled, [7, 2])] == [7, 2]
+    assert len(list(read_dicom_frames(DICOM_DIR / "CT_small.dcm"))) == 1
+
+
+def test_the_middle_frame_is_decoded_without_the_others(tmp_path):
+    """A multi-frame file whose last frame is corrupt (RLE data overwritten, item lengths intact): pydicom's
+    whole-file pixel_array fails on it, the middle frame alone decodes to the uncompressed file's pixels."""
+    ds = pydicom.dcmread(DICOM_DIR / "emri_small.dcm")
+    ds.compress(RLELossless)
+    frames = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=10))
+    frames[9] = b"\xff" * len(frames[9])
+    ds.PixelData = encapsulate(frames)
+    path = tmp_path / "last_frame_corrupt.dcm"
+    ds.save_as(path)
+    with pytest.raises(Exception):
+        pydicom.dcmread(path).pixel_array
+    np.testing.assert_array_equal(read_image(path), read_image(DICOM_DIR / "emri_small.dcm"))
+    with pytest.raises(UnusableImageError, match="truncated or corrupt pixel data"):
+        list(read_dicom_frames(path))
+
+
+@pytest.mark.parametrize("damage", ["more frames claimed", "fewer frames claimed", "cut short", "fragment missing"])
+def test_a_multi_frame_file_without_all_its_frames_is_refused_though_one_is_decoded(tmp_path, damage):
+    """Decoding every frame would fail on these, so using the one frame asked for would hide the damage."""
+    ds = pydicom.dcmread(DICOM_DIR / "emri_small.dcm")
+    if damage == "fragment missing":
+        ds.compress(RLELossless)
+        ds.PixelData = encapsulate(list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=10))[:9])
+    elif damage != "cut short":
+        ds.NumberOfFrames = 20 if damage == "more frames claimed" else 5
+    path = tmp_path / "damaged.dcm"
+    ds.save_as(path)
+    if damage == "cut short":
+        path.write_bytes(path.read_bytes()[:-3000])
+    for frame in (None, 0):
+        with pytest.raises(UnusableImageError, match="does not hold the .* frames of the header"):
+            read_image(path, frame=frame)
 
 
 # ------------------------------------------------------------------------------------------ colour

@@ -3,7 +3,7 @@ prediction, so that a DICOM is decoded the same way wherever it is used."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from medaug.io.npz import parse_npz_ref, read_npz_image
-from medaug.io.readers import read_image_with_meta
+from medaug.io.readers import read_dicom_frames, read_image_with_meta
 
 
 def read_entry_image(image: str, *, channels: int = 1, frame: int | None = None) -> tuple[np.ndarray, dict]:
@@ -47,7 +47,27 @@ class LoadDatalistImaged(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             ref = str(d[key])
-            pixels, meta = read_entry_image(ref, channels=self.channels, frame=d.get(self.frame_key))
-            meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float)) and v is not None}
-            d[key] = MetaTensor(torch.from_numpy(pixels), meta={**meta, "filename_or_obj": ref})
+            d[key] = _meta_tensor(*read_entry_image(ref, channels=self.channels, frame=d.get(self.frame_key)), ref)
         return d
+
+    def frames(self, data: Mapping[Hashable, object], frames: Sequence[int]) -> Iterator[dict]:
+        """``self({**data, frame_key: f})`` for each of ``frames`` of a multi-frame DICOM, in order, with the
+        header read once and each frame decoded once (:func:`medaug.io.readers.read_dicom_frames`), one
+        at a time: what calling this transform per frame gives, without decoding or parsing per frame.
+
+        Raises:
+            UnusableImageError: (while iterating) the file cannot be used, or a frame is out of range.
+        """
+        keys = list(self.key_iterator(dict(data)))
+        if len(keys) != 1:  # several images per entry: per frame, through __call__
+            for frame in frames:
+                yield self({**data, self.frame_key: frame})
+            return
+        ref = str(data[keys[0]])
+        for pixels, meta in read_dicom_frames(ref, frames, channels=self.channels):
+            yield {**data, self.frame_key: meta["frame"], keys[0]: _meta_tensor(pixels, meta, ref)}
+
+
+def _meta_tensor(pixels: np.ndarray, meta: dict, ref: str) -> MetaTensor:
+    meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float)) and v is not None}
+    return MetaTensor(torch.from_numpy(pixels), meta={**meta, "filename_or_obj": ref})

@@ -3,7 +3,10 @@
 Pixels are decoded by MONAI's :class:`monai.transforms.LoadImage` with :class:`monai.data.PydicomReader`,
 :class:`monai.data.PILReader` or :class:`monai.data.NibabelReader`. What those readers leave out for
 display (DICOM VOI LUT/windowing, MONOCHROME1, palette colour, enhanced multi-frame functional groups)
-is added here with pydicom's own helpers; each step says what MONAI lacks.
+is added here with pydicom's own helpers; each step says what MONAI lacks. Frames of a multi-frame
+DICOM are decoded one at a time by pydicom (:func:`pydicom.pixels.iter_pixels`, which reads only the
+frames asked for from the file), since MONAI's reader decodes every frame into memory at once;
+:func:`read_dicom_frames` streams them.
 
 The result is always ``(C, H, W)`` with ``C`` 1 (grayscale, RGB reduced to luma) or 3 (RGB, grayscale
 replicated), values in ``[0, 1]``, laid out as a person sees the image: row 0 at the top, column 0
@@ -25,6 +28,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -36,8 +40,10 @@ from monai.transforms import LoadImage
 from monai.utils import convert_to_numpy
 from PIL import Image, ImageOps
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder, iter_pixels
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
 from pydicom.uid import ImplicitVRLittleEndian
 
@@ -47,6 +53,7 @@ __all__ = [
     "dicom_to_modality_values",
     "image_kind",
     "is_dicom",
+    "read_dicom_frames",
     "read_dicom_header",
     "read_image",
     "read_image_with_meta",
@@ -210,19 +217,37 @@ def _transfer_syntax(ds: Dataset) -> UID:
     return ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian
 
 
-def _at_pixel_tag(fh) -> bool:
-    """Whether ``fh`` (left by ``stop_before_pixels``) is at a (7FE0,xxxx) pixel data tag."""
+@dataclass(frozen=True)
+class _PixelElement:
+    """Where the pixel data value starts in the file, its declared length (0xFFFFFFFF: encapsulated)
+    and byte order, as found at the end of the header."""
+
+    offset: int
+    length: int
+    little_endian: bool
+
+
+def _at_pixel_tag(fh) -> _PixelElement | None:
+    """The pixel data element ``fh`` (left by ``stop_before_pixels``) is at, if it is at a (7FE0,xxxx) tag."""
     tag = fh.read(4)
     if len(tag) < 4:
-        return False
-    return any(
-        group == 0x7FE0 and element in _PIXEL_ELEMENTS
-        for group, element in (struct.unpack("<HH", tag), struct.unpack(">HH", tag))
-    )
+        return None
+    for order in "<>":
+        group, element = struct.unpack(f"{order}HH", tag)
+        if group == 0x7FE0 and element in _PIXEL_ELEMENTS:
+            rest = fh.read(8)
+            if len(rest) < 4:
+                return _PixelElement(fh.tell(), 0, order == "<")
+            start = fh.tell() - len(rest)
+            if rest[:2] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN") and len(rest) == 8:
+                return _PixelElement(start + 8, struct.unpack(f"{order}L", rest[4:])[0], order == "<")  # VR, 00, length
+            return _PixelElement(start + 4, struct.unpack(f"{order}L", rest[:4])[0], order == "<")  # implicit VR
+    return None
 
 
-def _read_header_dataset(path: str | os.PathLike) -> tuple[Dataset, dict, bool]:
-    """``(header-only dataset, header dict, bare)``; ``bare``: no preamble, pydicom needs ``force``."""
+def _read_header_dataset(path: str | os.PathLike) -> tuple[Dataset, dict, bool, _PixelElement | None]:
+    """``(header-only dataset, header dict, bare, pixel element)``; ``bare``: no preamble, pydicom needs
+    ``force``; the pixel element is None for a deflated dataset (its file positions mean nothing)."""
     head = _probe(path, 132)
     bare = head[128:132] != b"DICM"
     if bare and not _looks_like_bare_dicom(path, head):
@@ -233,18 +258,21 @@ def _read_header_dataset(path: str | os.PathLike) -> tuple[Dataset, dict, bool]:
             ds = pydicom.dcmread(fh, stop_before_pixels=True, force=bare)
             # stop_before_pixels leaves the file at the pixel tag, if any: 4 bytes say whether it is
             # there, without reading (or, for encapsulated data, scanning) the pixel data itself
-            has_pixels = _at_pixel_tag(fh)
+            element = _at_pixel_tag(fh)
+            has_pixels = element is not None
     except UnusableImageError:
         raise
     except Exception as err:
         raise UnusableImageError(path, "unreadable DICOM header") from err
+    if _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
+        element = None  # positions in the inflated stream, not the file
     if not has_pixels and _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
         # a deflated dataset is inflated in memory, so the file position above means nothing
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 full = pydicom.dcmread(path, force=bare)
-            has_pixels = any(k in full for k in _PIXEL_KEYWORDS)
+            has_pixels, element = any(k in full for k in _PIXEL_KEYWORDS), None
         except Exception as err:
             raise UnusableImageError(path, "unreadable DICOM header") from err
     if not has_pixels:
@@ -276,7 +304,7 @@ def _read_header_dataset(path: str | os.PathLike) -> tuple[Dataset, dict, bool]:
         "number_of_frames": max(frames, 1),
         "transfer_syntax": str(_transfer_syntax(ds)),
     }
-    return ds, header, bare
+    return ds, header, bare, element
 
 
 def read_dicom_header(path: str | os.PathLike) -> dict:
@@ -318,6 +346,15 @@ class _KeepDatasetPydicomReader(PydicomReader):
             self.dataset = ds
         return ds
 
+    # MONAI converts the whole header to JSON (``to_json_dict``) for its metadata and derives an affine from
+    # it: a third of the decoding time of a small file. Only the pixels of MONAI's result are kept here (the
+    # metadata of read_image comes from the header), so it gets no metadata and an identity affine.
+    def _get_meta_dict(self, img) -> dict:
+        return {}
+
+    def _get_affine(self, metadata: dict, lps_to_ras: bool = True) -> np.ndarray:
+        return np.eye(4)
+
 
 @cache
 def _loader() -> LoadImage:
@@ -346,17 +383,20 @@ def _percentile_to_unit(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     step = max(1, int(np.sqrt(values.size / _PERCENTILE_SAMPLE)))
     sample = values[::step, ::step] if values.ndim >= 2 else values[::step]
-    sample = sample[np.isfinite(sample)]
+    sample = sample[np.isfinite(sample)]  # a copy, which the percentiles may reorder
     if sample.size == 0:
         return np.zeros(values.shape, dtype=np.float32)
-    lo, hi = np.percentile(sample, _PERCENTILES)
+    lo, hi = np.percentile(sample, _PERCENTILES, overwrite_input=True)
     if hi <= lo:
         finite = values[np.isfinite(values)]
         lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.float32)
-    out = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+    out = np.subtract(values, lo)  # (values - lo) / (hi - lo) clipped, in place
+    out /= hi - lo
+    np.clip(out, 0.0, 1.0, out=out)
+    np.putmask(out, np.isnan(out), 0.0)  # infinities are clipped already
+    return out.astype(np.float32)
 
 
 def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -423,11 +463,12 @@ def _first(value: Any) -> float:
 class _DicomFrame:
     """One decoded frame of a DICOM file plus the dataset and header it came from."""
 
-    pixels: np.ndarray  # (H, W) or (H, W, samples), as MONAI returned it
-    ds: Dataset
+    pixels: np.ndarray  # (H, W) or (H, W, samples), as MONAI returns it (top-level rescale applied)
+    ds: Dataset  # the full dataset (single frame) or the header without pixel data (a frame of several)
     header: dict
     index: int  # frame index used
     original_shape: tuple  # all frames, as decoded
+    stored: np.ndarray | None = None  # the frame's stored values, when decoded frame by frame
 
 
 def _dicom_failure_reason(ds: Dataset | None) -> str:
@@ -441,23 +482,16 @@ def _dicom_failure_reason(ds: Dataset | None) -> str:
     return "truncated or corrupt pixel data"
 
 
-def _decode_dicom(path, frame: int | None, min_size: int) -> _DicomFrame:
-    """Header checks, then decode through MONAI's ``LoadImage(PydicomReader)``, then pick the frame.
-
-    ``PydicomReader(swap_ij=False)``: MONAI's default ``swap_ij=True`` swaps the first two axes to
-    match ITK/NIfTI (i, j) indexing, which returns (columns, rows) for a 2D image and
-    (rows, frames, columns) for a multi-frame one. Without the swap the array is pydicom's
-    ``pixel_array`` layout, (frames,) rows, columns(, samples), as the radiologist sees it.
-    """
-    header_ds, header, bare = _read_header_dataset(path)
+def _checked_header(path, min_size: int) -> tuple[Dataset, dict, bool, int, _PixelElement | None]:
+    """``(header dataset, header dict, bare, samples per pixel, pixel element)`` of a DICOM whose pixels can
+    be decoded: size, claimed size and an installed decoder are checked before any pixel is read."""
+    header_ds, header, bare, element = _read_header_dataset(path)
     _check_size(path, header["rows"], header["columns"], min_size)
     try:
         samples = int(header_ds.get("SamplesPerPixel") or 1)
     except (TypeError, ValueError):
         samples = 1
     _check_not_huge(path, header, samples)
-    frames = header["number_of_frames"]
-    index = _pick_index(path, frame, frames, "frame")
     uid = UID(header["transfer_syntax"])
     try:
         available = get_decoder(uid).is_available
@@ -466,6 +500,108 @@ def _decode_dicom(path, frame: int | None, min_size: int) -> _DicomFrame:
     if not available:
         name = f" '{uid.name}'" if uid.name != uid else ""
         raise UnusableImageError(path, f"unsupported transfer syntax {uid}{name} (no decoder installed)")
+    return header_ds, header, bare, samples, element
+
+
+def _check_all_frames_present(path, ds: Dataset, header: dict, element: _PixelElement | None) -> None:
+    """Refuse a multi-frame file whose pixel data does not hold the frames its header claims, though
+    only some frames are decoded: decoding all of them (as MONAI does) would fail, so using one would
+    hide a truncated or mislabelled file. Checks the declared length against pydicom's
+    ``get_expected_length`` and the end of the file (native data), or the fragment items up to the
+    sequence delimiter (encapsulated data); pydicom's frame-wise decoding checks neither."""
+    if element is None:  # deflated: inflated and validated as a whole by pydicom
+        return
+    size = os.path.getsize(path)
+    if element.length != 0xFFFFFFFF:
+        expected = get_expected_length(ds, "bytes")
+        frame = expected // max(header["number_of_frames"], 1)
+        if element.length < expected or element.length >= expected + max(frame, 2) or element.offset + element.length > size:
+            raise UnusableImageError(path, f"pixel data does not hold the {header['number_of_frames']} frames of "
+                                     "the header (truncated file or wrong Number of Frames)")  # fmt: skip
+        return
+    order = "<" if element.little_endian else ">"
+    with open(path, "rb") as fh:
+        fh.seek(element.offset)
+        try:
+            parse_basic_offsets(fh, endianness=order)
+            count, offsets = parse_fragments(fh, endianness=order)
+            if offsets:  # after the last fragment: the sequence delimiter (FFFE,E0DD)
+                fh.seek(offsets[-1] + 4)
+                fh.seek(struct.unpack(f"{order}L", fh.read(4))[0], 1)
+            end = fh.read(4)
+        except (ValueError, struct.error) as err:
+            raise UnusableImageError(path, "truncated or corrupt pixel data") from err
+    if count < header["number_of_frames"] or len(end) < 4 or struct.unpack(f"{order}HH", end) != (0xFFFE, 0xE0DD):
+        raise UnusableImageError(path, f"pixel data does not hold the {header['number_of_frames']} frames of the "
+                                 "header (truncated file or wrong Number of Frames)")  # fmt: skip
+
+
+def _monai_rescale(path, ds: Dataset, stored: np.ndarray) -> np.ndarray:
+    """Stored values rescaled as MONAI's ``PydicomReader`` does it (top-level Rescale Slope/Intercept,
+    float32), for frames that pydicom decodes one at a time, so both paths give the same values."""
+    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
+        return stored
+    try:
+        slope = ds.RescaleSlope if "RescaleSlope" in ds else 1.0
+        offset = ds.RescaleIntercept if "RescaleIntercept" in ds else 0.0
+        return stored.astype(np.float32) * slope + offset
+    except (TypeError, ValueError) as err:
+        raise UnusableImageError(path, "invalid DICOM header values (Rescale Slope/Intercept)") from err
+
+
+def _decode_frames(path, indices: Iterable[int] | None, min_size: int) -> Iterator[_DicomFrame]:
+    """Frames ``indices`` (validated; None: all) of a DICOM, each decoded once, one at a time.
+
+    :func:`pydicom.pixels.iter_pixels` reads the header's group 0028 and then only the frames asked for
+    from the file, so memory holds one frame however many the file has; MONAI's ``PydicomReader``
+    has no such mode (it decodes ``pixel_array``, every frame, into float32 when rescaled). A
+    deflated dataset cannot be read in place and is inflated first.
+    """
+    header_ds, header, bare, samples, element = _checked_header(path, min_size)
+    frames = header["number_of_frames"]
+    indices = [_pick_index(path, i, frames, "frame") for i in (range(frames) if indices is None else indices)]
+    if frames == 1:  # a single frame goes through MONAI's reader, as read_image reads it
+        for index in indices:
+            yield _decode_dicom(path, index, min_size)
+        return
+    _check_all_frames_present(path, header_ds, header, element)
+    expected = (header["rows"], header["columns"]) + ((samples,) if samples > 1 else ())
+    uid = UID(header["transfer_syntax"])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if uid == DeflatedExplicitVRLittleEndian:
+                source = pydicom.dcmread(path, force=bare)
+                source.file_meta.TransferSyntaxUID = uid
+                stream = iter_pixels(source, indices=indices)
+            else:
+                stream = iter_pixels(os.fspath(path), indices=indices, transfer_syntax_uid=uid)
+            for index, stored in zip(indices, stream):
+                if tuple(stored.shape) != expected:
+                    raise UnusableImageError(path, f"pixel data shape {tuple(stored.shape)} of frame {index} does "
+                                             f"not match the header {expected}")  # fmt: skip
+                pixels = _monai_rescale(path, header_ds, stored)
+                yield _DicomFrame(pixels, header_ds, header, index, (frames, *expected), stored)
+    except UnusableImageError:
+        raise
+    except Exception as err:
+        raise UnusableImageError(path, "truncated or corrupt pixel data") from err
+
+
+def _decode_dicom(path, frame: int | None, min_size: int) -> _DicomFrame:
+    """Header checks, then decode through MONAI's ``LoadImage(PydicomReader)``; one frame of a
+    multi-frame file is decoded alone (:func:`_decode_frames`).
+
+    ``PydicomReader(swap_ij=False)``: MONAI's default ``swap_ij=True`` swaps the first two axes to
+    match ITK/NIfTI (i, j) indexing, which returns (columns, rows) for a 2D image and
+    (rows, frames, columns) for a multi-frame one. Without the swap the array is pydicom's
+    ``pixel_array`` layout, (frames,) rows, columns(, samples), as the radiologist sees it.
+    """
+    header_ds, header, bare, *_ = _checked_header(path, min_size)
+    frames = header["number_of_frames"]
+    index = _pick_index(path, frame, frames, "frame")
+    if frames > 1:
+        return next(_decode_frames(path, [index], min_size))
 
     reader = _KeepDatasetPydicomReader(swap_ij=False, force=bare)
     try:
@@ -479,12 +615,9 @@ def _decode_dicom(path, frame: int | None, min_size: int) -> _DicomFrame:
 
     samples = int(ds.get("SamplesPerPixel") or 1)
     expected = (header["rows"], header["columns"]) + ((samples,) if samples > 1 else ())
-    if frames > 1:
-        expected = (frames, *expected)
     if tuple(array.shape) != expected:
         raise UnusableImageError(path, f"pixel data shape {tuple(array.shape)} does not match the header {expected}")
-    pixels = array[index] if frames > 1 else array
-    return _DicomFrame(pixels, ds, header, index, tuple(array.shape))
+    return _DicomFrame(array, ds, header, index, tuple(array.shape))
 
 
 def _modality_values(frame: _DicomFrame) -> np.ndarray:
@@ -504,6 +637,28 @@ def _modality_values(frame: _DicomFrame) -> np.ndarray:
         slope, intercept = float(item.get("RescaleSlope", 1.0)), float(item.get("RescaleIntercept", 0.0))
         return pixels.astype(np.float64) * slope + intercept
     return pixels.astype(np.float64, copy=False)
+
+
+def _linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """:func:`pydicom.pixels.apply_windowing` for the LINEAR VOI LUT function (PS3.3 C.11.2.1.2.1) onto
+    ``[0, 1]``, with the same arithmetic and comparisons, so the same values to the bit. pydicom's
+    version gathers and scatters the pixels through three boolean masks, which on a 1760² radiograph
+    takes a fifth of the time of its JPEG 2000 decoding; this one computes in place.
+
+    Raises:
+        ValueError: ``width`` below 1, as pydicom.
+    """
+    if width < 1:
+        raise ValueError("the Window Width must be at least 1 for a LINEAR windowing operation")
+    center, width = center - 0.5, width - 1
+    values = np.asarray(values, dtype=np.float64)
+    out = np.subtract(values, center)
+    with np.errstate(divide="ignore", invalid="ignore"):  # width 0: every pixel is below or above
+        out /= width
+    out += 0.5
+    np.putmask(out, values <= center - width / 2, 0.0)
+    np.putmask(out, values > center + width / 2, 1.0)
+    return out
 
 
 def _voi_to_unit(values: np.ndarray, frame: _DicomFrame) -> tuple[np.ndarray, dict]:
@@ -543,7 +698,10 @@ def _voi_to_unit(values: np.ndarray, frame: _DicomFrame) -> tuple[np.ndarray, di
             view.BitsStored, view.PixelRepresentation = 1, 0
             view.WindowCenter, view.WindowWidth = center, width
             view.VOILUTFunction = str(source.get("VOILUTFunction") or "LINEAR")
-            out = apply_windowing(values, view)
+            if view.VOILUTFunction.upper() == "LINEAR":
+                out = _linear_window(values, center, width)
+            else:
+                out = apply_windowing(values, view)
             if np.ptp(out) > 0:
                 return out, {**info, "normalization": "window", "window": (center, width),
                              "window_center": center, "window_width": width}  # fmt: skip
@@ -560,9 +718,8 @@ def _dicom_display(frame: _DicomFrame, path) -> tuple[np.ndarray, dict]:
     pixels = frame.pixels
     if photometric == "PALETTE COLOR" or pixels.ndim == 3:
         if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-            # MONAI rescaled colour samples (a non-conformant header); use pydicom's cached raw array
-            raw = ds.pixel_array
-            pixels = raw[frame.index] if frame.header["number_of_frames"] > 1 else raw
+            # MONAI rescaled colour samples (a non-conformant header); use the stored values
+            pixels = frame.stored if frame.stored is not None else ds.pixel_array
         if photometric == "PALETTE COLOR":
             # MONAI returns palette indices; the colour LUT is applied with pydicom's helper
             try:
@@ -608,7 +765,11 @@ def dicom_to_modality_values(path: str | os.PathLike, frame: int | None = None) 
 
 
 def _read_dicom(path, channels: int, frame: int | None, min_size: int) -> tuple[np.ndarray, dict]:
-    decoded = _decode_dicom(path, frame, min_size)
+    return _displayed(_decode_dicom(path, frame, min_size), path, channels)
+
+
+def _displayed(decoded: _DicomFrame, path, channels: int) -> tuple[np.ndarray, dict]:
+    """``(pixels, meta)`` of :func:`read_image_with_meta` for a decoded DICOM frame."""
     try:
         display, meta = _dicom_display(decoded, path)
     except UnusableImageError:
@@ -624,6 +785,32 @@ def _read_dicom(path, channels: int, frame: int | None, min_size: int) -> tuple[
         sop_instance_uid=header["sop_instance_uid"], study_instance_uid=header["study_instance_uid"],
     )  # fmt: skip
     return _to_channels(display, channels), meta
+
+
+def read_dicom_frames(
+    path: str | os.PathLike, frames: Iterable[int] | None = None, *, channels: int = 1, min_size: int = 8
+) -> Iterator[tuple[np.ndarray, dict]]:
+    """``(pixels, meta)`` as :func:`read_image_with_meta` gives them, for several frames of one DICOM.
+
+    The header is read and checked once and each frame is decoded once, one at a time, straight from
+    the file (:func:`pydicom.pixels.iter_pixels`): memory holds one frame of stored values however
+    many the file has, and the caller decides how many results it keeps. A single-frame file yields
+    its one image (``frames`` None or ``[0]``).
+
+    Args:
+        frames: frame indices, in the order wanted; None means every frame.
+
+    Raises:
+        UnusableImageError: (while iterating) anything :func:`read_image` would reject, or a frame index out
+            of range; frames already yielded stay valid.
+        ValueError: ``channels`` is not 1 or 3.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if image_kind(path) != "dicom":
+        raise UnusableImageError(path, "not a DICOM file")
+    for decoded in _decode_frames(path, frames, min_size):
+        yield _displayed(decoded, path, channels)
 
 
 # ------------------------------------------------------------------------------------------ PNG/JPEG

@@ -14,28 +14,39 @@ never a crash.
 The model is either a checkpoint (``{"model": state_dict}``) loaded into the bundle's network, or a
 TorchScript export (``ckpt_export``) loaded with ``torch.jit.load``; the TorchScript path imports no
 network or training code. This module imports no training code either.
+
+Speed and memory: the bundles decode in worker processes (``"parallel": "process"`` in
+``inference.json``; threads hold the GIL through pydicom's parsing and the JPEG 2000 decoder), the
+model meanwhile running on the cores the workers leave. Files are decoded at most
+``max(4 * workers, 2 * batch_size)`` ahead of the model. With ``frames="all"`` a multi-frame file is
+decoded ``batch_size`` frames per task, each frame once (``LoadDatalistImaged.frames``), the tasks
+spread over the workers; memory holds the frames of a few such tasks as model inputs, never the
+file's pixels (the middle frame alone is decoded otherwise).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
 import os
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from monai.transforms import Compose
 from tqdm.auto import tqdm
 
 from medaug.io.hashing import file_sha256
+from medaug.io.loader import LoadDatalistImaged
 from medaug.io.output_set import OutputSet, utc_now
 from medaug.io.phi import hash_uid
 from medaug.io.readers import UnusableImageError, image_kind, read_dicom_header
@@ -153,51 +164,89 @@ def unusable_reason(err: BaseException) -> str:
 
 @dataclass
 class _Decoded:
-    items: list  # [(row fields, tensor (C, H, W))]
+    path: str  # relative, as in the rows
+    items: list  # [(row fields, array (C, H, W))]
     skipped: dict | None
+    more: list = field(default_factory=list)  # (path, relative, frames) tasks for the file's other frames
+
+
+def _split_loader(preprocessing: Callable) -> tuple[LoadDatalistImaged, Callable] | None:
+    """``(loader, the transforms after it)`` when ``preprocessing`` is a ``Compose`` that starts with
+    :class:`LoadDatalistImaged` (every bundle here): then the frames of a multi-frame file are decoded
+    once (``loader.frames``) and only the rest runs per frame. None for any other preprocessing."""
+    transforms = getattr(preprocessing, "transforms", None)
+    if not isinstance(preprocessing, Compose) or not transforms or not isinstance(transforms[0], LoadDatalistImaged):
+        return None
+    rest = Compose(transforms[1:], map_items=preprocessing.map_items, unpack_items=preprocessing.unpack_items,
+                   log_stats=preprocessing.log_stats, lazy=preprocessing.lazy, overrides=preprocessing.overrides)  # fmt: skip
+    return transforms[0], rest
 
 
 class _Decoder:
-    """Decode one file into model inputs (one per frame used) or a skip record; thread-safe."""
+    """Decode one file into model inputs (one per frame used) or a skip record; thread-safe.
 
-    def __init__(self, preprocessing: Callable, frames: str, modalities: Sequence[str] | None) -> None:
+    With ``frames="all"`` a multi-frame file is decoded ``chunk`` frames per task: the first task
+    returns its first chunk and the tasks for the others (``_Decoded.more``), which the run submits
+    next, so that a file's frames are decoded in parallel and memory holds a few chunks of model
+    inputs, not the whole file.
+    """
+
+    def __init__(self, preprocessing: Callable, frames: str, modalities: Sequence[str] | None,
+                 chunk: int = 32) -> None:  # fmt: skip
         if frames not in ("middle", "all"):
             raise ValueError(f"frames must be 'middle' or 'all', got {frames!r}")
         self.preprocessing = preprocessing
+        self.split = _split_loader(preprocessing)
         self.frames = frames
         self.modalities = {m.strip().upper() for m in modalities} if modalities else None
+        self.chunk = max(1, chunk)
 
-    def __call__(self, item: tuple[Path, str]) -> _Decoded:
-        path, relative = item
+    def __call__(self, item: tuple) -> _Decoded:
+        path, relative, *chunk = item
         try:
-            frames = [None]  # the middle one; the reader says which it used and what the file holds
-            if self.modalities is not None or self.frames == "all":
+            frames, more = [None], []  # the middle one; the reader says which it used and what the file holds
+            if chunk:  # more frames of a file whose header the first task checked
+                frames = chunk[0]
+            elif self.modalities is not None or self.frames == "all":
                 # only then is the header read first: to skip a wrong modality before decoding its pixels
                 header = read_dicom_header(path) if image_kind(path) == "dicom" else None
                 if self.modalities is not None and header is not None:
                     modality = (header.get("modality") or "").strip().upper()
                     if modality not in self.modalities:
                         wanted = ", ".join(sorted(self.modalities))
-                        return _Decoded([], {"path": relative, "reason": f"wrong modality for this model "
-                                             f"({modality or 'none given'}; the model takes {wanted})"})  # fmt: skip
+                        return _Decoded(relative, [], {"path": relative, "reason": f"wrong modality for this model "
+                                        f"({modality or 'none given'}; the model takes {wanted})"})  # fmt: skip
                 if self.frames == "all" and header is not None and header["number_of_frames"] > 1:
-                    frames = list(range(header["number_of_frames"]))
-            out = []
-            for frame in frames:
-                image = self.preprocessing({"image": str(path), "frame": frame})["image"]
-                meta = getattr(image, "meta", None) or {}
-                used = meta.get("frame") if frame is None else frame
-                fields = {
-                    "path": relative,
-                    "frame": int(used) if int(meta.get("number_of_frames") or 1) > 1 and used is not None else "",
-                    "sop_instance_uid": str(meta.get("sop_instance_uid") or ""),
-                    "study_instance_uid": str(meta.get("study_instance_uid") or ""),
-                }
-                # numpy, not torch: crosses a process boundary as plain bytes
-                out.append((fields, np.ascontiguousarray(torch.as_tensor(image).float().numpy())))
-            return _Decoded(out, None)
+                    every = range(header["number_of_frames"])
+                    frames = list(every[: self.chunk])
+                    more = [(path, relative, list(every[i : i + self.chunk])) for i in range(self.chunk, len(every), self.chunk)]  # fmt: skip
+            out = [self._fields(image, relative, frame) for frame, image in self._images(path, frames)]
+            return _Decoded(relative, out, None, more)
         except Exception as err:  # one bad file never stops the run
-            return _Decoded([], {"path": relative, "reason": unusable_reason(err)})
+            return _Decoded(relative, [], {"path": relative, "reason": unusable_reason(err)})
+
+    def _images(self, path: Path, frames: list) -> Iterator[tuple]:
+        """``(frame asked for, preprocessed image)`` for each of ``frames``; decoded once if several."""
+        if len(frames) > 1 and self.split is not None:
+            loader, rest = self.split
+            for data in loader.frames({"image": str(path)}, frames):
+                yield data["frame"], rest(data)["image"]
+            return
+        for frame in frames:
+            yield frame, self.preprocessing({"image": str(path), "frame": frame})["image"]
+
+    @staticmethod
+    def _fields(image, relative: str, frame: int | None) -> tuple[dict, np.ndarray]:
+        meta = getattr(image, "meta", None) or {}
+        used = meta.get("frame") if frame is None else frame
+        fields = {
+            "path": relative,
+            "frame": int(used) if int(meta.get("number_of_frames") or 1) > 1 and used is not None else "",
+            "sop_instance_uid": str(meta.get("sop_instance_uid") or ""),
+            "study_instance_uid": str(meta.get("study_instance_uid") or ""),
+        }
+        # numpy, not torch: crosses a process boundary as plain bytes
+        return fields, np.ascontiguousarray(torch.as_tensor(image).float().numpy())
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -232,6 +281,23 @@ def _executor(parallel: str, workers: int, decoder: _Decoder) -> tuple[Executor,
                                    initargs=(decoder,))  # fmt: skip
         return pool, _decode_in_worker
     raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
+
+
+@contextlib.contextmanager
+def _model_threads(parallel: str, workers: int, device: str | torch.device) -> Iterator[None]:
+    """While worker processes decode on ``workers`` cores, the model (on CPU) gets the cores left, at least
+    one, instead of one thread per core: OpenMP threads that spin-wait on cores the decoders need slow
+    both down."""
+    if parallel != "process" or torch.device(device).type != "cpu":
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, cores - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -318,14 +384,16 @@ def predict_folder(
         model: from :func:`load_model`; its output are logits, one per class (softmax applied here,
             as the bundle's ``postprocessing``).
         preprocessing: the bundle's validation transforms, called on ``{"image": path, "frame": f}``.
-        frames: ``"middle"`` frame of multi-frame files, or ``"all"`` (one prediction per frame).
+        frames: ``"middle"`` frame of multi-frame files, or ``"all"`` (one prediction per frame, the
+            frames decoded ``batch_size`` per task).
         modalities: DICOM modalities the model takes (e.g. ``["US"]``); others are skipped as
             "wrong modality for this model". None takes any. Non-DICOM files have no modality.
-        workers: decoding threads (default ``min(4, cpu count)``).
+        workers: decoding threads or processes (default ``min(4, cpu count)``).
         model_info: ``model_name``, ``model_version``, ``checkpoint_sha256`` copied into every row.
         uid_salt: when given, SOP/Study Instance UIDs are replaced by ``hash_uid(uid, salt)``.
         parallel: ``"thread"`` (decoding threads in this process) or ``"process"`` (worker processes,
-            one torch thread each: no GIL contention, at the cost of starting them).
+            one torch thread each: no GIL contention, at the cost of starting them; the model then
+            gets the CPU cores they leave, at least one; the bundles' default).
 
     Returns:
         a :class:`PredictionSummary`; ``exit_code`` is 0 when every file was used, 3 when some were skipped.
@@ -338,7 +406,7 @@ def predict_folder(
     info = {"model_name": "", "model_version": "", "checkpoint_sha256": "", **(model_info or {})}
     start = time.perf_counter()
     files, skipped = walk_input(input_dir, exclude)
-    decoder = _Decoder(preprocessing, frames, modalities)
+    decoder = _Decoder(preprocessing, frames, modalities, chunk=batch_size)
     workers = max(1, workers or min(4, os.cpu_count() or 1))
 
     rows: list[dict] = []
@@ -370,23 +438,51 @@ def predict_folder(
     window = max(4 * workers, 2 * batch_size)  # files decoded ahead of the model, bounded in memory
     bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not progress, leave=False)
     executor, decode = _executor(parallel, workers, decoder)
-    with executor as pool:
+    with executor as pool, _model_threads(parallel, workers, device):
+        # futures in output order; the first ``in_front`` decode more frames of the file just taken,
+        # which are submitted ``workers + 1`` at a time, ahead of the next files (see _Decoder)
         queue: collections.deque = collections.deque()
-        remaining = iter(files)
+        remaining, frame_tasks, in_front, dropped = iter(files), collections.deque(), 0, set()
         for item in remaining:
             queue.append(pool.submit(decode, item))
             if len(queue) >= window:
                 break
+
+        def submit_frames() -> None:
+            nonlocal in_front
+            queue.insert(in_front, pool.submit(decode, frame_tasks.popleft()))
+            in_front += 1
+
         while queue:
+            more_of_a_file = in_front > 0
             result = queue.popleft().result()
-            nxt = next(remaining, None)
-            if nxt is not None:
+            if more_of_a_file:
+                in_front -= 1
+                if frame_tasks:
+                    submit_frames()
+            elif (nxt := next(remaining, None)) is not None:
                 queue.append(pool.submit(decode, nxt))
-            bar.update(1)
-            if result.skipped:
-                skipped.append(result.skipped)
+            if result.path in dropped:
                 continue
-            used_files += 1
+            if result.skipped:
+                if more_of_a_file:  # a later frame failed: the file is skipped, its earlier frames dropped
+                    dropped.add(result.path)
+                    frame_tasks.clear()
+                    used_files -= 1
+                    rows[:] = [r for r in rows if r["path"] != result.path]
+                    kept = [(f, i) for f, i in zip(pending_fields, pending_images) if f["path"] != result.path]
+                    pending_fields[:], pending_images[:] = [f for f, _ in kept], [i for _, i in kept]
+                skipped.append(result.skipped)
+                if not more_of_a_file:
+                    bar.update(1)
+                continue
+            if not more_of_a_file:
+                used_files += 1
+                bar.update(1)
+            if result.more:
+                frame_tasks.extend(result.more)
+                for _ in range(min(workers + 1, len(frame_tasks))):
+                    submit_frames()
             for fields, image in result.items:
                 pending_fields.append(fields)
                 pending_images.append(torch.from_numpy(image))
