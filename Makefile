@@ -8,7 +8,7 @@ RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 MLFLOW_DIR ?= mlflow-server
 
-.PHONY: install demo test docker-test bench bench-oversampling bench-predict bench-augment bench-data study study-bundles report \
+.PHONY: install demo test docker-test bench bench-oversampling bench-predict bench-augment bench-data bench-bootstrap study study-bundles report \
 	mlflow-ui mlflow-server mlflow-screenshot clean
 
 install: $(STAMP)
@@ -52,6 +52,9 @@ bench-augment: install
 
 bench-data: install
 	$(BIN)/python benchmarks/data_loading.py
+
+bench-bootstrap: install
+	$(BIN)/python benchmarks/bootstrap_ci.py
 # The bundle's study grid (configs/grid.yaml) as MLflow child runs; run again to resume.
 # e.g. make study SEEDS=5, make study STUDY_ARGS="--config smoke.json"
 study: install
