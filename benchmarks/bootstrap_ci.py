@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
 
-from medaug.pipelines.metrics import bootstrap_ci, compute_metrics  # noqa: E402
+from medaug.pipelines.evaluate.metrics import bootstrap_ci, compute_metrics  # noqa: E402
 
 
 def random_case(classes: int, samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

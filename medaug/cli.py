@@ -251,7 +251,7 @@ def show_augmentations(args: argparse.Namespace) -> int:
 
     from medaug.io import read_entry_image
     from medaug.io.npz import parse_npz_ref
-    from medaug.pipelines.augmentation_grid import plot_augmentation_grid
+    from medaug.pipelines.train import plot_augmentation_grid
     from medaug.transforms.presets import AugmentationPlan, PresetError
 
     image = args.image
@@ -341,7 +341,7 @@ def study_run(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from medaug.pipelines.report import ReportError, write_study_report
+    from medaug.pipelines.study import ReportError, write_study_report
 
     try:
         result = write_study_report(

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medaug.pipelines.mlflow_server import LocalMlflowServer  # noqa: E402
+from medaug.pipelines.tracking.server import LocalMlflowServer  # noqa: E402
 
 BUNDLE = REPO / "bundles" / "imbalance_baselines"
 STRATEGIES = ("class_weight", "oversample")

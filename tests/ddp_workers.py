@@ -11,7 +11,7 @@ import torch.distributed as dist
 from ignite.engine import Engine
 
 from medaug.pipelines import distributed as D
-from medaug.pipelines.engine_metrics import epoch_metric
+from medaug.pipelines.train.engine_metrics import epoch_metric
 
 
 def two_ranks(rank: int, port: int, out_dir: str) -> None:

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from medaug.pipelines.cost import measure
+from medaug.pipelines.oversample.cost import measure
 
 
 def test_measure_reports_time_and_the_peak_memory_reached_inside_the_block():

@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 from monai.handlers import CheckpointSaver, EarlyStopHandler, MLFlowHandler, StatsHandler, ValidationHandler
 
 from medaug.pipelines import distributed as D
-from medaug.pipelines.mlflow_server import free_port
-from medaug.pipelines.rebalance import make_distributed_sampler
+from medaug.pipelines.tracking.server import free_port
+from medaug.pipelines.train.rebalance import make_distributed_sampler
 from tests.ddp_workers import two_ranks
 
 

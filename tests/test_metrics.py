@@ -1,4 +1,4 @@
-"""Behaviour of medaug.pipelines.metrics.
+"""Behaviour of medaug.pipelines.evaluate.metrics.
 
 The two small cases below have their confusion matrices written out by hand and every
 expected number derived by hand in the comments, so the tests double as a worked
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import sklearn.metrics as skm
 
-from medaug.pipelines import metrics as M
-from medaug.pipelines.metrics import (
+from medaug.pipelines.evaluate import metrics as M
+from medaug.pipelines.evaluate.metrics import (
     METRIC_NAMES,
     PER_CLASS_METRICS,
     accuracy,
@@ -384,7 +384,7 @@ def test_interval_narrows_with_more_data():
 def test_stratified_resampling_keeps_class_counts():
     y = np.array([0] * 90 + [1] * 10)
     rng = np.random.default_rng(0)
-    idx = M._draw_indices(y, 200, rng, stratified=True)
+    idx = M.draw_indices(y, 200, rng, stratified=True)
     assert idx.shape == (200, 100)
     assert (np.sum(y[idx] == 1, axis=1) == 10).all()
 

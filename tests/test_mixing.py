@@ -9,8 +9,8 @@ from monai.data import MetaTensor
 from monai.engines.utils import PrepareBatchDefault
 
 from medaug.models import build_classifier
-from medaug.pipelines.mixing import MixingPrepareBatch, last_linear_layer, make_prepare_batch
-from medaug.pipelines.rebalance import make_loss
+from medaug.pipelines.train.mixing import MixingPrepareBatch, last_linear_layer, make_prepare_batch
+from medaug.pipelines.train.rebalance import make_loss
 
 
 def batch(size=8, classes=2, seed=0):

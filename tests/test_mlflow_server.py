@@ -4,7 +4,7 @@ temporary folder, 127.0.0.1, a free port), the smoke bundle logging to it throug
 
 import pytest
 
-from medaug.pipelines.mlflow_server import LocalMlflowServer
+from medaug.pipelines.tracking.server import LocalMlflowServer
 from tests.test_bundle_e2e import CONFIGS, EXPECTED_ARTIFACTS, run_bundle
 
 pytestmark = pytest.mark.slow

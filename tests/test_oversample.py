@@ -12,11 +12,11 @@ import torch
 from monai.transforms import RandAffined, RandFlipd
 from PIL import Image
 
-import medaug.pipelines.oversample as oversample_module
+import medaug.pipelines.oversample.stage as oversample_module
 from medaug.io import build_study_data
 from medaug.models.diff_augment import diff_augment
 from medaug.models.latent_diffusion import ClassConditionalLDM
-from medaug.pipelines.oversample import MANIFEST_COLUMNS, METHODS, OversampleStage, real_id, requested_counts
+from medaug.pipelines.oversample.stage import MANIFEST_COLUMNS, METHODS, OversampleStage, real_id, requested_counts
 
 TINY = {
     "image_size": [16, 16],

@@ -1,4 +1,4 @@
-"""Behaviour of medaug.pipelines.plots: headless PNGs, written atomically."""
+"""Behaviour of medaug.pipelines.evaluate.plots: headless PNGs, written atomically."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medaug.pipelines.plots import plot_confusion_matrix, plot_roc_curves, plot_training_curves
+from medaug.pipelines.evaluate.plots import plot_confusion_matrix, plot_roc_curves, plot_training_curves
 
 
 def _case(k: int, n: int = 60, seed: int = 0):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medaug.pipelines.rebalance import class_weights, make_loss, make_sampler
+from medaug.pipelines.train.rebalance import class_weights, make_loss, make_sampler
 
 
 def test_class_weights_are_inverse_frequency():

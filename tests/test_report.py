@@ -11,9 +11,9 @@ from mlflow.entities import Metric
 import numpy as np
 import pytest
 
-from medaug.pipelines import stats
-from medaug.pipelines.metrics import compute_metrics
-from medaug.pipelines.report import ReportError, write_study_report
+from medaug.pipelines.evaluate import stats
+from medaug.pipelines.evaluate.metrics import compute_metrics
+from medaug.pipelines.study.report import ReportError, write_study_report
 
 N = 60
 Y = np.array([0, 1, 1, 1] * (N // 4))  # class 0 is the minority

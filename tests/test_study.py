@@ -14,10 +14,10 @@ import mlflow
 import pytest
 import yaml
 
-from medaug.pipelines import study_lock
-from medaug.pipelines.study import (GridError, StudyLocked, StudyLockLost, StudyRunner, config_hash, expand_grid,
-                                    load_grid, parse_grid)
-from medaug.pipelines.tracking import RunTracker, environment_tags
+from medaug.pipelines.study import lock as study_lock
+from medaug.pipelines.study import GridError, StudyLocked, StudyLockLost, StudyRunner, load_grid
+from medaug.pipelines.study.grid import config_hash, expand_grid, parse_grid
+from medaug.pipelines.tracking.tracker import RunTracker, environment_tags
 from tests.conftest import BUNDLE
 
 

@@ -8,8 +8,8 @@ import time
 import mlflow
 import pytest
 
-from medaug.pipelines import study_lock
-from medaug.pipelines.study_lock import LOCK_TAG, StudyLock, StudyLocked, StudyLockLost
+from medaug.pipelines.study import lock as study_lock
+from medaug.pipelines.study.lock import LOCK_TAG, StudyLock, StudyLocked, StudyLockLost
 
 
 @pytest.fixture(scope="module")

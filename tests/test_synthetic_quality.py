@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from medaug.pipelines.synthetic_quality import (
+from medaug.pipelines.oversample.quality import (
     assess_synthetic,
     fit_feature_network,
     frechet_distance,
@@ -111,7 +111,7 @@ def test_fid_of_ill_conditioned_features_agrees_with_an_eigendecomposition():
 def test_fid_falls_back_to_a_ridge_when_monais_square_root_is_complex(monkeypatch):
     """The ridge-regularised retry (taken when MONAI rejects an imaginary square root, as it does
     for these features on some CPUs) is forced here, so it is exercised on every machine."""
-    import medaug.pipelines.synthetic_metrics as synthetic_metrics
+    import medaug.pipelines.oversample.quality_metrics as synthetic_metrics
 
     class ComplexSquareRoot:
         def __call__(self, y_pred, y):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from medaug.pipelines.engine_metrics import epoch_metric, stack_pred_label
-from medaug.pipelines.tracking import RunTracker, artifact_location_for, default_tracking_uri, flatten, safe_key
+from medaug.pipelines.train.engine_metrics import epoch_metric, stack_pred_label
+from medaug.pipelines.tracking.tracker import RunTracker, artifact_location_for, default_tracking_uri, flatten, safe_key
 
 
 def test_embedded_store_under_output_dir_unless_the_environment_says_otherwise(tmp_path, monkeypatch):

@@ -1,2 +1,25 @@
-"""Stages callable from bundle configs: rebalancing, metrics and plots, MLflow tracking, test
-evaluation and folder prediction."""
+"""medaug's stages, filed in the order the data flows through a study (imports nothing).
+
+::
+
+    source folder / CSV / NPZ  --medaug.io-->  datalist (train/val/test, leaks, skipped.csv)
+        |
+        v
+    oversample/   train split -> train split + synthetic minority images (manifest, quality, cost)
+        |
+        v
+    train/        datalist -> loss, sampler, mixing, engine metrics, augmentation grid (for MONAI's trainer)
+        |
+        v
+    evaluate/     checkpoint + test split -> test_<metric> with CIs, per-class scores, predictions, plots
+        |
+        v
+    study/        grid of bundle runs -> MLflow parent + child runs -> report (tables, tests, plots)
+
+    predict.py    checkpoint + DICOM/image folder -> predictions.csv (no training code loaded)
+    tracking/     MLflow runs of every stage, the tag vocabulary, a local server (a service, not a stage)
+    distributed.py  torchrun/DDP helpers: ranks, rank-0-only handlers (a service, not a stage)
+
+Each subpackage's ``__init__`` is its face: what bundle configs (``medaug.pipelines.<stage>.<name>``)
+and the CLI use. This file imports nothing, so ``import medaug.pipelines.predict`` stays light.
+"""

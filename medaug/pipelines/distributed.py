@@ -13,7 +13,7 @@ those libraries do not offer as one call:
   oversampled images and their manifest) runs on rank 0 while the others wait at a barrier, then
   the others run it and find the cache filled;
 * :func:`on_rank0_and_share`: rank 0 computes a value, every rank receives it (the run name's
-  timestamp, see :func:`medaug.pipelines.tracking.timestamp`);
+  timestamp, see :func:`medaug.pipelines.tracking.tracker.timestamp`);
 * :func:`rank0_handlers`: the handler lists of the single-process config, minus the handlers that
   write (checkpoints, MLflow, reports, console) on ranks other than 0.
 
@@ -181,7 +181,7 @@ def _writer_types() -> tuple[type, ...]:
         CheckpointSaver, ClassificationSaver, MetricsSaver, MLFlowHandler, StatsHandler, TensorBoardStatsHandler,
     )  # fmt: skip
 
-    from medaug.pipelines.tracking import RunTracker
+    from medaug.pipelines.tracking.tracker import RunTracker
 
     return (CheckpointSaver, ClassificationSaver, MetricsSaver, MLFlowHandler, StatsHandler, TensorBoardStatsHandler,
             ProgressBar, RunTracker)  # fmt: skip

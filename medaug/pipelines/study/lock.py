@@ -35,9 +35,9 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-logger = logging.getLogger("medaug.study")
+from medaug.pipelines.tracking.tags import LOCK_TAG
 
-LOCK_TAG = "medaug.study_lock"
+logger = logging.getLogger("medaug.study")
 
 
 class StudyLocked(RuntimeError):

@@ -32,14 +32,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from medaug.io.atomic import atomic_path, write_csv_atomic, write_json_atomic
-from medaug.pipelines.feature_network import (
+from medaug.pipelines.oversample.feature_network import (
     FeatureNetwork,
     PenultimateFeatures,
     fit_feature_network,
     load_feature_network,
 )
-from medaug.pipelines.image_batches import as_image_batch, resize_batch
-from medaug.pipelines.synthetic_metrics import (
+from medaug.pipelines.oversample.batches import as_image_batch, resize_batch
+from medaug.pipelines.oversample.quality_metrics import (
     frechet_distance,
     knn_precision_recall,
     ms_ssim_diversity,

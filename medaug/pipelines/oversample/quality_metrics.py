@@ -17,7 +17,7 @@ from monai.metrics import FIDMetric, MultiScaleSSIMMetric
 from monai.metrics.fid import _cov, compute_frechet_distance
 from sklearn.neighbors import NearestNeighbors
 
-from medaug.pipelines.image_batches import (
+from medaug.pipelines.oversample.batches import (
     as_image_batch,
     common_channels,
     common_size,

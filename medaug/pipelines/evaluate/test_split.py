@@ -18,8 +18,8 @@ import torch
 from ignite.engine import Events
 
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
-from medaug.pipelines import metrics as M
-from medaug.pipelines import plots
+from medaug.pipelines.evaluate import metrics as M
+from medaug.pipelines.evaluate import plots
 
 logger = logging.getLogger("medaug.evaluate")
 
@@ -96,7 +96,7 @@ class TestEvaluation:
         evaluator: a MONAI ``SupervisedEvaluator`` over the test data whose handlers load the checkpoint.
         class_names: names of the classes, in label order.
         output_dir: where metrics, predictions and plots are written (then logged to MLflow).
-        tracker: the run's :class:`~medaug.pipelines.tracking.RunTracker` (None: no MLflow).
+        tracker: the run's :class:`~medaug.pipelines.tracking.tracker.RunTracker` (None: no MLflow).
         positive_class: name or index of the positive class for binary metrics.
         checkpoint: the checkpoint to log as an artifact.
         n_bootstrap: bootstrap resamples for the 95% CIs (>= 1000 for reports).

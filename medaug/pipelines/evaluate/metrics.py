@@ -309,7 +309,7 @@ def auc(y_true, y_prob, *, positive_class: int = 1, average="binary"):
 # ------------------------------------------------------------ vectorised (R resamples)
 
 
-def _confusion_matrices(yt: np.ndarray, yp: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+def confusion_matrices(yt: np.ndarray, yp: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
     """``(R, K, K)`` confusion matrices (rows: truth, columns: prediction), one per row
     of the resample index array ``idx`` of shape ``(R, M)``."""
     r = idx.shape[0]
@@ -318,7 +318,7 @@ def _confusion_matrices(yt: np.ndarray, yp: np.ndarray, idx: np.ndarray, k: int)
     return np.bincount(cell.ravel(), minlength=r * k * k).reshape(r, k, k).astype(np.float64)
 
 
-def _confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
+def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     """All confusion-matrix metrics for a stack of confusion matrices ``(R, K, K)``.
 
     Per-class entries are ``(R, K)``, global ones ``(R,)``. Formulas are those of
@@ -414,7 +414,7 @@ def _metrics_for_resamples(
         counts = np.ones((1, n))
     else:
         counts = _resample_counts(idx, n)
-    per = _confusion_metrics(_confusion_matrices(yt, yp, idx, k))
+    per = confusion_metrics(confusion_matrices(yt, yp, idx, k))
     per["auc"] = _auc_per_class(yt, prob, counts)
     out: dict[str, np.ndarray] = {}
     for name in METRIC_NAMES:
@@ -480,7 +480,8 @@ def compute_metrics(
     return out
 
 
-def _draw_indices(yt: np.ndarray, n_resamples: int, rng: np.random.Generator, stratified: bool):
+def draw_indices(yt: np.ndarray, n_resamples: int, rng: np.random.Generator, stratified: bool):
+    """``(n_resamples, n)`` bootstrap index arrays; stratified keeps each class's count."""
     n = yt.shape[0]
     dtype = np.int32 if n < 2**31 else np.int64
     if not stratified:
@@ -525,7 +526,7 @@ def bootstrap_ci(
     if n == 0:
         raise ValueError("bootstrap_ci needs at least one sample")
     rng = np.random.default_rng(seed)
-    idx = _draw_indices(yt, int(n_resamples), rng, stratified)
+    idx = draw_indices(yt, int(n_resamples), rng, stratified)
 
     chunk = max(1, _CHUNK_ELEMENTS // n)
     parts = [_metrics_for_resamples(yt, prob, idx[i : i + chunk], pc) for i in range(0, idx.shape[0], chunk)]

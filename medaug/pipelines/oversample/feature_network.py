@@ -35,7 +35,7 @@ from torch import nn
 
 from medaug.io.atomic import atomic_path
 from medaug.models import build_classifier
-from medaug.pipelines.image_batches import as_image_batch, match_channels, resize_batch
+from medaug.pipelines.oversample.batches import as_image_batch, match_channels, resize_batch
 
 logger = logging.getLogger("medaug.synthetic_quality")
 

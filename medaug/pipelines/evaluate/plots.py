@@ -26,20 +26,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, roc_curve
 
-from medaug.pipelines.metrics import auc as _auc
+from medaug.pipelines.evaluate.metrics import auc as _auc
 
 __all__ = ["plot_confusion_matrix", "plot_roc_curves", "plot_training_curves"]
 
 _DPI = 120
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A headless figure (Agg canvas, no pyplot state), constrained layout, at the plots' DPI."""
     fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save_atomic(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path) -> Path:
     """Save ``fig`` to ``path`` via a temp file in the same folder + ``os.replace``."""
     path = Path(path)
     if not path.suffix:
@@ -101,7 +102,7 @@ def plot_confusion_matrix(
     vmax = 1.0 if normalize else max(float(cm.max()), 1.0)
 
     size = 2.2 + 0.9 * k
-    fig = _new_figure(size + 1.0, size)
+    fig = new_figure(size + 1.0, size)
     ax = fig.add_subplot()
     im = ax.imshow(shade, cmap="Blues", vmin=0.0, vmax=vmax)
     cbar = fig.colorbar(im, ax=ax, shrink=0.8)
@@ -117,7 +118,7 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"Confusion matrix (n={int(cm.sum())})")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def _fmt_auc(value: float) -> str:
@@ -138,7 +139,7 @@ def plot_roc_curves(
     Binary (2 classes): one curve, for ``positive_class`` scored by its probability
     column. Multi-class: one one-vs-rest curve per class, plus the macro-average curve
     (per-class TPRs interpolated on a common FPR grid and averaged; its legend AUC is the
-    macro one-vs-rest AUC of :func:`medaug.pipelines.metrics.auc`). A class whose curve is
+    macro one-vs-rest AUC of :func:`medaug.pipelines.evaluate.metrics.auc`). A class whose curve is
     undefined (absent from, or the only class in, ``y_true``) is listed as undefined.
     """
     yt = _labels(y_true, "y_true")
@@ -157,7 +158,7 @@ def plot_roc_curves(
     per_class_auc = _auc(yt, prob, average=None)
     classes = [int(positive_class)] if k == 2 else list(range(k))
 
-    fig = _new_figure(6.0, 5.5)
+    fig = new_figure(6.0, 5.5)
     ax = fig.add_subplot()
     grid = np.linspace(0.0, 1.0, 201)
     tprs = []
@@ -186,7 +187,7 @@ def plot_roc_curves(
     ax.set_title(title or ("ROC curve" if k == 2 else "ROC curves (one-vs-rest)"))
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def _is_loss(name: str) -> bool:
@@ -207,7 +208,7 @@ def plot_training_curves(
     series is accepted; empty series are skipped, non-finite values are not drawn, and
     a panel without data says so instead of failing.
     """
-    fig = _new_figure(11.0, 4.2)
+    fig = new_figure(11.0, 4.2)
     ax_loss, ax_metric = fig.subplots(1, 2)
     drawn = {id(ax_loss): 0, id(ax_metric): 0}
     for name, series in (history or {}).items():
@@ -230,4 +231,4 @@ def plot_training_curves(
     ax_metric.set_title("metrics")
     if title:
         fig.suptitle(title)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)

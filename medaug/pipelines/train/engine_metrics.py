@@ -3,7 +3,7 @@ log to MLflow on them.
 
 Ignite's ``EpochMetric`` keeps every prediction of an epoch and calls a function of
 (probabilities, labels); MONAI has no balanced-accuracy handler, so the function comes from
-:mod:`medaug.pipelines.metrics`. Under DDP the predictions of all ranks are gathered before the
+:mod:`medaug.pipelines.evaluate.metrics`. Under DDP the predictions of all ranks are gathered before the
 function runs, so every rank computes the metric of the whole validation set.
 """
 
@@ -14,7 +14,7 @@ from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
 from monai.utils import evenly_divisible_all_gather
 
-from medaug.pipelines import metrics as M
+from medaug.pipelines.evaluate import metrics as M
 
 
 def stack_pred_label(output) -> tuple[torch.Tensor, torch.Tensor]:

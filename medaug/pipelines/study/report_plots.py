@@ -1,6 +1,6 @@
 """Figures of a study report: metrics by strategy with CIs, amount sweeps, image quality vs gain.
 
-Headless and atomic like :mod:`medaug.pipelines.plots` (whose figure helpers they share).
+Headless and atomic like :mod:`medaug.pipelines.evaluate.plots` (whose figure helpers they share).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from medaug.pipelines.plots import _new_figure, _save_atomic
+from medaug.pipelines.evaluate.plots import new_figure, save_figure
 
 __all__ = ["plot_metrics_by_strategy", "plot_amount_sweep", "plot_quality_vs_gain"]
 
@@ -32,7 +32,7 @@ def plot_metrics_by_strategy(cells: Sequence[str], metrics: Sequence[str], value
     cols = min(3, n)
     rows = math.ceil(n / cols)
     height = max(2.4, 0.35 * len(cells) + 1.2)
-    fig = _new_figure(4.2 * cols, height * rows)
+    fig = new_figure(4.2 * cols, height * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     y = np.arange(len(cells))
     for ax, metric in zip(axes, metrics):
@@ -56,14 +56,14 @@ def plot_metrics_by_strategy(cells: Sequence[str], metrics: Sequence[str], value
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.suptitle("test metrics by strategy: seeds (grey), mean with 95% CI over seeds (blue)")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_amount_sweep(series: Mapping[str, Sequence[tuple[float, float, float, float]]], metrics: Sequence[str],
                       path, *, amount_key: str) -> Path:  # fmt: skip
     """Mean metric against the amount of synthetic data, one line per strategy (and other axes),
     with its 95% CI band. ``series[f"{label}|{metric}"]``: ``[(amount, mean, ci_low, ci_high), ...]``."""
-    fig = _new_figure(5.2 * len(metrics), 4.2)
+    fig = new_figure(5.2 * len(metrics), 4.2)
     axes = np.atleast_1d(fig.subplots(1, len(metrics))).ravel()
     for ax, metric in zip(axes, metrics):
         for key, points in series.items():
@@ -84,14 +84,14 @@ def plot_amount_sweep(series: Mapping[str, Sequence[tuple[float, float, float, f
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     fig.suptitle("amount sweep: mean over seeds with 95% CI")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_quality_vs_gain(points: Sequence[tuple[str, float, float]], path, *, quality: str, gain: str) -> tuple[Path, dict]:
     """Scatter of image quality (e.g. FID, lower = better) against the gain over the baseline, with
     Spearman's rank correlation (SciPy). ``points``: ``(label, quality, gain)``."""
     pts = [(lbl, q, g) for lbl, q, g in points if math.isfinite(q) and math.isfinite(g)]
-    fig = _new_figure(6.0, 4.8)
+    fig = new_figure(6.0, 4.8)
     ax = fig.add_subplot()
     rho = p = math.nan
     if pts:
@@ -109,4 +109,4 @@ def plot_quality_vs_gain(points: Sequence[tuple[str, float, float]], path, *, qu
     ax.set_title(f"image quality vs gain (Spearman rho = {rho:.2f}, p = {p:.3g})" if math.isfinite(rho)
                  else "image quality vs gain (too few points for Spearman's rho)")  # fmt: skip
     ax.grid(alpha=0.3)
-    return _save_atomic(fig, path), {"spearman_rho": rho, "p": p, "n": len(pts)}
+    return save_figure(fig, path), {"spearman_rho": rho, "p": p, "n": len(pts)}

@@ -30,13 +30,13 @@ duplicates dropped.
 configs and the grid without its seeds, so a restart or ``--seeds 5`` after ``--seeds 3`` continues
 the same study), launches every child as ``python -m monai.bundle run`` in a subprocess (or any
 ``--launcher``, e.g. ``torchrun``), and makes it a child run through the environment
-(:func:`medaug.pipelines.tracking.environment_tags`): ``mlflow.parentRunId`` and
+(:func:`medaug.pipelines.tracking.tracker.environment_tags`): ``mlflow.parentRunId`` and
 ``medaug.config_hash``, a hash of the configs' contents and the child's overrides. Children
 already FINISHED with their hash are skipped, so a study killed half-way loses at most the child
 it was running; children left RUNNING by a killed runner are marked KILLED and run again.
 
 One runner per study: a lock file in the output folder, and a lock on the tracking store
-(:mod:`medaug.pipelines.study_lock`: a tag on the parent run with a heartbeat), so that runners
+(:mod:`medaug.pipelines.study.lock`: a tag on the parent run with a heartbeat), so that runners
 started from other folders or machines against one shared server refuse to run the same study
 instead of killing each other's children. Children are only marked KILLED or FAILED while the lock
 is held.
@@ -46,8 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import itertools
 import json
 import logging
 import os
@@ -56,212 +54,52 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from medaug.io.atomic import write_json_atomic
 from medaug.processes import arm_parent_death_signal
-from medaug.pipelines.tracking import (
+from medaug.pipelines.study.grid import (
+    Child,
+    Grid,
+    GridError,
+    canonical,
+    config_hash,
+    content_sha,
+    expand_grid,
+    load_grid,
+    parse_grid,
+    validate_grid_keys,
+)
+from medaug.pipelines.tracking.tags import (
+    AMOUNT_KEY_TAG,
+    AXES_TAG,
+    CELL_TAG,
+    HASH_TAG,
+    OVERRIDES_TAG,
     PARENT_RUN_ENV,
     PARENT_TAG,
+    ROLE_TAG,
     RUN_TAGS_ENV,
+    SEED_TAG,
+    STAGE_TAG,
+    STRATEGY_TAG,
+    STUDY_KEY_TAG,
+)
+from medaug.pipelines.tracking.tracker import (
     artifact_location_for,
     default_tracking_uri,
     safe_key,
     search_all_runs,
 )
-from medaug.pipelines.study_lock import StudyLock, StudyLocked, StudyLockLost
+from medaug.pipelines.study.lock import StudyLock, StudyLocked, StudyLockLost
 
 logger = logging.getLogger("medaug.study")
 
-GRID_FIELDS = ("description", "axes", "strategies", "strategy_key", "baseline", "seeds", "seed_key", "amount_key")
 DEFAULT_LAUNCHER = "{python} -m monai.bundle run"
 CACHE_ENV = "MEDAUG_CACHE_DIR"
-# Tags of study runs (the report reads them back).
-ROLE_TAG, STUDY_KEY_TAG, HASH_TAG = "medaug.role", "medaug.study_key", "medaug.config_hash"
-STRATEGY_TAG, CELL_TAG, SEED_TAG, AXES_TAG = "medaug.strategy", "medaug.cell", "medaug.seed", "medaug.axes"
-OVERRIDES_TAG = "medaug.overrides"
-
-
-class GridError(ValueError):
-    """A grid file that cannot be used; the message names the file and the offending key."""
-
-
-def _canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _sha(obj) -> str:
-    return hashlib.sha256(_canonical(obj).encode()).hexdigest()
-
-
-def _label(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def cell_name(strategy: str, axes: dict) -> str:
-    """The strategy with its other axis values: what the seeds of one row of a report share."""
-    rest = ", ".join(f"{k}={_label(v)}" for k, v in axes.items())
-    return f"{strategy} ({rest})" if rest else strategy
-
-
-@dataclass
-class Grid:
-    """A parsed, not yet validated grid (see the module docstring for the file format)."""
-
-    axes: dict[str, list]
-    strategies: dict[str, dict]
-    strategy_key: str
-    baseline: str | None
-    seeds: list[int]
-    seed_key: str = "seed"
-    amount_key: str | None = None
-    description: str = ""
-    source: str = "<grid>"
-
-    @property
-    def named_strategies(self) -> bool:
-        return bool(self.strategies)
-
-    def without_seeds(self) -> dict:
-        return {"axes": self.axes, "strategies": self.strategies, "strategy_key": self.strategy_key,
-                "seed_key": self.seed_key}  # fmt: skip
-
-    def as_dict(self) -> dict:
-        return {"description": self.description, "axes": self.axes, "strategies": self.strategies,
-                "strategy_key": self.strategy_key, "baseline": self.baseline, "seeds": self.seeds,
-                "seed_key": self.seed_key, "amount_key": self.amount_key, "source": self.source}  # fmt: skip
-
-
-def _seed_list(value, where: str) -> list[int]:
-    if isinstance(value, bool):
-        raise GridError(f"{where}: 'seeds' must be a count or a list of integers, got {value!r}")
-    if isinstance(value, int):
-        if value < 1:
-            raise GridError(f"{where}: 'seeds' must be at least 1, got {value}")
-        return list(range(value))
-    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
-        if len(set(value)) != len(value):
-            raise GridError(f"{where}: 'seeds' lists a seed twice: {value}")
-        return list(value)
-    raise GridError(f"{where}: 'seeds' must be a count or a non-empty list of integers, got {value!r}")
-
-
-def parse_grid(data: Mapping, source: str = "<grid>", seeds: int | None = None) -> Grid:
-    """Check the structure of a grid mapping; ``seeds`` (``--seeds N``) replaces its seeds by 0..N-1."""
-    if not isinstance(data, Mapping):
-        raise GridError(f"{source}: a grid must be a mapping with 'axes' (and optional 'strategies'), "
-                        f"got {type(data).__name__}")  # fmt: skip
-    unknown = sorted(set(data) - set(GRID_FIELDS))
-    if unknown:
-        raise GridError(f"{source}: unknown grid field(s) {unknown}; allowed: {list(GRID_FIELDS)}")
-    axes = data.get("axes") or {}
-    if not isinstance(axes, Mapping):
-        raise GridError(f"{source}: 'axes' must map config keys to lists of values")
-    for key, values in axes.items():
-        if not isinstance(values, list) or not values:
-            raise GridError(f"{source}: axis {key!r} must be a non-empty list of values, got {values!r}")
-    strategies = data.get("strategies") or {}
-    if not isinstance(strategies, Mapping) or not all(isinstance(v, Mapping) for v in strategies.values()):
-        raise GridError(f"{source}: 'strategies' must map names to dicts of config overrides")
-    seed_key = str(data.get("seed_key", "seed"))
-    if seed_key in axes or any(seed_key in s for s in strategies.values()):
-        raise GridError(f"{source}: the seed key {seed_key!r} is set by 'seeds', not by an axis or strategy")
-    if strategies:
-        strategy_key = str(data.get("strategy_key", "strategy"))
-        if strategy_key != "strategy":
-            raise GridError(f"{source}: with named 'strategies' the strategy is the name; drop 'strategy_key' "
-                            f"({strategy_key!r})")  # fmt: skip
-    else:
-        if not axes:
-            raise GridError(f"{source}: a grid needs 'axes' or 'strategies'")
-        strategy_key = str(data.get("strategy_key", next(iter(axes))))
-        if strategy_key not in axes:
-            raise GridError(f"{source}: strategy_key {strategy_key!r} is not one of the axes {list(axes)}")
-    amount_key = data.get("amount_key")
-    if amount_key is not None and amount_key not in axes:
-        raise GridError(f"{source}: amount_key {amount_key!r} is not one of the axes {list(axes)}")
-    seed_values = list(range(seeds)) if seeds is not None else _seed_list(data.get("seeds", 1), source)
-    grid = Grid(axes={str(k): list(v) for k, v in axes.items()},
-                strategies={str(k): dict(v) for k, v in strategies.items()}, strategy_key=strategy_key,
-                baseline=None if data.get("baseline") is None else str(data.get("baseline")), seeds=seed_values,
-                seed_key=seed_key, amount_key=amount_key, description=str(data.get("description", "")),
-                source=source)  # fmt: skip
-    labels = [c.strategy for c in expand_grid(grid)]
-    if grid.baseline is not None and grid.baseline not in labels:
-        raise GridError(f"{source}: baseline {grid.baseline!r} is none of the strategies {sorted(set(labels))}")
-    return grid
-
-
-def load_grid(path: str | os.PathLike, seeds: int | None = None) -> Grid:
-    path = Path(path)
-    if not path.is_file():
-        raise GridError(f"--grid: file {str(path)!r} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise GridError(f"{path}: not valid YAML ({err})") from None
-    return parse_grid(data, str(path), seeds)
-
-
-def validate_grid_keys(grid: Grid, config: Mapping | object) -> None:
-    """Every key the grid sets must exist in the bundle's merged config (``key in ConfigParser``)."""
-    keys = {grid.seed_key, *grid.axes, *(k for s in grid.strategies.values() for k in s)}
-    bad = sorted(k for k in keys if k not in config)
-    if bad:
-        raise GridError(f"{grid.source}: key(s) {bad} are not in the bundle's config; a grid may only override "
-                        f"keys that exist (sections with '#', e.g. 'rebalance#method')")  # fmt: skip
-
-
-@dataclass
-class Child:
-    """One bundle run of the study."""
-
-    overrides: dict
-    strategy: str
-    seed: int
-    axes: dict = field(default_factory=dict)  # the other axes' values (not the strategy's, not the seed)
-
-    @property
-    def cell(self) -> str:
-        """The strategy with its other axis values: what the seeds of a row in the report share."""
-        return cell_name(self.strategy, self.axes)
-
-    @property
-    def name(self) -> str:
-        """A file-safe name, unique in the grid."""
-        short = hashlib.sha256(_canonical(self.overrides).encode()).hexdigest()[:8]
-        text = "-".join([self.strategy, *(_label(v) for v in self.axes.values()), f"seed{self.seed}"])
-        return safe_key(text).replace(" ", "_").replace("/", "_")[:80] + f"-{short}"
-
-
-def expand_grid(grid: Grid) -> list[Child]:
-    """Strategies x product of axes x seeds, strategy overrides on top, duplicates dropped; ordered
-    seed-major so that a study stopped half-way has every strategy on its first seeds."""
-    strategies = grid.strategies or {None: {}}
-    keys = list(grid.axes)
-    cells, seen = [], set()
-    for name, fixed in strategies.items():
-        for values in itertools.product(*(grid.axes[k] for k in keys)):
-            overrides = dict(zip(keys, values)) | fixed
-            token = _canonical(overrides)
-            if token in seen:
-                continue
-            seen.add(token)
-            label = name if name is not None else _label(overrides[grid.strategy_key])
-            other = {k: overrides[k] for k in keys if k != grid.strategy_key and k not in fixed}
-            cells.append((overrides, label, other))
-    return [Child(overrides | {grid.seed_key: seed}, label, seed, other)
-            for seed in grid.seeds for overrides, label, other in cells]  # fmt: skip
-
-
-def config_hash(config_contents: Sequence, overrides: Mapping) -> str:
-    """What a child computes: the merged bundle configs (as parsed, so whitespace does not count) and
-    its overrides. Output folders and the launcher are not part of it."""
-    return _sha({"configs": list(config_contents), "overrides": dict(overrides)})[:16]
 
 
 def _die_with_parent() -> None:
@@ -311,7 +149,7 @@ class StudyRunner:
             is live (``--take-over``: for a runner known to be gone).
         lock_heartbeat, lock_stale_after, lock_settle: seconds between the lock's heartbeats, age
             of a heartbeat after which the lock may be taken over, and the wait between writing the
-            lock and reading it back (see :class:`~medaug.pipelines.study_lock.StudyLock`).
+            lock and reading it back (see :class:`~medaug.pipelines.study.lock.StudyLock`).
     """
 
     def __init__(self, bundle: str | os.PathLike, grid: Grid, overlays: Sequence[str | os.PathLike] = (),
@@ -344,7 +182,7 @@ class StudyRunner:
         self.progress = progress
         self.stream = stream
         self.tracking_uri = default_tracking_uri(self.output_dir)
-        self.study_key = _sha({"experiment": self.experiment, "configs": self.contents,
+        self.study_key = content_sha({"experiment": self.experiment, "configs": self.contents,
                                "grid": grid.without_seeds()})[:16]  # fmt: skip
         self.children = expand_grid(grid)
         self.hashes = {c.name: config_hash(self.contents, c.overrides) for c in self.children}
@@ -389,15 +227,15 @@ class StudyRunner:
         run_name = f"study-{self.bundle.name}-{grid_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         tags = {"mlflow.runName": run_name, ROLE_TAG: "study", STUDY_KEY_TAG: self.study_key,
                 "medaug.strategy_key": self.grid.strategy_key, "medaug.baseline": self.grid.baseline or "",
-                "medaug.amount_key": self.grid.amount_key or "", "stage": "study"}  # fmt: skip
+                AMOUNT_KEY_TAG: self.grid.amount_key or "", STAGE_TAG: "study"}  # fmt: skip
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
         from mlflow.entities import Param
 
-        params = {"grid.source": self.grid.source, "grid.axes": _canonical(self.grid.axes),
-                  "grid.strategies": _canonical(self.grid.strategies), "grid.strategy_key": self.grid.strategy_key,
+        params = {"grid.source": self.grid.source, "grid.axes": canonical(self.grid.axes),
+                  "grid.strategies": canonical(self.grid.strategies), "grid.strategy_key": self.grid.strategy_key,
                   "grid.baseline": str(self.grid.baseline), "grid.amount_key": str(self.grid.amount_key),
-                  "configs": _canonical([str(p) for p in self.config_files]), "launcher": self.launcher}  # fmt: skip
+                  "configs": canonical([str(p) for p in self.config_files]), "launcher": self.launcher}  # fmt: skip
         client.log_batch(run_id, params=[Param(safe_key(k), str(v)[:6000]) for k, v in params.items()])
         time.sleep(self.lock_settle)
         kept = self._find_parent(client, experiment_id) or run_id
@@ -435,9 +273,9 @@ class StudyRunner:
     def _environment(self, child: Child, parent: str) -> dict[str, str]:
         tags = {HASH_TAG: self.hashes[child.name], STUDY_KEY_TAG: self.study_key, ROLE_TAG: "child",
                 STRATEGY_TAG: child.strategy, CELL_TAG: child.cell, SEED_TAG: child.seed,
-                AXES_TAG: _canonical(child.axes),
-                OVERRIDES_TAG: _canonical({k: v for k, v in child.overrides.items() if k != self.grid.seed_key})}  # fmt: skip
-        return {**os.environ, PARENT_RUN_ENV: parent, RUN_TAGS_ENV: _canonical(tags),
+                AXES_TAG: canonical(child.axes),
+                OVERRIDES_TAG: canonical({k: v for k, v in child.overrides.items() if k != self.grid.seed_key})}  # fmt: skip
+        return {**os.environ, PARENT_RUN_ENV: parent, RUN_TAGS_ENV: canonical(tags),
                 "MLFLOW_TRACKING_URI": self.tracking_uri, CACHE_ENV: str(self.cache_dir)}  # fmt: skip
 
     def _stop_current(self) -> None:

@@ -29,13 +29,11 @@ from ignite.engine import Events
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from medaug.io.atomic import write_json_atomic
+from medaug.pipelines.tracking.tags import DATA_LEAK_TAG, PARENT_RUN_ENV, PARENT_TAG, RUN_TAGS_ENV
 from medaug.pipelines.distributed import on_rank0_and_share, rank0_first_context
 
 logger = logging.getLogger("medaug.tracking")
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
-PARENT_RUN_ENV = "MEDAUG_PARENT_RUN_ID"
-RUN_TAGS_ENV = "MEDAUG_RUN_TAGS"
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
 
 
 def environment_tags() -> dict[str, str]:
@@ -219,7 +217,7 @@ class RunTracker:
             for name, path in reports.items():
                 self.log_artifact(path)
             if study_data.leaks:
-                self.client.set_tag(self.run_id, "data_leak", f"{len(study_data.leaks)} duplicate image(s) across splits")
+                self.client.set_tag(self.run_id, DATA_LEAK_TAG, f"{len(study_data.leaks)} duplicate image(s) across splits")
         self.log_params(params)
         logger.info("MLflow run %s (%s) in experiment %r at %s", self.run_name, self.run_id, self.experiment_name,
                     self.tracking_uri)  # fmt: skip

@@ -37,7 +37,7 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from medaug.pipelines.metrics import _confusion_matrices, _confusion_metrics, _draw_indices
+from medaug.pipelines.evaluate.metrics import confusion_matrices, confusion_metrics, draw_indices
 
 __all__ = ["mean_sd_ci", "mcnemar_test", "delong_auc_covariance", "delong_test", "paired_bootstrap",
            "holm", "Block", "BOOTSTRAP_METRICS"]  # fmt: skip
@@ -149,11 +149,11 @@ def delong_test(blocks: Sequence[Block], confidence: float = 0.95) -> dict:
 
 
 def _balanced_accuracy(cm: np.ndarray, positive_class: int) -> np.ndarray:
-    return _confusion_metrics(cm)["balanced_accuracy"]
+    return confusion_metrics(cm)["balanced_accuracy"]
 
 
 def _youden(cm: np.ndarray, positive_class: int) -> np.ndarray:
-    j = _confusion_metrics(cm)["youden"]  # (R, K)
+    j = confusion_metrics(cm)["youden"]  # (R, K)
     if j.shape[1] == 2:
         return j[:, positive_class]
     with warnings.catch_warnings():
@@ -187,13 +187,13 @@ def paired_bootstrap(blocks: Sequence[Block], metric: str = "balanced_accuracy",
     for y_true, a, b in blocks:
         y = np.asarray(y_true, dtype=np.int64)
         a, b = np.atleast_2d(np.asarray(a, dtype=np.int64)), np.atleast_2d(np.asarray(b, dtype=np.int64))
-        idx = _draw_indices(y, n_resamples, rng, stratified)
+        idx = draw_indices(y, n_resamples, rng, stratified)
         identity = np.arange(y.size)[None, :]
         for row_a, row_b in zip(a, b):
-            observed += float(fn(_confusion_matrices(y, row_a, identity, k), positive_class)[0]
-                              - fn(_confusion_matrices(y, row_b, identity, k), positive_class)[0])  # fmt: skip
-            boot += fn(_confusion_matrices(y, row_a, idx, k), positive_class) - fn(
-                _confusion_matrices(y, row_b, idx, k), positive_class)
+            observed += float(fn(confusion_matrices(y, row_a, identity, k), positive_class)[0]
+                              - fn(confusion_matrices(y, row_b, identity, k), positive_class)[0])  # fmt: skip
+            boot += fn(confusion_matrices(y, row_a, idx, k), positive_class) - fn(
+                confusion_matrices(y, row_b, idx, k), positive_class)
             seeds += 1
     diff, boot = observed / seeds, boot / seeds
     boot = boot[np.isfinite(boot)]

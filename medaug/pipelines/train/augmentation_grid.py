@@ -4,7 +4,7 @@ Rows: the original, each transform of the preset on its own (``prob`` forced to 
 shows its effect; members of a ``OneOf`` get a row each), and the whole chain as training runs it
 (with its real probabilities). Columns: ``samples`` random draws for each image. Every cell uses
 the original image's grey-level range, so brightness and contrast changes stay visible. Figures are
-drawn headless and written atomically (see :mod:`medaug.pipelines.plots`).
+drawn headless and written atomically (see :mod:`medaug.pipelines.evaluate.plots`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ignite.engine import Events
 from monai.transforms import Compose
 
 from medaug.io.atomic import atomic_path
-from medaug.pipelines.plots import _new_figure, _save_atomic
+from medaug.pipelines.evaluate.plots import new_figure, save_figure
 from medaug.transforms.presets import AugmentationPlan
 
 logger = logging.getLogger("medaug.augmentation")
@@ -59,7 +59,7 @@ def plot_augmentation_grid(plan: AugmentationPlan, images: Sequence[torch.Tensor
     rows = augmentation_rows(plan, images, samples, seed)
     n_cols = len(images) * samples
     cell = 1.3
-    fig = _new_figure(1.8 + cell * n_cols, 0.5 + cell * len(rows))
+    fig = new_figure(1.8 + cell * n_cols, 0.5 + cell * len(rows))
     axes = fig.subplots(len(rows), n_cols, squeeze=False)
     ranges = [(float(torch.as_tensor(img).min()), float(torch.as_tensor(img).max())) for img in images]
     for r, (label, cells) in enumerate(rows):
@@ -78,7 +78,7 @@ def plot_augmentation_grid(plan: AugmentationPlan, images: Sequence[torch.Tensor
         axes[r][0].set_ylabel(label.replace(": ", ":\n"), fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(f"augmentation preset {plan.name!r}: each transform alone (prob 1), then the chain as trained",
                  fontsize=9)  # fmt: skip
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def _pick(data: Sequence[Mapping], count: int) -> list[Mapping]:
@@ -103,7 +103,7 @@ class AugmentationGridHandler:
         data: the training datalist (entries with ``image`` and ``label``).
         preprocessing: the transforms that load an entry (the bundle's ``preprocessing``).
         output_dir: folder for ``augmentation_grid.png`` and ``augmentation.yaml``.
-        tracker: the run's :class:`medaug.pipelines.tracking.RunTracker` (None: files only).
+        tracker: the run's :class:`medaug.pipelines.tracking.tracker.RunTracker` (None: files only).
         num_images: training images shown (classes in turn); samples: draws per image.
         class_names: names of the labels, for the column titles.
     """

@@ -4,7 +4,7 @@ manifold mixup on the penultimate features, each with the labels mixed in the sa
 They run in the trainer's ``prepare_batch`` (MONAI's hook for turning a batch into network input
 and target), on training batches only: the evaluators keep MONAI's default. Targets become soft
 labels (one-hot, then mixed); PyTorch's ``CrossEntropyLoss`` takes them as class probabilities,
-so the class weights of ``medaug.pipelines.rebalance.make_loss`` still apply: each sample's loss
+so the class weights of ``medaug.pipelines.train.rebalance.make_loss`` still apply: each sample's loss
 is ``-sum_c w_c y_c log p_c`` (averaged over the batch; with the dataset's balanced weights the
 average weight is 1, so losses keep their scale).
 

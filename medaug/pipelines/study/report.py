@@ -8,7 +8,7 @@ artifacts, and writes ``report.html`` (figures embedded), ``report.md`` (figures
 * per strategy (a *cell*: the strategy with its other axis values, e.g. classifier and amount):
   mean ± sd over seeds and the 95% t-interval of every ``test_<metric>``;
 * paired tests of every cell against the baseline cell with the same other axis values, on the
-  same seeds and the same test images (:mod:`medaug.pipelines.stats`): McNemar on per-image
+  same seeds and the same test images (:mod:`medaug.pipelines.evaluate.stats`): McNemar on per-image
   correctness, DeLong on AUC (binary tasks), paired bootstrap on balanced accuracy and Youden's J;
   Holm's correction across the comparisons, per test;
 * figures: metrics by strategy with CIs, amount-sweep curves (grids with an ``amount_key``),
@@ -33,16 +33,21 @@ from pathlib import Path
 import numpy as np
 
 from medaug.io.atomic import atomic_path, write_json_atomic
-from medaug.pipelines import plots, report_plots, stats
-from medaug.pipelines.study import (
+from medaug.pipelines.evaluate import plots
+from medaug.pipelines.study import report_plots
+from medaug.pipelines.evaluate import stats
+from medaug.pipelines.study.grid import cell_name
+from medaug.pipelines.tracking.tags import (
+    AMOUNT_KEY_TAG,
     AXES_TAG,
     OVERRIDES_TAG,
+    PARENT_TAG,
     ROLE_TAG,
     SEED_TAG,
+    STAGE_TAG,
     STRATEGY_TAG,
-    cell_name,
 )
-from medaug.pipelines.tracking import PARENT_TAG, search_all_runs
+from medaug.pipelines.tracking.tracker import search_all_runs
 
 logger = logging.getLogger("medaug.report")
 
@@ -265,7 +270,7 @@ def _baseline_cell(cell_rec: RunRecord, baselines: dict[str, RunRecord]) -> str 
 def _blocks(pairs: list[tuple[Predictions, Predictions]], what: str):
     """Align each seed's two prediction sets on the test images they share.
 
-    Returns ``make(extract) -> blocks`` for :mod:`~medaug.pipelines.stats` (``extract`` picks an
+    Returns ``make(extract) -> blocks`` for :mod:`~medaug.pipelines.evaluate.stats` (``extract`` picks an
     (N,) array from a :class:`Predictions`) and the number of images per seed. When all seeds share
     the same images they form one block, so resampling and DeLong's covariance treat them jointly.
     """
@@ -490,7 +495,7 @@ def write_study_report(experiment: str, baseline: str | None = None, parent_run_
     figures = [("Test metrics by strategy (seeds, mean, 95% CI)",
                 report_plots.plot_metrics_by_strategy(cells, main[:6], values, summary, out / "metrics_by_strategy.png",
                                                       baseline=next(iter(sorted(baselines)), None)))]  # fmt: skip
-    amount_key = parent_tags.get("medaug.amount_key") or None
+    amount_key = parent_tags.get(AMOUNT_KEY_TAG) or None
     if amount_key:
         series: dict = defaultdict(list)
         for cell in cells:
@@ -552,7 +557,7 @@ def write_study_report(experiment: str, baseline: str | None = None, parent_run_
         if target is None:
             exp = client.get_experiment_by_name(experiment)
             run = client.create_run(exp.experiment_id, run_name=f"report-{tag}",
-                                    tags={ROLE_TAG: "report", "stage": "report"})  # fmt: skip
+                                    tags={ROLE_TAG: "report", STAGE_TAG: "report"})  # fmt: skip
             target = run.info.run_id
         for path in [html_path, md_path, json_path, *(p for _, p in figures)]:
             client.log_artifact(target, str(path), "report")

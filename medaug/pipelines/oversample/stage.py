@@ -60,8 +60,8 @@ from medaug.models.cgan import ConditionalGAN
 from medaug.io.hashing import file_sha256
 from medaug.models.generator_base import ImageGenerator, SampleBatch, seeded
 from medaug.models.latent_diffusion import ClassConditionalLDM
-from medaug.pipelines.cost import measure
-from medaug.pipelines.synthetic_metrics import nearest_real
+from medaug.pipelines.oversample.cost import measure
+from medaug.pipelines.oversample.quality_metrics import nearest_real
 
 logger = logging.getLogger("medaug.oversample")
 
@@ -210,10 +210,10 @@ class OversampleStage:
             by ``hybrid`` for its augmented copies.
         quality: ``{"enabled": bool, "feature_epochs": int, "feature_network_path": str | None,
             "near_copy_threshold": float | None, "drop_near_copies": bool}`` (see
-            :mod:`medaug.pipelines.synthetic_quality`).
+            :mod:`medaug.pipelines.oversample.quality`).
         cache_dir: where fitted generators and samples are kept (shared by the runs of a study).
         run_dir: this run's folder (``oversample.json``, logged to MLflow).
-        tracker: a :class:`medaug.pipelines.tracking.RunTracker` (metrics, tags, artifacts) or None.
+        tracker: a :class:`medaug.pipelines.tracking.tracker.RunTracker` (metrics, tags, artifacts) or None.
         channels: image channels (1 or 3, as the bundle's ``channels``).
         device: where generators run.
         progress: tqdm bars for fitting and sampling.
@@ -505,7 +505,7 @@ class OversampleStage:
         write_json_atomic(folder / "summary.json", summary)
 
     def _assess(self, folder: Path, synth: torch.Tensor, rows, native: torch.Tensor, train, ids):
-        from medaug.pipelines.synthetic_quality import assess_synthetic
+        from medaug.pipelines.oversample.quality import assess_synthetic
 
         q = self.quality
         report = assess_synthetic(
