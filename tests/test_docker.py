@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import DICOM_DIR, REPO
-from tests.test_predict import make_bundle, read_csv, tree_state
+from tests.pipelines.test_predict import make_bundle, read_csv, tree_state
 
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 DOCKER_README = REPO / "docker" / "README.md"

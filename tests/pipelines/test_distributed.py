@@ -14,7 +14,7 @@ from monai.handlers import CheckpointSaver, EarlyStopHandler, MLFlowHandler, Sta
 from medaug.pipelines import distributed as D
 from medaug.pipelines.tracking.server import free_port
 from medaug.pipelines.train.rebalance import make_distributed_sampler
-from tests.ddp_workers import two_ranks
+from tests.pipelines.ddp_workers import two_ranks
 
 
 def test_outside_torchrun_every_helper_is_rank0_of_one(monkeypatch):

@@ -312,7 +312,7 @@ def test_help_documents_exit_codes_and_default_checkpoint(capsys):
 
 def test_inference_config_runs_the_same_path(bundle, tmp_path):
     """``python -m monai.bundle run --config_file configs/inference.json`` uses FolderPrediction, the same
-    path as the CLI (checked in-process here; tests/test_bundle_e2e.py runs it as users do)."""
+    path as the CLI (checked in-process here; tests/bundles/test_bundle_e2e.py runs it as users do)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()

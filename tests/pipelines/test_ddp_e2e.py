@@ -13,7 +13,7 @@ import mlflow
 import pytest
 
 from tests.conftest import REPO
-from tests.test_bundle_e2e import run_bundle
+from tests.bundles.test_bundle_e2e import run_bundle
 
 pytestmark = pytest.mark.slow
 DDP_CONFIGS = ("configs/train.json", "configs/smoke.json", "configs/multi_gpu_train.json")
@@ -35,7 +35,7 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
     out = tmp_path / "out"
     probe = tmp_path / "probe.json"  # records what each rank trained on, next to the bundle's own handlers
     probe.write_text(json.dumps({
-        "probe": {"_target_": "tests.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
+        "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
         "train#trainer#train_handlers": "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]",
     }))  # fmt: skip
     result = run_torchrun(bundle_copy, out, str(probe))
@@ -74,7 +74,7 @@ def test_torchrun_oversamples_once_on_rank0_and_both_ranks_train_on_its_images(b
     overlay = tmp_path / "overlay.json"
     overlay.write_text(json.dumps({
         "oversample#method": "vae_interp",
-        "probe": {"_target_": "tests.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
+        "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
         "train#trainer#train_handlers": "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]",
     }))  # fmt: skip
     result = run_torchrun(bundle_copy, out, str(overlay))

@@ -5,7 +5,7 @@ temporary folder, 127.0.0.1, a free port), the smoke bundle logging to it throug
 import pytest
 
 from medaug.pipelines.tracking.server import LocalMlflowServer
-from tests.test_bundle_e2e import CONFIGS, EXPECTED_ARTIFACTS, run_bundle
+from tests.bundles.test_bundle_e2e import CONFIGS, EXPECTED_ARTIFACTS, run_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -69,7 +69,7 @@ def test_pretrained_path_must_exist():
         build_classifier("small_cnn", spatial_size=(32, 32), pretrained_path="/nonexistent/weights.pt")
 
 
-TORCHVISION_LAYOUTS = json.loads((Path(__file__).parent / "data" / "torchvision_layouts.json").read_text())
+TORCHVISION_LAYOUTS = json.loads((Path(__file__).resolve().parents[1] / "data" / "torchvision_layouts.json").read_text())
 
 
 @pytest.mark.parametrize("name,options", [("vgg16_bn", {}), ("inception_v3", {"aux_logits": True}),

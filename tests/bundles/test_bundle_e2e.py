@@ -101,7 +101,7 @@ def test_png_tree_and_dicom_folder_as_dataset_dir(bundle_copy, tmp_path, png_tre
 
 
 def test_a_labels_csv_beside_dataset_dir_stops_the_bundle_before_training_naming_labels_csv(bundle_copy, tmp_path):
-    from tests.test_sources import site_folders
+    from tests.io.test_sources import site_folders
 
     images = site_folders(tmp_path / "export")
     config_files = str([str(bundle_copy / c) for c in CONFIGS])

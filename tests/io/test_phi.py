@@ -17,7 +17,7 @@ import pytest
 from medaug.io import build_study_data
 from medaug.io.phi import IDENTIFYING_ATTRIBUTES, PseudonymKeyError, hash_uid, pseudonym, pseudonym_key_file
 from tests.conftest import DICOM_DIR, REPO, derived_dicom
-from tests.test_predict import make_bundle
+from tests.pipelines.test_predict import make_bundle
 
 PHI = {
     "PatientName": "Zyxwvut^Qponmlk",

@@ -10,7 +10,7 @@ from monai.transforms import Compose, Randomizable
 
 from medaug.transforms.presets import AnatomyRuleError
 from tests.conftest import BUNDLE
-from tests.test_bundle_e2e import artifact_paths, finished_runs, run_bundle
+from tests.bundles.test_bundle_e2e import artifact_paths, finished_runs, run_bundle
 
 SUBSET = {"train": 40, "val": 12, "test": 20}  # per split, both classes included
 ALWAYS = {"flip_lr": {"prob": 1.0}, "affine": {"prob": 1.0}, "gain": {"prob": 1.0}, "speckle": {"prob": 1.0}}

@@ -1,4 +1,4 @@
-"""Bodies of the processes that tests/test_distributed.py starts as a two-rank Gloo group (kept in a
+"""Bodies of the processes that tests/pipelines/test_distributed.py starts as a two-rank Gloo group (kept in a
 module of their own with few imports: each spawned process imports it again)."""
 
 import json

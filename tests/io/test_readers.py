@@ -33,7 +33,7 @@ from medaug.io.readers import (
     read_image_with_meta,
 )
 
-DICOM_DIR = Path(__file__).resolve().parent / "data" / "dicom"
+DICOM_DIR = Path(__file__).resolve().parents[1] / "data" / "dicom"
 SAMPLES = sorted(p.name for p in DICOM_DIR.glob("*.dcm"))
 FRAMES = {"eCT_Supplemental.dcm": 2, "emri_small.dcm": 10}
 

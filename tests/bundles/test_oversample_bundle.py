@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.test_bundle_e2e import artifact_paths, finished_runs, run_bundle
+from tests.bundles.test_bundle_e2e import artifact_paths, finished_runs, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def check_manifest(client, run, out, tmp_path, minority: str, expected: int, gen
     return rows
 
 
-# gan, ldm_img2img and hybrid run through the study bundles' smoke tests (tests/test_study_bundles.py).
+# gan, ldm_img2img and hybrid run through the study bundles' smoke tests (tests/bundles/test_study_bundles.py).
 @pytest.mark.parametrize("method,target,expected", [
     ("random", ["--oversample#target", "multiplier", "--oversample#multiplier", "2"], 147),  # 147 -> 294
     ("ldm", ["--oversample#target", "count", "--oversample#count", "12"], 12),

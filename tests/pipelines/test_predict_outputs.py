@@ -27,7 +27,7 @@ import medaug.pipelines.predict as P
 from medaug.cli import main
 from medaug.io.output_set import OutputFolderBusy, OutputFolderError, OutputSet, spreadsheet_safe
 from tests.conftest import DICOM_DIR
-from tests.test_predict import make_bundle, read_csv
+from tests.pipelines.test_predict import make_bundle, read_csv
 
 FILES = ("predictions.csv", "predictions.json", "skipped.csv", "summary.json")
 

@@ -12,8 +12,8 @@ from monai.bundle import ConfigParser
 
 from medaug.pipelines.study import load_grid, validate_grid_keys
 from tests.conftest import REPO
-from tests.test_bundle_e2e import artifact_paths, run_bundle
-from tests.test_oversample_bundle import check_manifest
+from tests.bundles.test_bundle_e2e import artifact_paths, run_bundle
+from tests.bundles.test_oversample_bundle import check_manifest
 
 STUDIES = ("hybrid_gan_augmentation", "ldm_pediatric_cxr", "generative_model_comparison", "vae_latent_interpolation",
            "physics_augmentation")  # fmt: skip
