@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -66,7 +65,9 @@ def medaug_chain(preset: str, size: int, always: bool):
     if always:
         for tid, entry in load_preset(preset)[0]["transforms"].items():
             if "transforms" in entry:  # a OneOf: every member at prob 1; an Identityd gate is dropped
-                members = [{**copy.deepcopy(e), "prob": 1.0} for e in entry["transforms"] if e["_target_"] != "Identityd"]
+                members = [
+                    {**copy.deepcopy(e), "prob": 1.0} for e in entry["transforms"] if e["_target_"] != "Identityd"
+                ]
                 overrides[tid] = {"transforms": members, "weights": [1.0] * len(members)}
             else:
                 overrides[tid] = {"prob": 1.0}
@@ -83,28 +84,49 @@ def torchio_chain(preset: str, size: int, always: bool):
 
     shift = size // 20 if preset == "chest_xray" else size // 16
     if preset == "chest_xray":
-        return tio.Compose([
-            tio.RandomAffine(scales=(0.92, 1.08, 0.92, 1.08, 1, 1), degrees=(0, 0, 0, 0, -8, 8),
-                             translation=(-shift, shift, -shift, shift, 0, 0), default_pad_value="minimum", p=p(0.5)),
-            tio.RandomElasticDeformation(num_control_points=(5, 5, 5), max_displacement=(1.5, 1.5, 0), p=p(0.15)),
-            tio.RandomGamma(log_gamma=(-0.16, 0.14), p=p(0.3)),
-            tio.RandomNoise(std=(0.0, 0.02), p=p(0.3)),
-            tio.OneOf({tio.RandomBiasField(coefficients=0.3, p=p(0.25)): 0.5,
-                       tio.RandomBlur(std=(0.25, 0.8), p=p(0.25)): 0.5}),
-        ])  # fmt: skip
-    return tio.Compose([
-        tio.RandomFlip(axes=(1,), flip_probability=1.0, p=p(0.5)),
-        tio.RandomAffine(scales=(0.9, 1.1, 0.9, 1.1, 1, 1), degrees=(0, 0, 0, 0, -11.5, 11.5),
-                         translation=(-shift, shift, -shift, shift, 0, 0), p=p(0.5)),
-        tio.RandomElasticDeformation(num_control_points=(5, 5, 5), max_displacement=(2.0, 2.0, 0), p=p(0.2)),
-        tio.RandomBiasField(coefficients=0.2, p=p(0.3)),
-        tio.RandomGamma(log_gamma=(-0.22, 0.22), p=p(0.3)),
-        tio.RandomNoise(std=(0.0, 0.03), p=p(0.2)),
-        tio.RandomAnisotropy(axes=(0, 1), downsampling=(1, 2), p=p(0.1)),
-        tio.OneOf({tio.RandomBlur(std=(0.25, 0.8), p=p(0.15)): 1 / 3,
-                   tio.RandomMotion(degrees=4, translation=4, num_transforms=2, p=p(0.15)): 1 / 3,
-                   tio.RandomGhosting(num_ghosts=(2, 4), axes=(0, 1), intensity=(0.2, 0.6), p=p(0.15)): 1 / 3}),
-    ])  # fmt: skip
+        return tio.Compose(
+            [
+                tio.RandomAffine(
+                    scales=(0.92, 1.08, 0.92, 1.08, 1, 1),
+                    degrees=(0, 0, 0, 0, -8, 8),
+                    translation=(-shift, shift, -shift, shift, 0, 0),
+                    default_pad_value="minimum",
+                    p=p(0.5),
+                ),
+                tio.RandomElasticDeformation(num_control_points=(5, 5, 5), max_displacement=(1.5, 1.5, 0), p=p(0.15)),
+                tio.RandomGamma(log_gamma=(-0.16, 0.14), p=p(0.3)),
+                tio.RandomNoise(std=(0.0, 0.02), p=p(0.3)),
+                tio.OneOf(
+                    {
+                        tio.RandomBiasField(coefficients=0.3, p=p(0.25)): 0.5,
+                        tio.RandomBlur(std=(0.25, 0.8), p=p(0.25)): 0.5,
+                    }
+                ),
+            ]
+        )
+    return tio.Compose(
+        [
+            tio.RandomFlip(axes=(1,), flip_probability=1.0, p=p(0.5)),
+            tio.RandomAffine(
+                scales=(0.9, 1.1, 0.9, 1.1, 1, 1),
+                degrees=(0, 0, 0, 0, -11.5, 11.5),
+                translation=(-shift, shift, -shift, shift, 0, 0),
+                p=p(0.5),
+            ),
+            tio.RandomElasticDeformation(num_control_points=(5, 5, 5), max_displacement=(2.0, 2.0, 0), p=p(0.2)),
+            tio.RandomBiasField(coefficients=0.2, p=p(0.3)),
+            tio.RandomGamma(log_gamma=(-0.22, 0.22), p=p(0.3)),
+            tio.RandomNoise(std=(0.0, 0.03), p=p(0.2)),
+            tio.RandomAnisotropy(axes=(0, 1), downsampling=(1, 2), p=p(0.1)),
+            tio.OneOf(
+                {
+                    tio.RandomBlur(std=(0.25, 0.8), p=p(0.15)): 1 / 3,
+                    tio.RandomMotion(degrees=4, translation=4, num_transforms=2, p=p(0.15)): 1 / 3,
+                    tio.RandomGhosting(num_ghosts=(2, 4), axes=(0, 1), intensity=(0.2, 0.6), p=p(0.15)): 1 / 3,
+                }
+            ),
+        ]
+    )
 
 
 def time_medaug(chain, image: torch.Tensor, n: int) -> float:
@@ -145,47 +167,75 @@ def main(argv=None) -> dict:
         image = load_image(file, args.size)
         for mode in ("preset", "always"):
             always = mode == "always"
-            chains = {"medaug": (medaug_chain(preset, args.size, always), time_medaug),
-                      "torchio": (torchio_chain(preset, args.size, always), time_torchio)}  # fmt: skip
+            chains = {
+                "medaug": (medaug_chain(preset, args.size, always), time_medaug),
+                "torchio": (torchio_chain(preset, args.size, always), time_torchio),
+            }
             times = {lib: [] for lib in chains}
             for lib, (chain, timer) in chains.items():
                 timer(chain, image, 5)  # warm-up
             for _ in range(args.repeats):
                 for lib, (chain, timer) in chains.items():
                     times[lib].append(timer(chain, image, args.images))
-            row = {lib: {"median_s": statistics.median(t), "images_per_s": args.images / statistics.median(t),
-                         "runs_s": t} for lib, t in times.items()}  # fmt: skip
+            row = {
+                lib: {"median_s": statistics.median(t), "images_per_s": args.images / statistics.median(t), "runs_s": t}
+                for lib, t in times.items()
+            }
             row["ratio"] = row["medaug"]["images_per_s"] / row["torchio"]["images_per_s"]
             results[f"{preset}/{mode}"] = row
-            print(f"{preset:10s} {mode:7s} medaug {row['medaug']['images_per_s']:7.1f} img/s   "
-                  f"torchio {row['torchio']['images_per_s']:7.1f} img/s   ratio {row['ratio']:.2f}x", flush=True)
+            print(
+                f"{preset:10s} {mode:7s} medaug {row['medaug']['images_per_s']:7.1f} img/s   "
+                f"torchio {row['torchio']['images_per_s']:7.1f} img/s   ratio {row['ratio']:.2f}x",
+                flush=True,
+            )
 
     import monai
 
     report = {
-        "benchmark": "augment_throughput", "size": [args.size, args.size], "images_per_run": args.images,
-        "repeats": args.repeats, "torch_threads": 1, "sitk_threads": 1, "images": IMAGES,
-        "versions": {"torch": torch.__version__, "monai": monai.__version__, "torchio": tio.__version__,
-                     "python": platform.python_version()},
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "load_average_1min_at_end": os.getloadavg()[0]},
+        "benchmark": "augment_throughput",
+        "size": [args.size, args.size],
+        "images_per_run": args.images,
+        "repeats": args.repeats,
+        "torch_threads": 1,
+        "sitk_threads": 1,
+        "images": IMAGES,
+        "versions": {
+            "torch": torch.__version__,
+            "monai": monai.__version__,
+            "torchio": tio.__version__,
+            "python": platform.python_version(),
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_1min_at_end": os.getloadavg()[0],
+        },
         "results": results,
-    }  # fmt: skip
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json_atomic(RESULTS / "augment_throughput.json", report)
-    lines = [f"# Augmentation throughput ({args.size} x {args.size}, 1 channel, CPU, 1 torch thread, "
-             f"{args.images} images x {args.repeats} runs, median)", "",
-             "| chain | mode | medaug images/s | TorchIO images/s | ratio medaug / TorchIO |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Augmentation throughput ({args.size} x {args.size}, 1 channel, CPU, 1 torch thread, "
+        f"{args.images} images x {args.repeats} runs, median)",
+        "",
+        "| chain | mode | medaug images/s | TorchIO images/s | ratio medaug / TorchIO |",
+        "|---|---|---|---|---|",
+    ]
     for key, row in results.items():
         preset, mode = key.split("/")
-        lines.append(f"| {preset} | {mode} | {row['medaug']['images_per_s']:.1f} | {row['torchio']['images_per_s']:.1f} | "
-                     f"**{row['ratio']:.2f}x** |")  # fmt: skip
-    lines += ["", "`preset`: each preset's own probabilities (TorchIO given the same); `always`: every transform "
-              "applied. Same process, alternating runs, real images (CR chest RG1_J2KI.dcm, MR shoulder MR2_UNCR.dcm) "
-              f"resized to {args.size} px. Versions: torch {torch.__version__}, MONAI {monai.__version__}, TorchIO "
-              f"{tio.__version__}; {os.cpu_count()} CPUs, 1-minute load average at the end "
-              f"{os.getloadavg()[0]:.1f} (a shared machine: both libraries ran interleaved under the same load). "
-              "Generated by `benchmarks/augment_throughput.py`."]  # fmt: skip
+        lines.append(
+            f"| {preset} | {mode} | {row['medaug']['images_per_s']:.1f} | {row['torchio']['images_per_s']:.1f} | "
+            f"**{row['ratio']:.2f}x** |"
+        )
+    lines += [
+        "",
+        "`preset`: each preset's own probabilities (TorchIO given the same); `always`: every transform "
+        "applied. Same process, alternating runs, real images (CR chest RG1_J2KI.dcm, MR shoulder MR2_UNCR.dcm) "
+        f"resized to {args.size} px. Versions: torch {torch.__version__}, MONAI {monai.__version__}, TorchIO "
+        f"{tio.__version__}; {os.cpu_count()} CPUs, 1-minute load average at the end "
+        f"{os.getloadavg()[0]:.1f} (a shared machine: both libraries ran interleaved under the same load). "
+        "Generated by `benchmarks/augment_throughput.py`.",
+    ]
     with atomic_path(RESULTS / "augment_throughput.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

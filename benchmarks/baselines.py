@@ -29,13 +29,31 @@ BUNDLE = REPO / "bundles" / "imbalance_baselines"
 RESULTS = REPO / "benchmarks" / "results"
 
 DATASETS = {
-    "breastmnist_28": {"file": "breastmnist.npz", "size": 28, "classes": ["malignant", "normal_benign"],
-                       "positive": "malignant", "minority": 0, "reference": {"auc": 0.901, "accuracy": 0.863}},
-    "breastmnist_64": {"file": "breastmnist_64.npz", "size": 64, "classes": ["malignant", "normal_benign"],
-                       "positive": "malignant", "minority": 0, "reference": {"auc": 0.901, "accuracy": 0.863}},
-    "pneumoniamnist_28": {"file": "pneumoniamnist.npz", "size": 28, "classes": ["normal", "pneumonia"],
-                          "positive": "pneumonia", "minority": 0, "reference": {"auc": 0.944, "accuracy": 0.854}},
-}  # fmt: skip
+    "breastmnist_28": {
+        "file": "breastmnist.npz",
+        "size": 28,
+        "classes": ["malignant", "normal_benign"],
+        "positive": "malignant",
+        "minority": 0,
+        "reference": {"auc": 0.901, "accuracy": 0.863},
+    },
+    "breastmnist_64": {
+        "file": "breastmnist_64.npz",
+        "size": 64,
+        "classes": ["malignant", "normal_benign"],
+        "positive": "malignant",
+        "minority": 0,
+        "reference": {"auc": 0.901, "accuracy": 0.863},
+    },
+    "pneumoniamnist_28": {
+        "file": "pneumoniamnist.npz",
+        "size": 28,
+        "classes": ["normal", "pneumonia"],
+        "positive": "pneumonia",
+        "minority": 0,
+        "reference": {"auc": 0.944, "accuracy": 0.854},
+    },
+}
 METHODS = ("none", "class_weight", "oversample")
 CUTS = {"full": None, "minority_25pct": 0.25}
 REPORTED = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "mcc")
@@ -61,8 +79,16 @@ def run_one(dataset: str, cut: str, method: str, seed: int, args, out_dir: Path)
     }
     if CUTS[cut] is not None:
         overrides["imbalance"] = {"class": spec["minority"], "keep_fraction": CUTS[cut]}
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.json"),
-           "--bundle_root", str(BUNDLE)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(BUNDLE / "configs" / "train.json"),
+        "--bundle_root",
+        str(BUNDLE),
+    ]
     for key, value in overrides.items():
         cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out_dir / 'mlflow.db'}"}
@@ -72,9 +98,15 @@ def run_one(dataset: str, cut: str, method: str, seed: int, args, out_dir: Path)
     if proc.returncode != 0:
         raise RuntimeError(f"{run_name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     results = json.loads((out_dir / run_name / "metrics.json").read_text())
-    return {"dataset": dataset, "train": cut, "rebalance": method, "seed": seed, "seconds": round(seconds, 1),
-            "metrics": {k: results["metrics"][k] for k in REPORTED},
-            "ci95": {k: results["ci95"][k] for k in REPORTED}}  # fmt: skip
+    return {
+        "dataset": dataset,
+        "train": cut,
+        "rebalance": method,
+        "seed": seed,
+        "seconds": round(seconds, 1),
+        "metrics": {k: results["metrics"][k] for k in REPORTED},
+        "ci95": {k: results["ci95"][k] for k in REPORTED},
+    }
 
 
 def runs_from_store(out_dir: Path) -> list[dict]:
@@ -91,11 +123,17 @@ def runs_from_store(out_dir: Path) -> list[dict]:
         dataset, rest = next((d, name[len(d) + 1 :]) for d in DATASETS if name.startswith(d + "-"))
         cut = next(c for c in CUTS if rest.startswith(c + "-"))
         results = json.loads((out_dir / name / "metrics.json").read_text())
-        runs.append({"dataset": dataset, "train": cut, "rebalance": run.data.tags["strategy"],
-                     "seed": int(run.data.tags["seed"]),
-                     "seconds": round((run.info.end_time - run.info.start_time) / 1000, 1),
-                     "metrics": {k: results["metrics"][k] for k in REPORTED},
-                     "ci95": {k: results["ci95"][k] for k in REPORTED}})  # fmt: skip
+        runs.append(
+            {
+                "dataset": dataset,
+                "train": cut,
+                "rebalance": run.data.tags["strategy"],
+                "seed": int(run.data.tags["seed"]),
+                "seconds": round((run.info.end_time - run.info.start_time) / 1000, 1),
+                "metrics": {k: results["metrics"][k] for k in REPORTED},
+                "ci95": {k: results["ci95"][k] for k in REPORTED},
+            }
+        )
     order = {(d, c, m): i for i, (d, c, m) in enumerate((d, c, m) for d in DATASETS for c in CUTS for m in METHODS)}
     return sorted(runs, key=lambda r: (order[(r["dataset"], r["train"], r["rebalance"])], r["seed"]))
 
@@ -106,12 +144,19 @@ def summarise(runs: list[dict]) -> list[dict]:
         cells.setdefault((run["dataset"], run["train"], run["rebalance"]), []).append(run)
     rows = []
     for (dataset, cut, method), group in cells.items():
-        row = {"dataset": dataset, "train": cut, "rebalance": method, "seeds": len(group),
-               "seconds_per_model": round(float(np.mean([r["seconds"] for r in group])), 1)}  # fmt: skip
+        row = {
+            "dataset": dataset,
+            "train": cut,
+            "rebalance": method,
+            "seeds": len(group),
+            "seconds_per_model": round(float(np.mean([r["seconds"] for r in group])), 1),
+        }
         for name in REPORTED:
             values = np.array([r["metrics"][name] for r in group], dtype=float)
-            row[name] = {"mean": round(float(np.nanmean(values)), 4), "sd": round(float(np.nanstd(values, ddof=1)), 4)
-                         if len(values) > 1 else 0.0}  # fmt: skip
+            row[name] = {
+                "mean": round(float(np.nanmean(values)), 4),
+                "sd": round(float(np.nanstd(values, ddof=1)), 4) if len(values) > 1 else 0.0,
+            }
         rows.append(row)
     return rows
 
@@ -154,8 +199,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one seed, BreastMNIST 28 only, 5 epochs")
     parser.add_argument("--name", default="baselines", help="results file stem")
     parser.add_argument("--runs-dir", type=Path, default=RESULTS / "tmp", help="run folders and MLflow store")
-    parser.add_argument("--from-runs", action="store_true",
-                        help="do not train: rebuild the tables from the finished runs in benchmarks/results/tmp")
+    parser.add_argument(
+        "--from-runs",
+        action="store_true",
+        help="do not train: rebuild the tables from the finished runs in benchmarks/results/tmp",
+    )
     args = parser.parse_args()
     if args.quick:
         args.datasets, args.seeds, args.max_epochs, args.name = ["breastmnist_28"], 1, 5, f"{args.name}_quick"
@@ -167,11 +215,23 @@ def main() -> int:
         run = run_one(dataset, cut, method, seed, args, out_dir)
         runs.append(run)
         m = run["metrics"]
-        print(f"[{i}/{len(grid)}] {dataset:18s} {cut:15s} {method:13s} seed {seed}: AUC {m['auc']:.3f} "
-              f"ACC {m['accuracy']:.3f} BA {m['balanced_accuracy']:.3f} ({run['seconds']:.0f} s)", flush=True)  # fmt: skip
-    meta = {"runs": len(runs), "classifier": args.classifier, "timing": "from MLflow run start/end" if args.from_runs else "wall clock per process", "max_epochs": args.max_epochs, "patience": args.patience,
-            "seeds": args.seeds, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+        print(
+            f"[{i}/{len(grid)}] {dataset:18s} {cut:15s} {method:13s} seed {seed}: AUC {m['auc']:.3f} "
+            f"ACC {m['accuracy']:.3f} BA {m['balanced_accuracy']:.3f} ({run['seconds']:.0f} s)",
+            flush=True,
+        )
+    meta = {
+        "runs": len(runs),
+        "classifier": args.classifier,
+        "timing": "from MLflow run start/end" if args.from_runs else "wall clock per process",
+        "max_epochs": args.max_epochs,
+        "patience": args.patience,
+        "seeds": args.seeds,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     rows = summarise(runs)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=2))
     table = markdown(rows, meta)

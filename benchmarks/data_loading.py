@@ -108,29 +108,53 @@ def main(argv=None) -> int:
             epochs = [one_epoch(dataset, args.batch_size, args.workers)[0] for _ in range(args.epochs)]
             first = built + epochs[0]
             later = min(epochs[1:]) if len(epochs) > 1 else None
-            rows.append({"dataset": name, "build_s": round(built, 2), "first_epoch_s": round(first, 2),
-                         "first_epoch_images_per_s": round(n / first, 1),
-                         "later_epoch_s": None if later is None else round(later, 2),
-                         "later_epoch_images_per_s": None if later is None else round(n / later, 1)})  # fmt: skip
+            rows.append(
+                {
+                    "dataset": name,
+                    "build_s": round(built, 2),
+                    "first_epoch_s": round(first, 2),
+                    "first_epoch_images_per_s": round(n / first, 1),
+                    "later_epoch_s": None if later is None else round(later, 2),
+                    "later_epoch_images_per_s": None if later is None else round(n / later, 1),
+                }
+            )
             print(rows[-1], flush=True)
 
         measure("Dataset", lambda: make_dataset(entries, transforms, "Dataset"))
         measure("CacheDataset", lambda: make_dataset(entries, transforms, "CacheDataset", progress=True))
-        measure("PersistentDataset (cold)", lambda: make_dataset(entries, transforms, "PersistentDataset", cache_dir=cache))
-        measure("PersistentDataset (warm)", lambda: make_dataset(entries, transforms, "PersistentDataset", cache_dir=cache))
+        measure(
+            "PersistentDataset (cold)", lambda: make_dataset(entries, transforms, "PersistentDataset", cache_dir=cache)
+        )
+        measure(
+            "PersistentDataset (warm)", lambda: make_dataset(entries, transforms, "PersistentDataset", cache_dir=cache)
+        )
 
     base = rows[0]
     for row in rows:
-        row["first_epoch_ratio_vs_Dataset"] = round(row["first_epoch_images_per_s"] / base["first_epoch_images_per_s"], 2)
+        row["first_epoch_ratio_vs_Dataset"] = round(
+            row["first_epoch_images_per_s"] / base["first_epoch_images_per_s"], 2
+        )
         if row["later_epoch_images_per_s"] and base["later_epoch_images_per_s"]:
-            row["later_epoch_ratio_vs_Dataset"] = round(row["later_epoch_images_per_s"] / base["later_epoch_images_per_s"], 2)
+            row["later_epoch_ratio_vs_Dataset"] = round(
+                row["later_epoch_images_per_s"] / base["later_epoch_images_per_s"], 2
+            )
     result = {
-        "files": args.files, "images": n, "composition": composition, "batch_size": args.batch_size,
-        "workers": args.workers, "epochs": args.epochs, "index_seconds": {k: round(v, 2) for k, v in timings.items()},
-        "rows": rows, "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
-                                  "python": platform.python_version(), "torch": torch.__version__},
+        "files": args.files,
+        "images": n,
+        "composition": composition,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "epochs": args.epochs,
+        "index_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "rows": rows,
+        "machine": {
+            "cpus": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "transforms": "train#transforms of bundles/imbalance_baselines/configs/train.json (64 px, flips, affine, contrast)",
-    }  # fmt: skip
+    }
     lines = [
         f"# Data loading: one training epoch over {n} DICOM files",
         "",
@@ -143,11 +167,17 @@ def main(argv=None) -> int:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['first_epoch_s']} | {r['first_epoch_images_per_s']} | "
-                     f"{r['first_epoch_ratio_vs_Dataset']} | {r['later_epoch_s']} | {r['later_epoch_images_per_s']} | "
-                     f"{r.get('later_epoch_ratio_vs_Dataset', '')} |")  # fmt: skip
-    lines += ["", "Indexing the folder (decode every file once, hash pixels, skip unusable files): "
-              + ", ".join(f"{k} {v:.2f} s" for k, v in result["index_seconds"].items()) + "."]  # fmt: skip
+        lines.append(
+            f"| {r['dataset']} | {r['first_epoch_s']} | {r['first_epoch_images_per_s']} | "
+            f"{r['first_epoch_ratio_vs_Dataset']} | {r['later_epoch_s']} | {r['later_epoch_images_per_s']} | "
+            f"{r.get('later_epoch_ratio_vs_Dataset', '')} |"
+        )
+    lines += [
+        "",
+        "Indexing the folder (decode every file once, hash pixels, skip unusable files): "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in result["index_seconds"].items())
+        + ".",
+    ]
     table = "\n".join(lines) + "\n"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.output}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -40,15 +40,32 @@ BUNDLE = REPO / "bundles" / "imbalance_baselines"
 RESULTS = REPO / "benchmarks" / "results"
 
 DATASETS = {
-    "breastmnist_64": {"file": "breastmnist_64.npz", "size": 64, "classes": ["malignant", "normal_benign"],
-                       "positive": "malignant", "minority": "malignant"},
-    "pneumoniamnist_28": {"file": "pneumoniamnist.npz", "size": 28, "classes": ["normal", "pneumonia"],
-                          "positive": "pneumonia", "minority": "normal"},
-}  # fmt: skip
+    "breastmnist_64": {
+        "file": "breastmnist_64.npz",
+        "size": 64,
+        "classes": ["malignant", "normal_benign"],
+        "positive": "malignant",
+        "minority": "malignant",
+    },
+    "pneumoniamnist_28": {
+        "file": "pneumoniamnist.npz",
+        "size": 28,
+        "classes": ["normal", "pneumonia"],
+        "positive": "pneumonia",
+        "minority": "normal",
+    },
+}
 # method -> (rebalance#method, oversample#method)
-METHODS = {"none": ("none", "none"), "class_weight": ("class_weight", "none"), "random": ("none", "random"),
-           "gan": ("none", "gan"), "vae_interp": ("none", "vae_interp"), "ldm": ("none", "ldm"),
-           "ldm_img2img": ("none", "ldm_img2img"), "hybrid": ("none", "hybrid")}  # fmt: skip
+METHODS = {
+    "none": ("none", "none"),
+    "class_weight": ("class_weight", "none"),
+    "random": ("none", "random"),
+    "gan": ("none", "gan"),
+    "vae_interp": ("none", "vae_interp"),
+    "ldm": ("none", "ldm"),
+    "ldm_img2img": ("none", "ldm_img2img"),
+    "hybrid": ("none", "hybrid"),
+}
 BASELINES = ("none", "class_weight", "random")
 # Quality of the minority-class images against the real minority images (the overall values compare
 # minority-only synthetic sets with both real classes, which mostly measures the class mix).
@@ -63,13 +80,19 @@ def overrides(dataset: str, method: str, seed: int, args, runs_dir: Path) -> dic
     spec = DATASETS[dataset]
     rebalance, oversample = METHODS[method]
     return {
-        "dataset_dir": str(REPO / "data" / spec["file"]), "class_names": spec["classes"],
-        "positive_class": spec["positive"], "image_size": [spec["size"], spec["size"]],
+        "dataset_dir": str(REPO / "data" / spec["file"]),
+        "class_names": spec["classes"],
+        "positive_class": spec["positive"],
+        "image_size": [spec["size"], spec["size"]],
         "imbalance": {"class": spec["minority"], "keep_fraction": 0.25},
-        "classifier": args.classifier, "early_stop_patience": args.patience,
+        "classifier": args.classifier,
+        "early_stop_patience": args.patience,
         "max_epochs": args.max_epochs_pneumonia if dataset.startswith("pneumonia") else args.max_epochs,
-        "batch_size": args.batch_size, "seed": seed, "n_bootstrap": 200,
-        "rebalance#method": rebalance, "oversample#method": oversample,
+        "batch_size": args.batch_size,
+        "seed": seed,
+        "n_bootstrap": 200,
+        "rebalance#method": rebalance,
+        "oversample#method": oversample,
         "oversample#image_size": [args.gen_size, args.gen_size],
         "oversample#gan#iterations": args.gan_iterations,
         "oversample#vae_interp#iterations": args.vae_iterations,
@@ -77,9 +100,12 @@ def overrides(dataset: str, method: str, seed: int, args, runs_dir: Path) -> dic
         "oversample#ldm#unet_iterations": args.ldm_unet_iterations,
         "oversample#ldm#ddim_steps": args.ddim_steps,
         "oversample#quality#feature_epochs": args.feature_epochs,
-        "oversample#cache_dir": str(runs_dir / "oversample_cache"), "oversample#progress": False,
-        "study_data#progress": False, "output_dir": str(runs_dir), "run_name": f"{dataset}-{method}-seed{seed}",
-    }  # fmt: skip
+        "oversample#cache_dir": str(runs_dir / "oversample_cache"),
+        "oversample#progress": False,
+        "study_data#progress": False,
+        "output_dir": str(runs_dir),
+        "run_name": f"{dataset}-{method}-seed{seed}",
+    }
 
 
 def run_one(dataset: str, method: str, seed: int, args, runs_dir: Path) -> dict:
@@ -87,8 +113,11 @@ def run_one(dataset: str, method: str, seed: int, args, runs_dir: Path) -> dict:
 
     name = f"{dataset}-{method}-seed{seed}"
     start = time.perf_counter()
-    bundle_run(config_file=[str(BUNDLE / "configs" / "train.json")], bundle_root=str(BUNDLE),
-               **overrides(dataset, method, seed, args, runs_dir))  # fmt: skip
+    bundle_run(
+        config_file=[str(BUNDLE / "configs" / "train.json")],
+        bundle_root=str(BUNDLE),
+        **overrides(dataset, method, seed, args, runs_dir),
+    )
     seconds = time.perf_counter() - start
     run_dir = runs_dir / name
     results = json.loads((run_dir / "metrics.json").read_text())
@@ -97,8 +126,12 @@ def run_one(dataset: str, method: str, seed: int, args, runs_dir: Path) -> dict:
     minority = DATASETS[dataset]["minority"]
     cost = oversample.get("cost", {})
     return {
-        "dataset": dataset, "method": method, "seed": seed, "seconds_total": round(seconds, 1),
-        "balanced_accuracy": m["balanced_accuracy"], "auc": m["auc"],
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "seconds_total": round(seconds, 1),
+        "balanced_accuracy": m["balanced_accuracy"],
+        "auc": m["auc"],
         "minority_sensitivity": m.get(f"sensitivity_class_{minority}"),
         "synthetic": sum((oversample.get("added") or {}).values()),
         "fit_seconds": cost.get("fit", {}).get("seconds", 0.0),
@@ -107,7 +140,7 @@ def run_one(dataset: str, method: str, seed: int, args, runs_dir: Path) -> dict:
         "fit_cached": cost.get("fit", {}).get("cached"),
         "peak_memory_mb": max([c.get("peak_memory_mb", 0.0) for c in cost.values()] or [0.0]),
         "quality": oversample.get("quality") or {},
-    }  # fmt: skip
+    }
 
 
 def with_full_quality(record: dict, runs_dir: Path) -> dict:
@@ -125,7 +158,12 @@ def mean_sd_ci(values) -> dict:
     mean = float(v.mean())
     sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
     half = float(stats.t.ppf(0.975, len(v) - 1) * sd / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return {"mean": round(mean, 4), "sd": round(sd, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)], "n": len(v)}
+    return {
+        "mean": round(mean, 4),
+        "sd": round(sd, 4),
+        "ci95": [round(mean - half, 4), round(mean + half, 4)],
+        "n": len(v),
+    }
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -143,7 +181,9 @@ def summarise(runs: list[dict]) -> list[dict]:
                 row[key] = mean_sd_ci([minority_quality(r["quality"], minority)[key] for r in group])["mean"]
             # Cost of a method: the first (uncached) fit of each seed plus sampling.
             fits = [r["fit_seconds"] for r in group]
-            row["fit_plus_sample_seconds"] = round(float(np.mean([f + r["sample_seconds"] for f, r in zip(fits, group)])), 1)
+            row["fit_plus_sample_seconds"] = round(
+                float(np.mean([f + r["sample_seconds"] for f, r in zip(fits, group)])), 1
+            )
             row["peak_memory_mb"] = round(float(np.mean([r["peak_memory_mb"] for r in group])), 1)
             row["synthetic_images"] = int(np.mean([r["synthetic"] for r in group]))
             rows.append(row)
@@ -162,8 +202,10 @@ def verdict(rows: list[dict]) -> list[str]:
         best_gen = max(gen, key=lambda m: cells[m]["balanced_accuracy"]["mean"])
         diff = 100 * (cells[best_gen]["balanced_accuracy"]["mean"] - cells[best_base]["balanced_accuracy"]["mean"])
         goal = "meets" if diff >= 2 else "does not meet"
-        lines.append(f"- {dataset}: best generative `{best_gen}` vs best baseline `{best_base}`: "
-                     f"{diff:+.1f} points of balanced accuracy ({goal} the +2 point goal).")  # fmt: skip
+        lines.append(
+            f"- {dataset}: best generative `{best_gen}` vs best baseline `{best_base}`: "
+            f"{diff:+.1f} points of balanced accuracy ({goal} the +2 point goal)."
+        )
     return lines
 
 
@@ -199,7 +241,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "| dataset | method | seeds | balanced ACC | minority sensitivity | AUC | FID | precision | recall "
         "| MS-SSIM synth (real) | near-copy frac. | synthetic | fit+sample s | peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for r in rows:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {r['seeds']} | {f(r['balanced_accuracy'])} | "
@@ -207,7 +249,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {q(r['recall'])} | {ms_ssim(r)} "
             f"| {q(r['near_copy_fraction'])} | {r['synthetic_images']} "
             f"| {r['fit_plus_sample_seconds']:.0f} | {r['peak_memory_mb']:.0f} |"
-        )  # fmt: skip
+        )
     lines += ["", "Goal: the best generative method beats the best non-generative baseline by >= 2 points:", ""]
     lines += verdict(rows) or ["- not enough finished runs to compare."]
     return "\n".join(lines) + "\n"
@@ -221,8 +263,12 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=0, help="to add seeds in a second process")
     parser.add_argument("--classifier", default="small_cnn")
     parser.add_argument("--max-epochs", type=int, default=10)
-    parser.add_argument("--max-epochs-pneumonia", type=int, default=3,
-                        help="PneumoniaMNIST has 8x the train images: fewer epochs keep the grid affordable")
+    parser.add_argument(
+        "--max-epochs-pneumonia",
+        type=int,
+        default=3,
+        help="PneumoniaMNIST has 8x the train images: fewer epochs keep the grid affordable",
+    )
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--gen-size", type=int, default=32, help="generators' training size (px)")
@@ -249,29 +295,63 @@ def main() -> int:
         try:
             record = run_one(dataset, method, seed, args, runs_dir)
         except Exception:  # one failed model is reported, the grid goes on
-            failures.append({"dataset": dataset, "method": method, "seed": seed, "error": traceback.format_exc()[-2000:]})
+            failures.append(
+                {"dataset": dataset, "method": method, "seed": seed, "error": traceback.format_exc()[-2000:]}
+            )
             print(f"[{i}/{len(grid)}] {dataset} {method} seed {seed}: FAILED\n{failures[-1]['error']}", flush=True)
             continue
         path.write_text(json.dumps(record, indent=2))
-        print(f"[{i}/{len(grid)}] {dataset:18s} {method:12s} seed {seed}: BA {record['balanced_accuracy']:.3f} "
-              f"minority sens {record['minority_sensitivity']:.3f} AUC {record['auc']:.3f} "
-              f"(fit {record['fit_seconds']:.0f} s, total {record['seconds_total']:.0f} s)", flush=True)  # fmt: skip
-    runs = [with_full_quality(json.loads(p.read_text()), runs_dir) for p in sorted((runs_dir / "results").glob("*.json"))]
+        print(
+            f"[{i}/{len(grid)}] {dataset:18s} {method:12s} seed {seed}: BA {record['balanced_accuracy']:.3f} "
+            f"minority sens {record['minority_sensitivity']:.3f} AUC {record['auc']:.3f} "
+            f"(fit {record['fit_seconds']:.0f} s, total {record['seconds_total']:.0f} s)",
+            flush=True,
+        )
+    runs = [
+        with_full_quality(json.loads(p.read_text()), runs_dir) for p in sorted((runs_dir / "results").glob("*.json"))
+    ]
     runs = [r for r in runs if r["dataset"] in args.datasets and r["method"] in args.methods]
     # Compare methods on the same seeds only: a seed some method has not finished is left out.
-    complete = {(d, s) for d in args.datasets for s in {r["seed"] for r in runs}
-                if all(any(r["dataset"] == d and r["seed"] == s and r["method"] == m for r in runs) for m in args.methods)}
+    complete = {
+        (d, s)
+        for d in args.datasets
+        for s in {r["seed"] for r in runs}
+        if all(any(r["dataset"] == d and r["seed"] == s and r["method"] == m for r in runs) for m in args.methods)
+    }
     incomplete = sorted({f"{r['dataset']} seed {r['seed']}" for r in runs if (r["dataset"], r["seed"]) not in complete})
     runs = [r for r in runs if (r["dataset"], r["seed"]) in complete]
-    settings = {k: getattr(args, k) for k in ("classifier", "max_epochs", "max_epochs_pneumonia", "patience", "batch_size", "gen_size",
-                                              "gan_iterations", "vae_iterations", "ldm_ae_iterations",
-                                              "ldm_unet_iterations", "ddim_steps", "feature_epochs", "seeds")}  # fmt: skip
-    meta = {"settings": settings, "runs": len(runs), "planned_runs": len(grid),
-            "seeds_done": sorted({r["seed"] for r in runs}), "cpu_threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "machine": platform.machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "seeds_per_dataset": {d: sorted({r["seed"] for r in runs if r["dataset"] == d}) for d in args.datasets},
-            "incomplete_seeds_left_out": incomplete, "failures": failures}  # fmt: skip
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "classifier",
+            "max_epochs",
+            "max_epochs_pneumonia",
+            "patience",
+            "batch_size",
+            "gen_size",
+            "gan_iterations",
+            "vae_iterations",
+            "ldm_ae_iterations",
+            "ldm_unet_iterations",
+            "ddim_steps",
+            "feature_epochs",
+            "seeds",
+        )
+    }
+    meta = {
+        "settings": settings,
+        "runs": len(runs),
+        "planned_runs": len(grid),
+        "seeds_done": sorted({r["seed"] for r in runs}),
+        "cpu_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "seeds_per_dataset": {d: sorted({r["seed"] for r in runs if r["dataset"] == d}) for d in args.datasets},
+        "incomplete_seeds_left_out": incomplete,
+        "failures": failures,
+    }
     rows = summarise(runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=2))

@@ -62,8 +62,14 @@ PLURAL = {"thread": "threads", "process": "processes"}
 MODES = {"medaug_predict": DEFAULT_PARALLEL, f"medaug_predict_{PLURAL[OTHER_PARALLEL]}": OTHER_PARALLEL}
 PATHS = (*MODES, "plain_monai_bundle")
 MULTI_FRAME_SAMPLE = "emri_small.dcm"
-SAMPLES = ("CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "MR2_UNCR.dcm",
-           "RG3_J2KR.dcm")  # fmt: skip
+SAMPLES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "693_UNCR.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm",
+    "MR2_UNCR.dcm",
+    "RG3_J2KR.dcm",
+)
 
 
 def make_folder(root: Path, n: int) -> dict[str, int]:
@@ -130,11 +136,28 @@ def _tree_pss_kb(root: int) -> int:
 
 def run_multi_frame(bundle: Path, source: Path, out: Path, frames: str, workers: int) -> dict:
     """``medaug predict --frames <frames>`` on ``source`` in a fresh process: seconds, peak memory, images."""
-    predict = [sys.executable, "-m", "medaug.cli", "predict", "--bundle", str(bundle), "--input", str(source),
-               "--output", str(out), "--frames", frames, "--workers", str(workers), "--no-progress"]  # fmt: skip
+    predict = [
+        sys.executable,
+        "-m",
+        "medaug.cli",
+        "predict",
+        "--bundle",
+        str(bundle),
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        "--frames",
+        frames,
+        "--workers",
+        str(workers),
+        "--no-progress",
+    ]
     # the wrapper reports RUSAGE_CHILDREN of this one run (the largest of medaug and its workers)
-    wrapper = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")  # fmt: skip
+    wrapper = (
+        "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", wrapper, *predict], stdout=subprocess.PIPE, env=env, text=True)
@@ -148,8 +171,13 @@ def run_multi_frame(bundle: Path, source: Path, out: Path, frames: str, workers:
         raise SystemExit(f"medaug predict --frames {frames} exited {proc.returncode}: {stdout[-2000:]}")
     maxrss_kb = int(stdout.strip().splitlines()[-1])
     images = json.loads((out / "summary.json").read_text())["images"]
-    return {"frames": frames, "images": images, "seconds": round(seconds, 2),
-            "max_rss_mib": round(maxrss_kb / 1024, 1), "peak_pss_sum_mib": round(peak_pss / 1024, 1)}  # fmt: skip
+    return {
+        "frames": frames,
+        "images": images,
+        "seconds": round(seconds, 2),
+        "max_rss_mib": round(maxrss_kb / 1024, 1),
+        "peak_pss_sum_mib": round(peak_pss / 1024, 1),
+    }
 
 
 def plain_monai_config(bundle: Path, files: list[Path], ckpt: Path, out: Path, batch_size: int, workers: int) -> dict:
@@ -157,33 +185,61 @@ def plain_monai_config(bundle: Path, files: list[Path], ckpt: Path, out: Path, b
     return {
         "image_size": inference["image_size"],
         "device": "$torch.device('cpu')",
-        "network_def": {"_target_": "medaug.models.build_classifier", "name": inference["classifier"],
-                        "in_channels": 1, "num_classes": len(inference["class_names"]),
-                        "spatial_size": "@image_size"},  # fmt: skip
+        "network_def": {
+            "_target_": "medaug.models.build_classifier",
+            "name": inference["classifier"],
+            "in_channels": 1,
+            "num_classes": len(inference["class_names"]),
+            "spatial_size": "@image_size",
+        },
         "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image", "reader": "PydicomReader", "image_only": True},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "ScaleIntensityd", "keys": "image"},
-            {"_target_": "Resized", "keys": "image", "spatial_size": "@image_size", "mode": "area"},
-            {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
-        ]},  # fmt: skip
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "image", "reader": "PydicomReader", "image_only": True},
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                {"_target_": "ScaleIntensityd", "keys": "image"},
+                {"_target_": "Resized", "keys": "image", "spatial_size": "@image_size", "mode": "area"},
+                {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
+            ],
+        },
         "dataset": {"_target_": "Dataset", "data": [{"image": str(f)} for f in files], "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": batch_size, "shuffle": False,
-                       "num_workers": workers},  # fmt: skip
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": batch_size,
+            "shuffle": False,
+            "num_workers": workers,
+        },
         "inferer": {"_target_": "SimpleInferer"},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True}]},  # fmt: skip
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}],
+        },
         "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": str(ckpt), "load_dict": {"model": "@network"},
-             "map_location": "@device"},
-            {"_target_": "ClassificationSaver", "output_dir": str(out),
-             "batch_transform": "$lambda batch: [item['image'].meta for item in batch]",
-             "output_transform": "$monai.handlers.from_engine(['pred'])"},
-        ],  # fmt: skip
-        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
-                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
-                      "val_handlers": "@handlers", "amp": False},  # fmt: skip
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": str(ckpt),
+                "load_dict": {"model": "@network"},
+                "map_location": "@device",
+            },
+            {
+                "_target_": "ClassificationSaver",
+                "output_dir": str(out),
+                "batch_transform": "$lambda batch: [item['image'].meta for item in batch]",
+                "output_transform": "$monai.handlers.from_engine(['pred'])",
+            },
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": False,
+        },
     }
 
 
@@ -199,9 +255,12 @@ def cost_breakdown(bundle: Path, repeats: int = 7) -> dict:
 
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
     size = inference["image_size"]
-    medaug_pre = ConfigParser({"channels": inference["channels"], "image_size": size,
-                               "preprocessing": inference["preprocessing"]}).get_parsed_content("preprocessing")  # fmt: skip
-    plain_pre = ConfigParser(plain_monai_config(bundle, [], bundle / "models" / "model.pt", bundle, 1, 0)).get_parsed_content("preprocessing")  # fmt: skip
+    medaug_pre = ConfigParser(
+        {"channels": inference["channels"], "image_size": size, "preprocessing": inference["preprocessing"]}
+    ).get_parsed_content("preprocessing")
+    plain_pre = ConfigParser(
+        plain_monai_config(bundle, [], bundle / "models" / "model.pt", bundle, 1, 0)
+    ).get_parsed_content("preprocessing")
     decoder = _Decoder(medaug_pre, "middle", None)
     loader, rest = _split_loader(medaug_pre)
 
@@ -223,15 +282,25 @@ def cost_breakdown(bundle: Path, repeats: int = 7) -> dict:
         for name in SAMPLES:
             path = REPO / "tests" / "data" / "dicom" / name
             loaded = loader({"image": str(path)})
-            ms = cpu_ms({"header": lambda: read_dicom_header(path), "read": lambda: read_image_with_meta(path),
-                         "transforms": lambda: rest(dict(loaded)), "whole": lambda: decoder((path, name)),
-                         "plain": lambda: plain_pre({"image": str(path)})})  # fmt: skip
-            per_sample[name] = {"header_checks": round(ms["header"], 1),
-                                "decode_and_display": round(ms["read"] - ms["header"], 1),
-                                "bundle_transforms": round(ms["transforms"], 1), "medaug_total": round(ms["whole"], 1),
-                                "plain_monai_preprocessing": round(ms["plain"], 1)}  # fmt: skip
-        net = build_classifier(inference["classifier"], inference["channels"], len(inference["class_names"]),
-                               tuple(size)).eval()  # fmt: skip
+            ms = cpu_ms(
+                {
+                    "header": lambda: read_dicom_header(path),
+                    "read": lambda: read_image_with_meta(path),
+                    "transforms": lambda: rest(dict(loaded)),
+                    "whole": lambda: decoder((path, name)),
+                    "plain": lambda: plain_pre({"image": str(path)}),
+                }
+            )
+            per_sample[name] = {
+                "header_checks": round(ms["header"], 1),
+                "decode_and_display": round(ms["read"] - ms["header"], 1),
+                "bundle_transforms": round(ms["transforms"], 1),
+                "medaug_total": round(ms["whole"], 1),
+                "plain_monai_preprocessing": round(ms["plain"], 1),
+            }
+        net = build_classifier(
+            inference["classifier"], inference["channels"], len(inference["class_names"]), tuple(size)
+        ).eval()
         batch = torch.rand(32, inference["channels"], *size)
         with torch.inference_mode():
             model = cpu_ms({"model": lambda: net(batch)})["model"] / 32
@@ -254,9 +323,24 @@ def run_plain_monai(config: dict) -> int:
 def run_medaug(bundle: Path, source: Path, out: Path, batch_size: int, workers: int, parallel: str) -> int:
     from medaug.cli import main
 
-    code = main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out),
-                 "--batch-size", str(batch_size), "--workers", str(workers), "--parallel", parallel,
-                 "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            "--bundle",
+            str(bundle),
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+            "--batch-size",
+            str(batch_size),
+            "--workers",
+            str(workers),
+            "--parallel",
+            parallel,
+            "--no-progress",
+        ]
+    )
     if code != 0:
         raise SystemExit(f"medaug predict exited {code}: see {out / 'skipped.csv'}")
     return json.loads((out / "summary.json").read_text())["images"]
@@ -274,7 +358,9 @@ def main() -> None:
     cli.add_argument("--repeats", type=int, default=3)
     cli.add_argument("--workers", type=int, default=2)
     cli.add_argument("--batch-size", type=int, default=32)
-    cli.add_argument("--frames-count", type=int, default=500, help="frames of the multi-frame file (0: no multi-frame rows)")
+    cli.add_argument(
+        "--frames-count", type=int, default=500, help="frames of the multi-frame file (0: no multi-frame rows)"
+    )
     cli.add_argument("--note", default="", help="a sentence added to the .md, e.g. what else ran on the machine")
     cli.add_argument("--keep", action="store_true", help="keep the generated folder")
     args = cli.parse_args()
@@ -286,8 +372,12 @@ def main() -> None:
         bundle = Path(shutil.copytree(BUNDLE, work / "bundle", ignore=shutil.ignore_patterns("runs", "models")))
         inference = json.loads((bundle / "configs" / "inference.json").read_text())
         torch.manual_seed(0)
-        net = build_classifier(inference["classifier"], inference["channels"], len(inference["class_names"]),
-                               tuple(inference["image_size"]))  # fmt: skip
+        net = build_classifier(
+            inference["classifier"],
+            inference["channels"],
+            len(inference["class_names"]),
+            tuple(inference["image_size"]),
+        )
         (bundle / "models").mkdir()
         ckpt = bundle / "models" / "model.pt"
         torch.save({"model": net.state_dict()}, ckpt)
@@ -301,13 +391,16 @@ def main() -> None:
 
         for parallel in MODES.values():
             run_medaug(bundle, warm, work / f"o-warm-{parallel}", args.batch_size, args.workers, parallel)
-        run_plain_monai(plain_monai_config(bundle, warm_files, ckpt, work / "o-warm-monai", args.batch_size, args.workers))
+        run_plain_monai(
+            plain_monai_config(bundle, warm_files, ckpt, work / "o-warm-monai", args.batch_size, args.workers)
+        )
         times = {name: [] for name in PATHS}
         images = {}
         for r in range(args.repeats):
             for name, parallel in MODES.items():
-                seconds, images[name] = timed(run_medaug, bundle, source, work / f"o-{name}-{r}", args.batch_size,
-                                              args.workers, parallel)  # fmt: skip
+                seconds, images[name] = timed(
+                    run_medaug, bundle, source, work / f"o-{name}-{r}", args.batch_size, args.workers, parallel
+                )
                 times[name].append(seconds)
             config = plain_monai_config(bundle, files, ckpt, work / f"o-monai-{r}", args.batch_size, args.workers)
             seconds, images["plain_monai_bundle"] = timed(run_plain_monai, config)
@@ -315,13 +408,17 @@ def main() -> None:
             print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), file=sys.stderr)
 
         breakdown = cost_breakdown(bundle)
-        print(f"cost breakdown: {breakdown['mean_over_mix']}, model {breakdown['model_ms_per_image']} ms", file=sys.stderr)
+        print(
+            f"cost breakdown: {breakdown['mean_over_mix']}, model {breakdown['model_ms_per_image']} ms", file=sys.stderr
+        )
 
         multi_frame, multi_frame_mb = [], 0
         if args.frames_count:
             multi_frame_mb = make_multi_frame(work / "multi" / "series.dcm", args.frames_count) / 2**20
             for frames in ("all", "middle"):
-                multi_frame.append(run_multi_frame(bundle, work / "multi", work / f"o-multi-{frames}", frames, args.workers))
+                multi_frame.append(
+                    run_multi_frame(bundle, work / "multi", work / f"o-multi-{frames}", frames, args.workers)
+                )
                 print(f"multi-frame {frames}: {multi_frame[-1]}", file=sys.stderr)
     finally:
         if not args.keep:
@@ -330,70 +427,96 @@ def main() -> None:
     rates = {k: images[k] / statistics.median(v) for k, v in times.items()}
     result = {
         "what": "images/s predicting a folder of DICOM files, medaug predict vs plain MONAI bundle inference",
-        "files": args.files, "file_mix": counts, "batch_size": args.batch_size, "workers": args.workers,
+        "files": args.files,
+        "file_mix": counts,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
         "network": f"{inference['classifier']} at {inference['image_size']} px, CPU",
-        "images": images, "seconds": {k: [round(s, 3) for s in v] for k, v in times.items()},
+        "images": images,
+        "seconds": {k: [round(s, 3) for s in v] for k, v in times.items()},
         "images_per_s": {k: round(v, 1) for k, v in rates.items()},
         "default_parallel": DEFAULT_PARALLEL,
         "ratio_medaug_over_plain_monai": round(rates["medaug_predict"] / rates["plain_monai_bundle"], 3),
-        f"ratio_medaug_{PLURAL[OTHER_PARALLEL]}_over_plain_monai": round(rates[f"medaug_predict_{PLURAL[OTHER_PARALLEL]}"]
-                                                                 / rates["plain_monai_bundle"], 3),  # fmt: skip
+        f"ratio_medaug_{PLURAL[OTHER_PARALLEL]}_over_plain_monai": round(
+            rates[f"medaug_predict_{PLURAL[OTHER_PARALLEL]}"] / rates["plain_monai_bundle"], 3
+        ),
         "cost_breakdown": breakdown,
-        "multi_frame": {"file": f"{args.frames_count} frames of 512x512 uint16 MONOCHROME2, uncompressed, "
-                                f"{multi_frame_mb:.0f} MiB, header of {MULTI_FRAME_SAMPLE}",
-                        "runs": multi_frame} if multi_frame else None,  # fmt: skip
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version(), "platform": platform.platform()},
+        "multi_frame": {
+            "file": f"{args.frames_count} frames of 512x512 uint16 MONOCHROME2, uncompressed, "
+            f"{multi_frame_mb:.0f} MiB, header of {MULTI_FRAME_SAMPLE}",
+            "runs": multi_frame,
+        }
+        if multi_frame
+        else None,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "note": args.note,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }  # fmt: skip
-    table = "\n".join([
-        f"# Prediction throughput ({args.files} DICOM files, {result['network']}, batch {args.batch_size}, "
-        f"{args.workers} workers, {os.cpu_count()} CPUs)",
-        "",
-        "| path | images | median s | images/s |",
-        "|---|---|---|---|",
-        *[f"| {k.replace('_', ' ')} | {images[k]} | {statistics.median(times[k]):.1f} | {rates[k]:.1f} |"
-          for k in PATHS],
-        "",
-        f"Ratio medaug predict (default, {DEFAULT_PARALLEL} decoding) / plain MONAI: "
-        f"**{result['ratio_medaug_over_plain_monai']:.2f}x**; with `--parallel {OTHER_PARALLEL}`: "
-        f"{result[f'ratio_medaug_{PLURAL[OTHER_PARALLEL]}_over_plain_monai']:.2f}x "
-        f"(median of {args.repeats} runs each, alternating, same process, same files). File mix: "
-        + ", ".join(f"{k} x{v}" for k, v in counts.items()) + ". Generated by `benchmarks/predict_throughput.py`."
-        + (f" {args.note}" if args.note else ""),
-        "",
-    ])  # fmt: skip
+    }
+    table = "\n".join(
+        [
+            f"# Prediction throughput ({args.files} DICOM files, {result['network']}, batch {args.batch_size}, "
+            f"{args.workers} workers, {os.cpu_count()} CPUs)",
+            "",
+            "| path | images | median s | images/s |",
+            "|---|---|---|---|",
+            *[
+                f"| {k.replace('_', ' ')} | {images[k]} | {statistics.median(times[k]):.1f} | {rates[k]:.1f} |"
+                for k in PATHS
+            ],
+            "",
+            f"Ratio medaug predict (default, {DEFAULT_PARALLEL} decoding) / plain MONAI: "
+            f"**{result['ratio_medaug_over_plain_monai']:.2f}x**; with `--parallel {OTHER_PARALLEL}`: "
+            f"{result[f'ratio_medaug_{PLURAL[OTHER_PARALLEL]}_over_plain_monai']:.2f}x "
+            f"(median of {args.repeats} runs each, alternating, same process, same files). File mix: "
+            + ", ".join(f"{k} x{v}" for k, v in counts.items())
+            + ". Generated by `benchmarks/predict_throughput.py`."
+            + (f" {args.note}" if args.note else ""),
+            "",
+        ]
+    )
     mean, j2k = breakdown["mean_over_mix"], breakdown["cpu_ms_per_file"].get("RG3_J2KR.dcm", {})
-    table += "\n".join([
-        "",
-        "## Where the time goes (CPU ms per file, one thread, median of 7, mean over the six samples of the mix)",
-        "",
-        "| step | ms per file | of which RG3_J2KR.dcm (JPEG 2000, 1760²) |",
-        "|---|---|---|",
-        *[f"| {k.replace('_', ' ')} | {v:.1f} | {j2k.get(k, 0):.1f} |" for k, v in mean.items()],
-        f"| model ({result['network']}, batch 32), per image | {breakdown['model_ms_per_image']:.1f} | |",
-        "",
-        "Header checks: the header parse with the pixel-data and size checks; decode and display (the whole read "
-        "less the header checks): pixels (MONAI "
-        "`LoadImage(PydicomReader)`, pydicom for frames of multi-frame files), modality LUT, VOI window, "
-        "MONOCHROME1; bundle transforms: the bundle's `Resized` and `EnsureTyped` on the loaded image; medaug total: "
-        "all of it as a prediction worker runs it. Identifier scrubbing does not "
-        "show: rows carry only the UIDs (HMAC-hashed with `--hash-uids`, microseconds). Both paths decode JPEG 2000 "
-        "with the same OpenJPEG, which bounds the ratio.",
-        "",
-    ])  # fmt: skip
+    table += "\n".join(
+        [
+            "",
+            "## Where the time goes (CPU ms per file, one thread, median of 7, mean over the six samples of the mix)",
+            "",
+            "| step | ms per file | of which RG3_J2KR.dcm (JPEG 2000, 1760²) |",
+            "|---|---|---|",
+            *[f"| {k.replace('_', ' ')} | {v:.1f} | {j2k.get(k, 0):.1f} |" for k, v in mean.items()],
+            f"| model ({result['network']}, batch 32), per image | {breakdown['model_ms_per_image']:.1f} | |",
+            "",
+            "Header checks: the header parse with the pixel-data and size checks; decode and display (the whole read "
+            "less the header checks): pixels (MONAI "
+            "`LoadImage(PydicomReader)`, pydicom for frames of multi-frame files), modality LUT, VOI window, "
+            "MONOCHROME1; bundle transforms: the bundle's `Resized` and `EnsureTyped` on the loaded image; medaug total: "
+            "all of it as a prediction worker runs it. Identifier scrubbing does not "
+            "show: rows carry only the UIDs (HMAC-hashed with `--hash-uids`, microseconds). Both paths decode JPEG 2000 "
+            "with the same OpenJPEG, which bounds the ratio.",
+            "",
+        ]
+    )
     if multi_frame:
-        table += "\n".join([
-            "",
-            f"## Multi-frame ({result['multi_frame']['file']}; `medaug predict` in a fresh process, {args.workers} workers)",
-            "",
-            "| path | images | s | max RSS of one process MiB | peak PSS of all its processes MiB |",
-            "|---|---|---|---|---|",
-            *[f"| multi-frame `--frames {r['frames']}` | {r['images']} | {r['seconds']:.1f} | {r['max_rss_mib']:.0f} | "
-              f"{r['peak_pss_sum_mib']:.0f} |" for r in multi_frame],
-            "",
-        ])  # fmt: skip
+        table += "\n".join(
+            [
+                "",
+                f"## Multi-frame ({result['multi_frame']['file']}; `medaug predict` in a fresh process, {args.workers} workers)",
+                "",
+                "| path | images | s | max RSS of one process MiB | peak PSS of all its processes MiB |",
+                "|---|---|---|---|---|",
+                *[
+                    f"| multi-frame `--frames {r['frames']}` | {r['images']} | {r['seconds']:.1f} | {r['max_rss_mib']:.0f} | "
+                    f"{r['peak_pss_sum_mib']:.0f} |"
+                    for r in multi_frame
+                ],
+                "",
+            ]
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "predict_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "predict_throughput.md").write_text(table)

@@ -44,16 +44,34 @@ BASE_TAG = "localhost/debian-python:bookworm"
 PROB_TOLERANCE = 1e-5
 EXIT_CANNOT_RUN_CONTAINERS = 2
 # Debian's images set these; an image made by `podman import` has no environment of its own.
-BASE_CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "ENV LANG=C.UTF-8",
-                'CMD ["/bin/bash"]']  # fmt: skip
+BASE_CHANGES = [
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["/bin/bash"]',
+]
 # Header attributes that name or identify the patient (and the people and places around the study),
 # from the PS3.15 Basic Profile list in medaug.io.phi. Dates and times alone are left out of the
 # comparison: as digit runs they also occur inside the UIDs and numbers that outputs rightly hold.
-PHI_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthDate",
-                "PatientBirthName", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers",
-                "AccessionNumber", "MedicalRecordLocator", "InstitutionName", "InstitutionAddress",
-                "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
-                "NameOfPhysiciansReadingStudy", "RequestingPhysician")  # fmt: skip
+PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthDate",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "AccessionNumber",
+    "MedicalRecordLocator",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician",
+)
 
 
 class CannotRunContainers(Exception):
@@ -100,14 +118,23 @@ class Checks:
 # ------------------------------------------------------------------------------------------ commands
 
 
-def run(log: Log, cmd: list[str], *, check: bool = True, quiet: bool = False, timeout: float = 3600,
-        env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def run(
+    log: Log,
+    cmd: list[str],
+    *,
+    check: bool = True,
+    quiet: bool = False,
+    timeout: float = 3600,
+    env: dict | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``cmd``, its output streamed into the log line by line (unless ``quiet``), and return it
     with ``stdout`` holding the whole output (stderr merged)."""
     log("$ " + " ".join(_quote(c) for c in cmd))
     lines = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                          env=env, cwd=cwd) as proc:  # fmt: skip
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env, cwd=cwd
+    ) as proc:
         deadline = time.monotonic() + timeout
         for line in proc.stdout:
             lines.append(line)
@@ -152,14 +179,21 @@ def ensure_tools(log: Log) -> None:
         log("podman, runc and debootstrap are installed")
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise CannotRunContainers(f"{', '.join(missing)} missing, and installing them needs root and apt-get "
-                                  "(Debian/Ubuntu): apt-get install podman runc debootstrap")  # fmt: skip
+        raise CannotRunContainers(
+            f"{', '.join(missing)} missing, and installing them needs root and apt-get "
+            "(Debian/Ubuntu): apt-get install podman runc debootstrap"
+        )
     lock = ["-o", "DPkg::Lock::Timeout=600"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         run(log, ["apt-get", *lock, "update", "-qq"], env=env, quiet=True, timeout=900)
-        run(log, ["apt-get", *lock, "install", "-y", "-qq", "podman", "runc", "debootstrap"], env=env, quiet=True,
-            timeout=1800)  # fmt: skip
+        run(
+            log,
+            ["apt-get", *lock, "install", "-y", "-qq", "podman", "runc", "debootstrap"],
+            env=env,
+            quiet=True,
+            timeout=1800,
+        )
     except StepFailed as err:
         raise CannotRunContainers(f"installing podman, runc and debootstrap with apt-get failed: {err}") from err
 
@@ -175,8 +209,19 @@ def ensure_base_image(log: Log, podman: Podman, cache: Path) -> None:
         rootfs, partial = cache / "rootfs.partial", cache / "debian-python-bookworm.tar.partial"
         shutil.rmtree(rootfs, ignore_errors=True)
         try:
-            run(log, ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,ca-certificates",
-                      "bookworm", str(rootfs), "http://deb.debian.org/debian"], quiet=True, timeout=1800)  # fmt: skip
+            run(
+                log,
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=python3,python3-venv,python3-pip,ca-certificates",
+                    "bookworm",
+                    str(rootfs),
+                    "http://deb.debian.org/debian",
+                ],
+                quiet=True,
+                timeout=1800,
+            )
         except StepFailed as err:
             raise CannotRunContainers(f"debootstrap could not build the Debian base: {err}") from err
         run(log, ["tar", "-C", str(rootfs), "-cf", str(partial), "."], quiet=True)
@@ -190,16 +235,19 @@ def ensure_base_image(log: Log, podman: Podman, cache: Path) -> None:
 def check_podman_works(podman: Podman) -> None:
     result = podman("info", "--format", "{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}}", check=False)
     if result.returncode != 0:
-        raise CannotRunContainers(f"podman does not work here (podman info exit {result.returncode}): "
-                                  f"{result.stdout.strip()[-1500:]}")  # fmt: skip
+        raise CannotRunContainers(
+            f"podman does not work here (podman info exit {result.returncode}): {result.stdout.strip()[-1500:]}"
+        )
 
 
 def check_containers_run(podman: Podman) -> None:
-    result = podman("run", "--rm", "--network", "none", BASE_TAG, "python3", "-c", "print('container runs')",
-                    check=False)  # fmt: skip
+    result = podman(
+        "run", "--rm", "--network", "none", BASE_TAG, "python3", "-c", "print('container runs')", check=False
+    )
     if result.returncode != 0:
-        raise CannotRunContainers(f"podman cannot run a container here (exit {result.returncode}): "
-                                  f"{result.stdout.strip()[-1500:]}")  # fmt: skip
+        raise CannotRunContainers(
+            f"podman cannot run a container here (exit {result.returncode}): {result.stdout.strip()[-1500:]}"
+        )
 
 
 def torch_wheel_folder(version: str) -> Path | None:
@@ -232,11 +280,32 @@ def train_checkpoint(log: Log, bundle: Path, work: Path) -> Path:
             overrides += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     out = work / "train"
     configs = str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "smoke.json")])
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}  # fmt: skip
-    result = run(log, [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root",
-                       str(bundle), "--output_dir", str(out), *overrides], env=env, cwd=work, quiet=True,
-                 timeout=1800)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONHASHSEED": "0",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}",
+    }
+    result = run(
+        log,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            configs,
+            "--bundle_root",
+            str(bundle),
+            "--output_dir",
+            str(out),
+            *overrides,
+        ],
+        env=env,
+        cwd=work,
+        quiet=True,
+        timeout=1800,
+    )
     for line in result.stdout.splitlines():
         if "test metrics" in line or "balanced_accuracy" in line:
             log("  " + line.strip())
@@ -262,8 +331,17 @@ def stage_context(bundle: Path, checkpoint: Path, context: Path) -> str:
 
 
 def build_image(log: Log, podman: Podman, context: Path, bundle_arg: str, tag: str, torch_version: str) -> None:
-    args = ["build", "-f", str(REPO / "docker" / "Dockerfile"), "--build-arg", f"BASE_IMAGE={BASE_TAG}",
-            "--build-arg", f"BUNDLE={bundle_arg}", "--build-arg", f"TORCH_VERSION={torch_version}"]  # fmt: skip
+    args = [
+        "build",
+        "-f",
+        str(REPO / "docker" / "Dockerfile"),
+        "--build-arg",
+        f"BASE_IMAGE={BASE_TAG}",
+        "--build-arg",
+        f"BUNDLE={bundle_arg}",
+        "--build-arg",
+        f"TORCH_VERSION={torch_version}",
+    ]
     if Path("/etc/ssl/certs").is_dir():  # PyPI through this machine's TLS setup
         args += ["-v", "/etc/ssl/certs:/etc/ssl/certs:ro"]
     wheels = torch_wheel_folder(torch_version)
@@ -367,17 +445,26 @@ def image_size(podman: Podman, tag: str) -> int:
 def compare_predictions(checks: Checks, inside: list[dict], outside: list[dict]) -> None:
     key = lambda row: (row["path"], row["frame"])  # noqa: E731
     a, b = {key(r): r for r in inside}, {key(r): r for r in outside}
-    checks("same files and frames predicted inside and outside the container", a.keys() == b.keys(),
-           f"{len(a)} inside, {len(b)} outside")  # fmt: skip
+    checks(
+        "same files and frames predicted inside and outside the container",
+        a.keys() == b.keys(),
+        f"{len(a)} inside, {len(b)} outside",
+    )
     common = sorted(a.keys() & b.keys())
     classes = [k for k in common if a[k]["predicted"] != b[k]["predicted"]]
-    checks("same predicted class for every image", not classes and bool(common),
-           f"differs for {classes}" if classes else f"{len(common)} images")  # fmt: skip
+    checks(
+        "same predicted class for every image",
+        not classes and bool(common),
+        f"differs for {classes}" if classes else f"{len(common)} images",
+    )
     prob_columns = [c for c in inside[0] if c.startswith("prob_")] if inside else []
     diffs = [abs(float(a[k][c]) - float(b[k][c])) for k in common for c in prob_columns]
     worst = max(diffs, default=float("nan"))
-    checks(f"probabilities within {PROB_TOLERANCE:g}", bool(diffs) and worst <= PROB_TOLERANCE,
-           f"largest difference {worst:.3g} over {len(diffs)} values")  # fmt: skip
+    checks(
+        f"probabilities within {PROB_TOLERANCE:g}",
+        bool(diffs) and worst <= PROB_TOLERANCE,
+        f"largest difference {worst:.3g} over {len(diffs)} values",
+    )
     same_model = {r["checkpoint_sha256"] for r in inside} == {r["checkpoint_sha256"] for r in outside}
     checks("same model (checkpoint_sha256) inside and outside", same_model and bool(inside))
 
@@ -386,14 +473,19 @@ def compare_predictions(checks: Checks, inside: list[dict], outside: list[dict])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "imbalance_baselines"), help="bundle to bake")
     parser.add_argument("--tag", default="localhost/medaug-predict:docker-test", help="tag of the image built")
-    parser.add_argument("--cache", default=os.environ.get("MEDAUG_DOCKER_CACHE",
-                        str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medaug-docker")),
-                        help="where the Debian base tarball, containers.conf and the log are kept "
-                        "(default: $MEDAUG_DOCKER_CACHE or ~/.cache/medaug-docker)")  # fmt: skip
+    parser.add_argument(
+        "--cache",
+        default=os.environ.get(
+            "MEDAUG_DOCKER_CACHE", str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medaug-docker")
+        ),
+        help="where the Debian base tarball, containers.conf and the log are kept "
+        "(default: $MEDAUG_DOCKER_CACHE or ~/.cache/medaug-docker)",
+    )
     parser.add_argument("--torch-version", default="2.13.0")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (inputs, outputs, context)")
     args = parser.parse_args(argv)
@@ -427,8 +519,11 @@ def main(argv: list[str] | None = None) -> int:
         size = image_size(podman, args.tag)
         checks("image size reported", size > 0, f"{size / 1e9:.2f} GB ({size:,} bytes)")
         configured, uid = container_user(podman, args.tag)
-        checks("container user is not root", uid != 0 and configured not in ("", "root", "0", "0:0"),
-               f"USER {configured!r}, id -u in the container = {uid}")  # fmt: skip
+        checks(
+            "container user is not root",
+            uid != 0 and configured not in ("", "root", "0", "0:0"),
+            f"USER {configured!r}, id -u in the container = {uid}",
+        )
 
         log.section("5. podman run --network none on a messy folder")
         source, out = work / "input", work / "output"
@@ -438,23 +533,54 @@ def main(argv: list[str] | None = None) -> int:
         good, broken = make_messy_input(source)
         log(f"input: {len(good)} DICOM samples, {len(broken)} broken or non-image files: {sorted(broken)}")
         before = tree_state(source)
-        no_net = podman("run", "--rm", "--network", "none", "--entrypoint", "python", args.tag, "-c",
-                        "import socket; socket.create_connection(('pypi.org', 443), timeout=5)", check=False,
-                        quiet=True)  # fmt: skip
-        checks("no network inside the container (--network none)", no_net.returncode != 0,
-               no_net.stdout.strip().splitlines()[-1] if no_net.stdout.strip() else "")  # fmt: skip
+        no_net = podman(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python",
+            args.tag,
+            "-c",
+            "import socket; socket.create_connection(('pypi.org', 443), timeout=5)",
+            check=False,
+            quiet=True,
+        )
+        checks(
+            "no network inside the container (--network none)",
+            no_net.returncode != 0,
+            no_net.stdout.strip().splitlines()[-1] if no_net.stdout.strip() else "",
+        )
         t0 = time.monotonic()
-        result = podman("run", "--rm", "--network", "none", "-v", f"{source}:/input:ro", "-v", f"{out}:/output",
-                        args.tag, "--no-progress", check=False, timeout=1200)  # fmt: skip
+        result = podman(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            f"{source}:/input:ro",
+            "-v",
+            f"{out}:/output",
+            args.tag,
+            "--no-progress",
+            check=False,
+            timeout=1200,
+        )
         log(f"container finished in {time.monotonic() - t0:.0f} s with exit code {result.returncode}")
         checks("exit code 3 (finished, some files skipped)", result.returncode == 3, f"got {result.returncode}")
 
         predictions = read_rows(out / "predictions.csv") if (out / "predictions.csv").is_file() else []
         paths = [row["path"] for row in predictions]
-        checks("one prediction per good file", sorted(paths) == sorted(good),
-               f"{len(paths)} predictions for {len(good)} good files")  # fmt: skip
-        skipped = {row["path"]: row["reason"] for row in read_rows(out / "skipped.csv")} \
-            if (out / "skipped.csv").is_file() else {}  # fmt: skip
+        checks(
+            "one prediction per good file",
+            sorted(paths) == sorted(good),
+            f"{len(paths)} predictions for {len(good)} good files",
+        )
+        skipped = (
+            {row["path"]: row["reason"] for row in read_rows(out / "skipped.csv")}
+            if (out / "skipped.csv").is_file()
+            else {}
+        )
         for relative in sorted(broken):
             reason = skipped.get(relative, "")
             checks(f"skipped.csv lists {relative} with a reason", bool(reason.strip()), reason)
@@ -468,12 +594,19 @@ def main(argv: list[str] | None = None) -> int:
             for uid_value in sorted(uids, key=len, reverse=True):
                 text = text.replace(uid_value, "")
             leaks += [f"{value!r} in {name}" for value in sorted(identifiers) if value in text]
-        checks("no patient identifier of the input headers in any output or message", not leaks and bool(identifiers),
-               f"{len(identifiers)} identifying values searched in {sorted(texts)}" + (f"; found {leaks}" if leaks else ""))  # fmt: skip
+        checks(
+            "no patient identifier of the input headers in any output or message",
+            not leaks and bool(identifiers),
+            f"{len(identifiers)} identifying values searched in {sorted(texts)}"
+            + (f"; found {leaks}" if leaks else ""),
+        )
         owners = {p.stat().st_uid for p in out.iterdir()}
         checks("outputs written by a non-root user", bool(owners) and 0 not in owners, f"owner uids {sorted(owners)}")
-        checks("input folder unchanged (modes, times, sha256 of every file)", tree_state(source) == before,
-               f"{len(before)} entries")  # fmt: skip
+        checks(
+            "input folder unchanged (modes, times, sha256 of every file)",
+            tree_state(source) == before,
+            f"{len(before)} entries",
+        )
 
         log.section("6. the same medaug predict outside the container")
         extracted = work / "image_bundle"
@@ -485,13 +618,32 @@ def main(argv: list[str] | None = None) -> int:
             podman("rm", name, quiet=True, check=False)
         host_out = work / "output_outside"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        host = run(log, [sys.executable, "-m", "medaug.cli", "predict", "--bundle", str(extracted), "--input",
-                         str(source), "--output", str(host_out), "--no-progress"], env=env, check=False)  # fmt: skip
+        host = run(
+            log,
+            [
+                sys.executable,
+                "-m",
+                "medaug.cli",
+                "predict",
+                "--bundle",
+                str(extracted),
+                "--input",
+                str(source),
+                "--output",
+                str(host_out),
+                "--no-progress",
+            ],
+            env=env,
+            check=False,
+        )
         checks("outside run: exit code 3 too", host.returncode == 3, f"got {host.returncode}")
         outside = read_rows(host_out / "predictions.csv") if (host_out / "predictions.csv").is_file() else []
         compare_predictions(checks, predictions, outside)
-        outside_skipped = {row["path"] for row in read_rows(host_out / "skipped.csv")} \
-            if (host_out / "skipped.csv").is_file() else set()  # fmt: skip
+        outside_skipped = (
+            {row["path"] for row in read_rows(host_out / "skipped.csv")}
+            if (host_out / "skipped.csv").is_file()
+            else set()
+        )
         checks("same files skipped inside and outside", outside_skipped == set(skipped), f"{len(skipped)} files")
     except CannotRunContainers as err:
         log(f"\ndocker-test: this machine cannot build or run containers: {err}")
@@ -507,8 +659,10 @@ def main(argv: list[str] | None = None) -> int:
 
     log.section("summary")
     passed = sum(ok for _, ok in checks.results)
-    log(f"{passed}/{len(checks.results)} checks passed in {time.monotonic() - started:.0f} s; image {args.tag}, "
-        f"{size / 1e9:.2f} GB; log: {log.path}")  # fmt: skip
+    log(
+        f"{passed}/{len(checks.results)} checks passed in {time.monotonic() - started:.0f} s; image {args.tag}, "
+        f"{size / 1e9:.2f} GB; log: {log.path}"
+    )
     return 0 if checks.all_passed else 1
 
 

@@ -33,21 +33,33 @@ def data_info(args: argparse.Namespace) -> int:
     from medaug.io import build_study_data
 
     data = build_study_data(
-        args.dataset_dir, data_format=args.data_format, labels_csv=args.labels_csv, exclude=args.exclude,
-        class_names=_class_names_arg(args.class_names), seed=args.seed, frames=args.frames, min_train_per_class=0,
+        args.dataset_dir,
+        data_format=args.data_format,
+        labels_csv=args.labels_csv,
+        exclude=args.exclude,
+        class_names=_class_names_arg(args.class_names),
+        seed=args.seed,
+        frames=args.frames,
+        min_train_per_class=0,
         progress=sys.stderr.isatty(),
-    )  # fmt: skip
+    )
     if args.json:
-        info = data.fingerprint() | {"sizes": dict(data.sizes()), "modalities": dict(data.modalities()),
-                                     "skipped_files": data.skipped, "leaks": data.leaks}  # fmt: skip
+        info = data.fingerprint() | {
+            "sizes": dict(data.sizes()),
+            "modalities": dict(data.modalities()),
+            "skipped_files": data.skipped,
+            "leaks": data.leaks,
+        }
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
     counts = data.counts()
     fixed = "as fixed by the source" if all(e.get("source") == "npz" for e in data.entries) else f"seed {args.seed}"
     print(f"dataset: {data.dataset_dir}\nformat:  {data.data_format}\nclasses: {', '.join(data.class_names)}")
     print(f"\nimages per class and split ({fixed}):")
-    rows = [[name, *[counts[s][name] for s in ("train", "val", "test")], sum(counts[s][name] for s in counts)]
-            for name in data.class_names]  # fmt: skip
+    rows = [
+        [name, *[counts[s][name] for s in ("train", "val", "test")], sum(counts[s][name] for s in counts)]
+        for name in data.class_names
+    ]
     rows.append(["total", *[sum(counts[s].values()) for s in ("train", "val", "test")], len(data.entries)])
     print(_table(rows, ["class", "train", "val", "test", "all"]))
     print("\nimage sizes (HxW): " + ", ".join(f"{k} ({v})" for k, v in data.sizes().most_common()))
@@ -101,8 +113,10 @@ def resolve_checkpoint(bundle: Path, checkpoint: str | None) -> Path:
     for name in DEFAULT_CHECKPOINTS:
         if (bundle / name).is_file():
             return bundle / name
-    raise UsageError(f"--checkpoint: none given and the bundle has none at {bundle / DEFAULT_CHECKPOINTS[0]} or "
-                     f"{bundle / DEFAULT_CHECKPOINTS[1]}")  # fmt: skip
+    raise UsageError(
+        f"--checkpoint: none given and the bundle has none at {bundle / DEFAULT_CHECKPOINTS[0]} or "
+        f"{bundle / DEFAULT_CHECKPOINTS[1]}"
+    )
 
 
 def _inference_parser(bundle: Path, overrides: dict):
@@ -126,8 +140,10 @@ def _check_baked_bundle_only(args: argparse.Namespace) -> None:
     if not baked:
         raise UsageError(f"--bundle: {BUNDLE_ONLY_ENV}=1 but {BUNDLE_ENV} names no bundle")
     if args.bundle and Path(args.bundle).resolve() != Path(baked).resolve():
-        raise UsageError(f"--bundle: this installation predicts with its baked bundle only ({baked}); "
-                         f"build an image with the other bundle instead")  # fmt: skip
+        raise UsageError(
+            f"--bundle: this installation predicts with its baked bundle only ({baked}); "
+            f"build an image with the other bundle instead"
+        )
     if args.trust_bundle:
         raise UsageError("--trust-bundle: not accepted here; the baked bundle needs no trust")
 
@@ -188,17 +204,21 @@ def _checked_inference_parser(args: argparse.Namespace, bundle: Path, checkpoint
     except Exception as err:
         raise UsageError(f"--bundle: configs/inference.json cannot be used ({type(err).__name__}: {err})") from err
     if untrusted:
-        raise UsageError(f"--bundle: configs/inference.json of {str(bundle)!r} could run code when read: "
-                         f"{'; '.join(untrusted)}. Pass --trust-bundle only if you wrote the bundle or trust "
-                         f"where it came from")  # fmt: skip
+        raise UsageError(
+            f"--bundle: configs/inference.json of {str(bundle)!r} could run code when read: "
+            f"{'; '.join(untrusted)}. Pass --trust-bundle only if you wrote the bundle or trust "
+            f"where it came from"
+        )
     if args.trust_bundle:
-        print("medaug: --trust-bundle: the bundle's expressions and _target_ components are evaluated as they "
-              "are; they can run any code", file=sys.stderr)  # fmt: skip
+        print(
+            "medaug: --trust-bundle: the bundle's expressions and _target_ components are evaluated as they "
+            "are; they can run any code",
+            file=sys.stderr,
+        )
     return parser
 
 
-def _predict_into(outputs, parser, args: argparse.Namespace, bundle: Path, checkpoint: Path,
-                  salt: str | None) -> int:  # fmt: skip
+def _predict_into(outputs, parser, args: argparse.Namespace, bundle: Path, checkpoint: Path, salt: str | None) -> int:
     """``predict`` once its arguments and bundle are checked and ``outputs`` (the --output set) is held."""
     import torch
 
@@ -228,14 +248,28 @@ def _predict_into(outputs, parser, args: argparse.Namespace, bundle: Path, check
     except P.CheckpointMismatchError as err:
         raise UsageError(f"--checkpoint: {err}") from err
     info = P.model_info(bundle, checkpoint)
-    print(f"model: {info['model_name']} {info['model_version']} ({checkpoint.name}, sha256 "
-          f"{info['checkpoint_sha256'][:12]}); classes: {', '.join(class_names)}", file=sys.stderr)  # fmt: skip
+    print(
+        f"model: {info['model_name']} {info['model_version']} ({checkpoint.name}, sha256 "
+        f"{info['checkpoint_sha256'][:12]}); classes: {', '.join(class_names)}",
+        file=sys.stderr,
+    )
     try:
         summary = P.predict_folder(
-            source, outputs, model=model, preprocessing=preprocessing, class_names=class_names, frames=frames,
-            modalities=modalities, batch_size=batch_size, workers=args.workers, device=device, model_info=info,
-            uid_salt=salt, parallel=parallel, progress=not args.no_progress,
-        )  # fmt: skip
+            source,
+            outputs,
+            model=model,
+            preprocessing=preprocessing,
+            class_names=class_names,
+            frames=frames,
+            modalities=modalities,
+            batch_size=batch_size,
+            workers=args.workers,
+            device=device,
+            model_info=info,
+            uid_salt=salt,
+            parallel=parallel,
+            progress=not args.no_progress,
+        )
     except P.CheckpointMismatchError as err:  # e.g. a TorchScript model with another number of classes
         raise UsageError(f"--checkpoint: {err}") from err
     print(summary.line())
@@ -276,12 +310,19 @@ def show_augmentations(args: argparse.Namespace) -> int:
     if args.size:
         tensor = Resize(spatial_size=args.size, mode="area")(tensor)
     try:
-        plan = AugmentationPlan(args.preset, overrides=overrides, allow=args.allow, image_size=list(tensor.shape[1:]),
-                                overrides_key="--overrides", allow_key="--allow")  # fmt: skip
+        plan = AugmentationPlan(
+            args.preset,
+            overrides=overrides,
+            allow=args.allow,
+            image_size=list(tensor.shape[1:]),
+            overrides_key="--overrides",
+            allow_key="--allow",
+        )
     except PresetError as err:
         raise UsageError(str(err) if str(err).startswith("--") else f"--preset: {err}") from err
-    out = plot_augmentation_grid(plan, [tensor], args.out, samples=args.samples, seed=args.seed,
-                                 titles=[Path(path).name])  # fmt: skip
+    out = plot_augmentation_grid(
+        plan, [tensor], args.out, samples=args.samples, seed=args.seed, titles=[Path(path).name]
+    )
     print(f"{out}: {len(plan.steps())} transforms of preset {plan.name!r} ({plan.source}), {args.samples} samples each")
     return EXIT_OK
 
@@ -302,19 +343,33 @@ def study_run(args: argparse.Namespace) -> int:
         raise UsageError(f"bundle: {args.bundle!r} is not a bundle (no configs/train.json)")
     grid_path = Path(args.grid) if args.grid else bundle / "configs" / "grid.yaml"
     if not grid_path.is_file():
-        raise UsageError(f"--grid: {str(grid_path)!r} not found" + ("" if args.grid else
-                         " (the bundle ships no configs/grid.yaml; pass --grid)"))  # fmt: skip
+        raise UsageError(
+            f"--grid: {str(grid_path)!r} not found"
+            + ("" if args.grid else " (the bundle ships no configs/grid.yaml; pass --grid)")
+        )
     overlays = [_resolve_overlay(bundle, name) for name in args.config]
     try:
         grid = load_grid(grid_path, seeds=args.seeds)
-        runner = StudyRunner(bundle, grid, overlays=overlays, output_dir=args.output_dir, launcher=args.launcher,
-                             cache_dir=args.cache_dir, max_children=args.max_children,
-                             progress=not args.no_progress, stream=args.stream, take_over=args.take_over)  # fmt: skip
+        runner = StudyRunner(
+            bundle,
+            grid,
+            overlays=overlays,
+            output_dir=args.output_dir,
+            launcher=args.launcher,
+            cache_dir=args.cache_dir,
+            max_children=args.max_children,
+            progress=not args.no_progress,
+            stream=args.stream,
+            take_over=args.take_over,
+        )
     except (GridError, KeyError) as err:
         raise UsageError(str(err)) from err
     total = len(runner.children)
-    print(f"study {runner.experiment}: {total} child runs ({len(grid.seeds)} seeds) from {grid_path}; "
-          f"MLflow {runner.tracking_uri}; logs in {runner.study_dir / 'logs'}", file=sys.stderr)  # fmt: skip
+    print(
+        f"study {runner.experiment}: {total} child runs ({len(grid.seeds)} seeds) from {grid_path}; "
+        f"MLflow {runner.tracking_uri}; logs in {runner.study_dir / 'logs'}",
+        file=sys.stderr,
+    )
     try:
         summary = runner.run()
     except StudyLockLost as err:
@@ -323,12 +378,17 @@ def study_run(args: argparse.Namespace) -> int:
     except (GridError, StudyLocked) as err:
         raise UsageError(str(err)) from err
     except (KeyboardInterrupt, StudyInterrupted):
-        print("medaug: study interrupted; the running child was stopped and marked KILLED. Run the same command "
-              "again to resume.", file=sys.stderr)  # fmt: skip
+        print(
+            "medaug: study interrupted; the running child was stopped and marked KILLED. Run the same command "
+            "again to resume.",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
-    print(f"study {summary.experiment}: parent run {summary.parent_run_id}; {summary.skipped} skipped (already "
-          f"finished), {summary.finished} finished now, {len(summary.failed)} failed, {summary.remaining} not "
-          f"started")  # fmt: skip
+    print(
+        f"study {summary.experiment}: parent run {summary.parent_run_id}; {summary.skipped} skipped (already "
+        f"finished), {summary.finished} finished now, {len(summary.failed)} failed, {summary.remaining} not "
+        f"started"
+    )
     for name in summary.failed:
         print(f"  failed: {name} (log: {runner.study_dir / 'logs' / (name + '.log')})")
     if summary.remaining:
@@ -345,14 +405,21 @@ def report(args: argparse.Namespace) -> int:
 
     try:
         result = write_study_report(
-            experiment=args.experiment, baseline=args.baseline, parent_run_id=args.parent_run, out_dir=args.out,
-            tracking_uri=args.tracking_uri, runs_dir=args.runs_dir, n_bootstrap=args.n_bootstrap,
+            experiment=args.experiment,
+            baseline=args.baseline,
+            parent_run_id=args.parent_run,
+            out_dir=args.out,
+            tracking_uri=args.tracking_uri,
+            runs_dir=args.runs_dir,
+            n_bootstrap=args.n_bootstrap,
             log_to_mlflow=not args.no_log,
-        )  # fmt: skip
+        )
     except ReportError as err:
         raise UsageError(str(err)) from err
-    print(f"report on {result['runs']} runs ({result['cells']} strategies/cells, {result['comparisons']} paired "
-          f"comparisons against {result['baseline']!r}):\n  {result['html']}\n  {result['markdown']}")  # fmt: skip
+    print(
+        f"report on {result['runs']} runs ({result['cells']} strategies/cells, {result['comparisons']} paired "
+        f"comparisons against {result['baseline']!r}):\n  {result['html']}\n  {result['markdown']}"
+    )
     if result.get("logged_to"):
         print(f"logged to MLflow run {result['logged_to']}")
     return EXIT_OK
@@ -437,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="inspect a dataset")
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     info = data_commands.add_parser(
-        "info", help="classes, counts per class and split, sizes, modalities, skipped files, cross-split duplicates",
+        "info",
+        help="classes, counts per class and split, sizes, modalities, skipped files, cross-split duplicates",
         description="Index a dataset the way a bundle would and report what it holds: classes, counts per class and "
         "split, image sizes, modalities, files that cannot be used (and why), and images whose pixels appear in "
         "more than one split.",
@@ -447,18 +515,32 @@ def build_parser() -> argparse.ArgumentParser:
         "decoding anything, when a labels.csv sits beside or above dataset_dir but is not used (name it with "
         "--labels-csv, or set --data-format folder), when a label or class folder is not in --class-names, or when "
         "the CSV gives one file conflicting rows (the message names the lines).",
-    )  # fmt: skip
+    )
     info.add_argument("dataset_dir", help="an .npz archive, a folder per class, or a DICOM folder with labels.csv")
-    info.add_argument("--data-format", "--data_format", choices=["npz", "folder", "dicom_csv"],
-                      help="override layout detection (also: read class folders and ignore a labels.csv above)")
-    info.add_argument("--labels-csv", "--labels_csv",
-                      help="labels CSV for a DICOM folder (default: <dataset_dir>/labels.csv; paths in it are "
-                      "relative to dataset_dir)")
-    info.add_argument("--class-names", "--class_names", nargs="+", metavar="NAME",
-                      help="the classes a bundle expects (its class_names), in order; a label or class folder "
-                      "outside them is an error (default: learn every class found; \"['a','b']\" and null are "
-                      "accepted too)")
-    info.add_argument("--exclude", nargs="*", default=[], metavar="GLOB", help="file globs to leave out, e.g. '*_mask*'")
+    info.add_argument(
+        "--data-format",
+        "--data_format",
+        choices=["npz", "folder", "dicom_csv"],
+        help="override layout detection (also: read class folders and ignore a labels.csv above)",
+    )
+    info.add_argument(
+        "--labels-csv",
+        "--labels_csv",
+        help="labels CSV for a DICOM folder (default: <dataset_dir>/labels.csv; paths in it are "
+        "relative to dataset_dir)",
+    )
+    info.add_argument(
+        "--class-names",
+        "--class_names",
+        nargs="+",
+        metavar="NAME",
+        help="the classes a bundle expects (its class_names), in order; a label or class folder "
+        "outside them is an error (default: learn every class found; \"['a','b']\" and null are "
+        "accepted too)",
+    )
+    info.add_argument(
+        "--exclude", nargs="*", default=[], metavar="GLOB", help="file globs to leave out, e.g. '*_mask*'"
+    )
     info.add_argument("--frames", choices=["middle", "all"], default="middle", help="frames of multi-frame files")
     info.add_argument("--seed", type=int, default=0, help="seed of the split when the source fixes none")
     info.add_argument("--max-list", type=int, default=20, help="longest list of leaks printed")
@@ -466,92 +548,135 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=data_info)
 
     pred = commands.add_parser(
-        "predict", help="predict a folder of DICOM (and PNG/JPEG/NIfTI) files with a trained bundle",
+        "predict",
+        help="predict a folder of DICOM (and PNG/JPEG/NIfTI) files with a trained bundle",
         description="Walk --input recursively (DICOM with or without extension, PNG, JPEG, NIfTI), read every image "
         "the way the bundle's training read it, predict in batches, and write predictions.csv/.json and skipped.csv "
-        "to --output.", epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "to --output.",
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     pred.add_argument("--bundle", help=f"bundle folder (default: ${BUNDLE_ENV})")
     pred.add_argument("--checkpoint", help="model file: TorchScript .ts or checkpoint .pt (default: see below)")
     pred.add_argument("--input", help="folder of images to predict (read only)")
-    pred.add_argument("--output", help="folder for the outputs (created; must not be inside --input; one run at a time)")
+    pred.add_argument(
+        "--output", help="folder for the outputs (created; must not be inside --input; one run at a time)"
+    )
     pred.add_argument("--batch-size", type=_positive_int, help="images per model call (default: the bundle's)")
     pred.add_argument("--workers", type=_positive_int, help="parallel decoders (default: min(4, CPU count))")
-    pred.add_argument("--parallel", choices=["thread", "process"],
-                      help="decode in threads or in worker processes (default: the bundle's 'parallel')")  # fmt: skip
+    pred.add_argument(
+        "--parallel",
+        choices=["thread", "process"],
+        help="decode in threads or in worker processes (default: the bundle's 'parallel')",
+    )
     pred.add_argument("--frames", choices=["middle", "all"], help="frames of multi-frame files (default: the bundle's)")
-    pred.add_argument("--modalities", nargs="+", metavar="MOD",
-                      help="DICOM modalities the model takes, e.g. US; others are skipped (default: the bundle's "
-                      "'modalities', null = any)")  # fmt: skip
-    pred.add_argument("--hash-uids", action="store_true",
-                      help="replace SOP/Study Instance UIDs by salted hashes (HMAC-SHA256)")  # fmt: skip
+    pred.add_argument(
+        "--modalities",
+        nargs="+",
+        metavar="MOD",
+        help="DICOM modalities the model takes, e.g. US; others are skipped (default: the bundle's "
+        "'modalities', null = any)",
+    )
+    pred.add_argument(
+        "--hash-uids", action="store_true", help="replace SOP/Study Instance UIDs by salted hashes (HMAC-SHA256)"
+    )
     pred.add_argument("--salt", help="salt for --hash-uids (prefer the MEDAUG_UID_SALT environment variable)")
-    pred.add_argument("--trust-bundle", action="store_true",
-                      help="evaluate the bundle's inference.json as it is, '$' expressions and any _target_ "
-                      "included (default: refuse those that could run code; see below)")  # fmt: skip
+    pred.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="evaluate the bundle's inference.json as it is, '$' expressions and any _target_ "
+        "included (default: refuse those that could run code; see below)",
+    )
     pred.add_argument("--device", help="torch device (default: cuda:0 if available, else cpu)")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
     pred.set_defaults(handler=predict)
 
     show = commands.add_parser(
-        "show-augmentations", help="draw a grid of an image augmented by each transform of a preset",
+        "show-augmentations",
+        help="draw a grid of an image augmented by each transform of a preset",
         description="Read one image (DICOM, PNG/JPEG, NIfTI, or an .npz archive with --index), apply each transform of "
         "the preset on its own (probability forced to 1) and then the whole chain, several random draws each, and "
         "draw the grid to --out. Presets: chest_xray, ct, mri, ultrasound, generic, or a YAML file of your own.",
-    )  # fmt: skip
+    )
     show.add_argument("--preset", default="generic", help="preset name or YAML file (default: generic)")
-    show.add_argument("--image", help="image file: DICOM, PNG/JPEG, NIfTI, .npz (with --index), or 'archive.npz#split/index'")
+    show.add_argument(
+        "--image", help="image file: DICOM, PNG/JPEG, NIfTI, .npz (with --index), or 'archive.npz#split/index'"
+    )
     show.add_argument("--out", help="grid image to write (PNG; written atomically)")
     show.add_argument("--samples", type=_positive_int, default=4, help="random draws per transform (default 4)")
     show.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    show.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
-                      help="resize the image first, as a bundle's preprocessing would (default: as read)")  # fmt: skip
+    show.add_argument(
+        "--size",
+        type=_positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize the image first, as a bundle's preprocessing would (default: as read)",
+    )
     show.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 grayscale, 3 RGB")
     show.add_argument("--index", type=int, default=0, help="image index in an .npz archive")
     show.add_argument("--split", default="train", help="split of an .npz archive (default train)")
-    show.add_argument("--overrides", help="JSON, as augment#overrides: {\"affine\": {\"prob\": 1.0}}")
+    show.add_argument("--overrides", help='JSON, as augment#overrides: {"affine": {"prob": 1.0}}')
     show.add_argument("--allow", nargs="*", default=[], metavar="RULE", help="'if_allowed' anatomy rules to lift")
     show.set_defaults(handler=show_augmentations)
     study = commands.add_parser("study", help="run a bundle's study grid as MLflow child runs")
     study_commands = study.add_subparsers(dest="study_command", metavar="SUBCOMMAND")
     srun = study_commands.add_parser(
-        "run", help="expand the grid and run every child run not yet finished (resumable)",
+        "run",
+        help="expand the grid and run every child run not yet finished (resumable)",
         description="Expand the bundle's grid (strategies x axes x seeds) into child runs of one MLflow parent run, "
         "each a 'python -m monai.bundle run' in a subprocess; skip children already finished with the same config "
         "hash, so an interrupted study resumes where it stopped.",
-        epilog=STUDY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        epilog=STUDY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     srun.add_argument("bundle", help="the bundle folder, e.g. bundles/imbalance_baselines")
     srun.add_argument("--grid", help="grid YAML (default: <bundle>/configs/grid.yaml)")
     srun.add_argument("--seeds", type=_positive_int, help="run seeds 0..N-1 instead of the grid's seeds")
-    srun.add_argument("--config", action="append", default=[], metavar="FILE",
-                      help="config overlay merged after configs/train.json, e.g. smoke.json (repeatable)")  # fmt: skip
+    srun.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="config overlay merged after configs/train.json, e.g. smoke.json (repeatable)",
+    )
     srun.add_argument("--output-dir", help="the children's output_dir (default: <bundle>/runs)")
-    srun.add_argument("--launcher", default="{python} -m monai.bundle run",
-                      help="command that runs one child (default: '%(default)s'; {python} is this interpreter)")
-    srun.add_argument("--cache-dir", help="shared cache of the children, e.g. fitted generators "
-                      "(default: <output-dir>/cache; MEDAUG_CACHE_DIR in their environment)")  # fmt: skip
+    srun.add_argument(
+        "--launcher",
+        default="{python} -m monai.bundle run",
+        help="command that runs one child (default: '%(default)s'; {python} is this interpreter)",
+    )
+    srun.add_argument(
+        "--cache-dir",
+        help="shared cache of the children, e.g. fitted generators "
+        "(default: <output-dir>/cache; MEDAUG_CACHE_DIR in their environment)",
+    )
     srun.add_argument("--max-children", type=_positive_int, help="stop after launching this many child runs")
     srun.add_argument("--stream", action="store_true", help="show the children's output (default: log files)")
     srun.add_argument("--no-progress", action="store_true", help="no progress bar")
-    srun.add_argument("--take-over", action="store_true",
-                      help="take the study's lock from another runner whose heartbeat is not stale yet "
-                      "(only when that runner is known to be gone; see below)")  # fmt: skip
+    srun.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take the study's lock from another runner whose heartbeat is not stale yet "
+        "(only when that runner is known to be gone; see below)",
+    )
     srun.set_defaults(handler=study_run)
 
     rep = commands.add_parser(
-        "report", help="HTML and Markdown report of a study: mean ± sd, CIs, paired tests, plots",
+        "report",
+        help="HTML and Markdown report of a study: mean ± sd, CIs, paired tests, plots",
         description="Read the runs of an MLflow experiment (a study's child runs, or all finished runs), and write "
         "an HTML and a Markdown report: per strategy mean ± sd over seeds and 95%% CI of every test metric; paired "
         "tests against the baseline on the same seeds and test images (McNemar, DeLong, paired bootstrap of "
         "balanced accuracy and Youden's J) with Holm correction; plots. The reports are logged to the parent run.",
-    )  # fmt: skip
+    )
     rep.add_argument("--experiment", required=True, help="MLflow experiment (a bundle's name)")
     rep.add_argument("--baseline", help="strategy to test against (default: the grid's baseline)")
     rep.add_argument("--parent-run", help="the study's parent run id (default: the latest study in the experiment)")
     rep.add_argument("--out", help="output folder (default: <runs dir>/reports/<experiment>-<parent run>)")
-    rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
-                     "embedded store <runs-dir>/mlflow.db)")  # fmt: skip
+    rep.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store <runs-dir>/mlflow.db)",
+    )
     rep.add_argument("--runs-dir", help="a bundle's output_dir holding mlflow.db (default: bundles/<experiment>/runs)")
     rep.add_argument("--n-bootstrap", type=_positive_int, default=2000, help="paired bootstrap resamples")
     rep.add_argument("--no-log", action="store_true", help="do not log the reports to MLflow")

@@ -49,8 +49,9 @@ def die_with_parent(sig: int = signal.SIGTERM, *, parent_pid: int | None = None,
         os.kill(os.getpid(), sig)
         return
     if not armed:
-        threading.Thread(target=_watch_parent, args=(expected, sig, poll_s), name="medaug-parent-watch",
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=_watch_parent, args=(expected, sig, poll_s), name="medaug-parent-watch", daemon=True
+        ).start()
 
 
 def _watch_parent(expected: int, sig: int, poll_s: float) -> None:

@@ -104,7 +104,9 @@ def load_specs(names: list[str] | None = None) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write (or --check) the study bundles' generated configs.")
     parser.add_argument("studies", nargs="*", help="study names (default: all in scripts/study_bundles/)")
-    parser.add_argument("--check", action="store_true", help="report files that differ from the generated ones; write nothing")
+    parser.add_argument(
+        "--check", action="store_true", help="report files that differ from the generated ones; write nothing"
+    )
     args = parser.parse_args(argv)
     stale = []
     for spec in load_specs(args.studies):

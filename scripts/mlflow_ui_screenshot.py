@@ -35,8 +35,22 @@ STRATEGIES = ("class_weight", "oversample")
 
 def smoke_run(server_uri: str, out: Path, method: str, max_epochs: int) -> None:
     configs = str([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "smoke.json")])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE),
-           "--output_dir", str(out), "--rebalance#method", method, "--max_epochs", str(max_epochs)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(BUNDLE),
+        "--output_dir",
+        str(out),
+        "--rebalance#method",
+        method,
+        "--max_epochs",
+        str(max_epochs),
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": server_uri, "PYTHONHASHSEED": "0"}
     print(f"training: smoke run, rebalance {method}, {max_epochs} epochs", flush=True)
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -63,12 +77,25 @@ class DevTools:
             os.dup2(to_chrome_r, 3)
             os.dup2(from_chrome_w, 4)
 
-        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size}",
-               "--remote-debugging-pipe", url]  # fmt: skip
-        self.process = subprocess.Popen(cmd, pass_fds=(3, 4), preexec_fn=wire_pipes, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)  # fmt: skip
+        cmd = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={size}",
+            "--remote-debugging-pipe",
+            url,
+        ]
+        self.process = subprocess.Popen(
+            cmd, pass_fds=(3, 4), preexec_fn=wire_pipes, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buffer, self._next_id, self.session = b"", 0, None
@@ -95,8 +122,9 @@ class DevTools:
     def attach_to_page(self) -> None:
         targets = self.send("Target.getTargets", session=False)["targetInfos"]
         page = next(t for t in targets if t["type"] == "page")
-        self.session = self.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True},
-                                 session=False)["sessionId"]  # fmt: skip
+        self.session = self.send(
+            "Target.attachToTarget", {"targetId": page["targetId"], "flatten": True}, session=False
+        )["sessionId"]
 
     def evaluate(self, expression: str):
         result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
@@ -124,6 +152,8 @@ CLOSE_ASSISTANT = """(() => {
   closers.forEach(b => b.click());
   return closers.length;
 })()"""
+
+
 def screenshot(chromium: str, url: str, output: Path, size: str, wait_s: float) -> None:
     with tempfile.TemporaryDirectory() as profile:
         browser = DevTools(chromium, url, size, profile)

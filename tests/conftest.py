@@ -31,12 +31,27 @@ def pytest_report_header(config) -> list[str]:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)  # fmt: skip
-    pools = [f"{p['internal_api']} {p.get('version') or ''} ({p['num_threads']} threads"
-             f"{', ' + p['architecture'] if p.get('architecture') else ''})" for p in threadpoolctl.threadpool_info()]  # fmt: skip
-    torch_blas = next((part.split("=", 1)[1] for part in torch.__config__.show().replace(",", " ").split()
-                       if part.startswith("BLAS_INFO=")), "?")  # fmt: skip
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+    pools = [
+        f"{p['internal_api']} {p.get('version') or ''} ({p['num_threads']} threads"
+        f"{', ' + p['architecture'] if p.get('architecture') else ''})"
+        for p in threadpoolctl.threadpool_info()
+    ]
+    torch_blas = next(
+        (
+            part.split("=", 1)[1]
+            for part in torch.__config__.show().replace(",", " ").split()
+            if part.startswith("BLAS_INFO=")
+        ),
+        "?",
+    )
     return [
         f"cpu: {cpu}; {os.cpu_count()} logical cores",
         f"thread pools: {'; '.join(pools) or 'none loaded'}",
@@ -114,7 +129,7 @@ def dicom_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dicom_folder")
     rows = []
     for i in range(24):
-        kind, source = (("ct", DICOM_DIR / "CT_small.dcm") if i % 2 == 0 else ("mr", DICOM_DIR / "MR_small.dcm"))
+        kind, source = ("ct", DICOM_DIR / "CT_small.dcm") if i % 2 == 0 else ("mr", DICOM_DIR / "MR_small.dcm")
         name = f"IM{i:04d}" if i % 3 else f"img_{i}.dcm"
         ds = derived_dicom(source, root / f"PAT{i:02d}" / "series1" / name, f"PAT{i:02d}", seed=i)
         rows.append({"SOP_Instance_UID": ds.SOPInstanceUID, "label": kind})

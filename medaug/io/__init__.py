@@ -7,7 +7,18 @@ from medaug.io.splits import assign_splits, simulate_imbalance
 from medaug.io.study_data import StudyData, TooFewImagesError, build_study_data, shipped_data_path
 
 __all__ = [
-    "DATA_FORMATS", "DATASET_TYPES", "LabelsError", "LoadDatalistImaged", "StudyData", "TooFewImagesError",
-    "assign_splits", "build_study_data", "detect_format", "make_dataset", "read_entry_image", "shipped_data_path",
-    "simulate_imbalance", "source_entries",
-]  # fmt: skip
+    "DATA_FORMATS",
+    "DATASET_TYPES",
+    "LabelsError",
+    "LoadDatalistImaged",
+    "StudyData",
+    "TooFewImagesError",
+    "assign_splits",
+    "build_study_data",
+    "detect_format",
+    "make_dataset",
+    "read_entry_image",
+    "shipped_data_path",
+    "simulate_imbalance",
+    "source_entries",
+]

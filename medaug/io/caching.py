@@ -96,8 +96,11 @@ def _describe(value, depth: int = 0):
     if isinstance(value, dict):
         return {str(k): _describe(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if hasattr(value, "__dict__"):
-        state = {k: _describe(v, depth + 1) for k, v in sorted(vars(value).items())
-                 if not k.startswith("_") and not isinstance(v, np.random.RandomState)}  # fmt: skip
+        state = {
+            k: _describe(v, depth + 1)
+            for k, v in sorted(vars(value).items())
+            if not k.startswith("_") and not isinstance(v, np.random.RandomState)
+        }
         return {"class": f"{type(value).__module__}.{type(value).__qualname__}", **state}
     return type(value).__name__
 
@@ -147,14 +150,24 @@ class ContentKeyedPersistentDataset(PersistentDataset):
         except OSError:
             self._refused.add(hashfile.name)
             outcome = "computed at every read (the file cannot be deleted)"
-        logger.warning("cache file %s refused: it holds more than tensors and plain metadata, or is corrupt (%s); "
-                       "the entry is %s", hashfile, reason[:300], outcome)  # fmt: skip
+        logger.warning(
+            "cache file %s refused: it holds more than tensors and plain metadata, or is corrupt (%s); the entry is %s",
+            hashfile,
+            reason[:300],
+            outcome,
+        )
         return self._cachecheck(item_transformed)
 
 
-def make_dataset(data: Sequence[dict], transform, dataset_type: str = "CacheDataset",
-                 cache_dir: str | os.PathLike | None = None, cache_rate: float = 1.0,
-                 num_workers: int | None = 1, progress: bool = False) -> Dataset:  # fmt: skip
+def make_dataset(
+    data: Sequence[dict],
+    transform,
+    dataset_type: str = "CacheDataset",
+    cache_dir: str | os.PathLike | None = None,
+    cache_rate: float = 1.0,
+    num_workers: int | None = 1,
+    progress: bool = False,
+) -> Dataset:
     """The MONAI dataset a bundle's ``dataset_type`` names.
 
     Args:
@@ -171,14 +184,20 @@ def make_dataset(data: Sequence[dict], transform, dataset_type: str = "CacheData
     if dataset_type == "Dataset":
         return Dataset(data=data, transform=transform)
     if dataset_type == "CacheDataset":
-        return CacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers,
-                            progress=progress)  # fmt: skip
+        return CacheDataset(
+            data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress
+        )
     if not cache_dir:
         raise ValueError("dataset_type 'PersistentDataset' needs a cache_dir (a folder for the decoded images)")
     # track_meta keeps each image's reference (meta 'filename_or_obj') that predictions.csv names.
-    return ContentKeyedPersistentDataset(data=data, transform=transform, cache_dir=Path(cache_dir) / "persistent",
-                                         hash_func=entry_content_hash, hash_transform=transform_hash,
-                                         track_meta=True)  # fmt: skip
+    return ContentKeyedPersistentDataset(
+        data=data,
+        transform=transform,
+        cache_dir=Path(cache_dir) / "persistent",
+        hash_func=entry_content_hash,
+        hash_transform=transform_hash,
+        track_meta=True,
+    )
 
 
 def folder_listing_key(dataset_dir: str | os.PathLike, *extra_files: str | os.PathLike | None, **settings) -> str:
@@ -189,8 +208,9 @@ def folder_listing_key(dataset_dir: str | os.PathLike, *extra_files: str | os.Pa
     so a folder that has not changed is recognised far faster than it is indexed.
     """
     root = Path(dataset_dir).resolve()
-    digest = hashlib.sha256(json.dumps({"format": INDEX_FORMAT, "root": str(root), **settings},
-                                       sort_keys=True, default=str).encode())  # fmt: skip
+    digest = hashlib.sha256(
+        json.dumps({"format": INDEX_FORMAT, "root": str(root), **settings}, sort_keys=True, default=str).encode()
+    )
 
     def add(path: Path, name: str) -> None:
         info = path.stat()

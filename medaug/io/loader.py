@@ -37,8 +37,13 @@ class LoadDatalistImaged(MapTransform):
         frame_key: entry key naming the frame of a multi-frame file (absent means the middle one).
     """
 
-    def __init__(self, keys: KeysCollection = "image", channels: int = 1, frame_key: str = "frame",
-                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        channels: int = 1,
+        frame_key: str = "frame",
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.channels = channels
         self.frame_key = frame_key

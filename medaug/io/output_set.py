@@ -50,7 +50,7 @@ def spreadsheet_safe(value):
 
 def utc_now() -> str:
     """The current time, UTC, ISO 8601 to the second: ``2026-11-26T10:04:05Z``."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class OutputFolderError(Exception):
@@ -156,8 +156,12 @@ class OutputSet:
             if same:
                 break
             os.close(fd)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": self.run_id,
-                  "started_at": self.started_at}  # fmt: skip
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         self._lock_fd = fd
@@ -177,8 +181,9 @@ class OutputSet:
             raise RuntimeError("the output set is not open")
         return self.tmp_dir / name
 
-    def write_csv(self, name: str, rows: Sequence[Mapping], fieldnames: Sequence[str], *,
-                  escape_formulas: bool = True) -> Path:  # fmt: skip
+    def write_csv(
+        self, name: str, rows: Sequence[Mapping], fieldnames: Sequence[str], *, escape_formulas: bool = True
+    ) -> Path:
         """A CSV file of the set; text cells a spreadsheet would run as formulas get a leading ``'``
         (:func:`spreadsheet_safe`) unless ``escape_formulas`` is False."""
         path = self._path(name)

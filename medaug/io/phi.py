@@ -33,37 +33,112 @@ import secrets
 import warnings
 from pathlib import Path
 
-__all__ = ["IDENTIFYING_ATTRIBUTES", "PSEUDONYM_KEY_ENV", "PSEUDONYM_KEY_FILE_ENV", "UID_ATTRIBUTES", "UID_SALT_ENV",
-           "PseudonymKeyError", "hash_uid", "pseudonym", "pseudonym_key", "pseudonym_key_file", "pseudonym_key_id",
-           "quiet_header_libraries", "uid_salt"]  # fmt: skip
+__all__ = [
+    "IDENTIFYING_ATTRIBUTES",
+    "PSEUDONYM_KEY_ENV",
+    "PSEUDONYM_KEY_FILE_ENV",
+    "UID_ATTRIBUTES",
+    "UID_SALT_ENV",
+    "PseudonymKeyError",
+    "hash_uid",
+    "pseudonym",
+    "pseudonym_key",
+    "pseudonym_key_file",
+    "pseudonym_key_id",
+    "quiet_header_libraries",
+    "uid_salt",
+]
 logger = logging.getLogger("medaug.data")
 
 #: Keywords of PS3.15 E.1-1 attributes (patient, visit, study, personnel, institution, device
 #: owner, free text) that identify a person or can be joined back to one.
 IDENTIFYING_ATTRIBUTES: tuple[str, ...] = (
     # patient module
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientBirthTime", "PatientBirthName",
-    "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "PatientAddress", "PatientMotherBirthName",
-    "PatientTelephoneNumbers", "PatientTelecomInformation", "PatientReligiousPreference", "PatientComments",
-    "PatientInsurancePlanCodeSequence", "PatientPrimaryLanguageCodeSequence", "PatientState",
-    "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "EthnicGroup", "Occupation",
-    "MilitaryRank", "BranchOfService", "MedicalRecordLocator", "MedicalAlerts", "Allergies",
-    "CountryOfResidence", "RegionOfResidence", "SmokingStatus", "PregnancyStatus", "LastMenstrualDate",
-    "AdditionalPatientHistory", "ResponsiblePerson", "ResponsibleOrganization", "PatientSexNeutered",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientBirthName",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientAddress",
+    "PatientMotherBirthName",
+    "PatientTelephoneNumbers",
+    "PatientTelecomInformation",
+    "PatientReligiousPreference",
+    "PatientComments",
+    "PatientInsurancePlanCodeSequence",
+    "PatientPrimaryLanguageCodeSequence",
+    "PatientState",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "EthnicGroup",
+    "Occupation",
+    "MilitaryRank",
+    "BranchOfService",
+    "MedicalRecordLocator",
+    "MedicalAlerts",
+    "Allergies",
+    "CountryOfResidence",
+    "RegionOfResidence",
+    "SmokingStatus",
+    "PregnancyStatus",
+    "LastMenstrualDate",
+    "AdditionalPatientHistory",
+    "ResponsiblePerson",
+    "ResponsibleOrganization",
+    "PatientSexNeutered",
     # visit, study and request
-    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "SeriesDate", "SeriesTime", "AcquisitionDate",
-    "AcquisitionTime", "ContentDate", "ContentTime", "AcquisitionDateTime", "InstanceCreationDate",
-    "StudyDescription", "SeriesDescription", "AdmittingDiagnosesDescription", "AdmissionID",
-    "RequestAttributesSequence", "RequestedProcedureID", "ScheduledProcedureStepID", "PerformedProcedureStepID",
-    "PerformedProcedureStepStartDate", "PerformedProcedureStepDescription", "ImageComments",
-    "ReasonForStudy", "RequestingService", "CurrentPatientLocation", "ServiceEpisodeID",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDate",
+    "SeriesTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContentDate",
+    "ContentTime",
+    "AcquisitionDateTime",
+    "InstanceCreationDate",
+    "StudyDescription",
+    "SeriesDescription",
+    "AdmittingDiagnosesDescription",
+    "AdmissionID",
+    "RequestAttributesSequence",
+    "RequestedProcedureID",
+    "ScheduledProcedureStepID",
+    "PerformedProcedureStepID",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepDescription",
+    "ImageComments",
+    "ReasonForStudy",
+    "RequestingService",
+    "CurrentPatientLocation",
+    "ServiceEpisodeID",
     # personnel and institution
-    "ReferringPhysicianName", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
-    "PerformingPhysicianName", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord", "OperatorsName",
-    "RequestingPhysician", "ScheduledPerformingPhysicianName", "InstitutionName", "InstitutionAddress",
-    "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "PersonName",
-    "ContentCreatorName", "VerifyingObserverName",
-)  # fmt: skip
+    "ReferringPhysicianName",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord",
+    "OperatorsName",
+    "RequestingPhysician",
+    "ScheduledPerformingPhysicianName",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "DeviceSerialNumber",
+    "PersonName",
+    "ContentCreatorName",
+    "VerifyingObserverName",
+)
 
 #: UIDs the profile replaces: kept in predictions by default (sites join predictions back to
 #: their PACS with them), replaced by :func:`hash_uid` on request.
@@ -105,8 +180,10 @@ def _create_key_file(path: Path) -> None:
         finally:
             temporary.unlink(missing_ok=True)
     except OSError as err:
-        raise PseudonymKeyError(f"the pseudonym key file {path} cannot be created ({err.strerror or err}); set "
-                                f"{PSEUDONYM_KEY_ENV} or {PSEUDONYM_KEY_FILE_ENV}") from err  # fmt: skip
+        raise PseudonymKeyError(
+            f"the pseudonym key file {path} cannot be created ({err.strerror or err}); set "
+            f"{PSEUDONYM_KEY_ENV} or {PSEUDONYM_KEY_FILE_ENV}"
+        ) from err
 
 
 @functools.lru_cache(maxsize=8)
@@ -117,8 +194,9 @@ def _read_key_file(path: str, inode: int, mtime_ns: int, mode: int) -> bytes:
     except (OSError, UnicodeDecodeError) as err:
         raise PseudonymKeyError(f"the pseudonym key file {path} cannot be read ({err})") from err
     if not key:
-        raise PseudonymKeyError(f"the pseudonym key file {path} is empty; delete it to have a new key made, or set "
-                                f"{PSEUDONYM_KEY_ENV}")  # fmt: skip
+        raise PseudonymKeyError(
+            f"the pseudonym key file {path} is empty; delete it to have a new key made, or set {PSEUDONYM_KEY_ENV}"
+        )
     if mode & 0o077:
         logger.warning("the pseudonym key file %s can be read by others (mode %o): chmod 600 it", path, mode & 0o777)
     return key.encode()

@@ -44,8 +44,13 @@ from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder, iter_pixels
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -82,10 +87,20 @@ _PERCENTILE_SAMPLE = 1 << 18  # pixels; percentiles of a strided sample are as g
 MAX_FRAME_PIXELS = 1 << 27
 MAX_TOTAL_SAMPLES = 1 << 30
 #: Modalities of DICOM objects that carry no image (PS3.3 C.7.3.1.1.1), named in skip reasons.
-_NON_IMAGE_MODALITIES = {"SR": "structured report", "KO": "key object selection", "PR": "presentation state",
-                         "RTSTRUCT": "RT structure set", "RTPLAN": "RT plan", "RTRECORD": "RT treatment record",
-                         "REG": "registration", "DOC": "encapsulated document", "AU": "audio waveform",
-                         "ECG": "ECG waveform", "HD": "waveform", "SEG": "segmentation"}  # fmt: skip
+_NON_IMAGE_MODALITIES = {
+    "SR": "structured report",
+    "KO": "key object selection",
+    "PR": "presentation state",
+    "RTSTRUCT": "RT structure set",
+    "RTPLAN": "RT plan",
+    "RTRECORD": "RT treatment record",
+    "REG": "registration",
+    "DOC": "encapsulated document",
+    "AU": "audio waveform",
+    "ECG": "ECG waveform",
+    "HD": "waveform",
+    "SEG": "segmentation",
+}
 
 
 class UnusableImageError(Exception):
@@ -515,9 +530,16 @@ def _check_all_frames_present(path, ds: Dataset, header: dict, element: _PixelEl
     if element.length != 0xFFFFFFFF:
         expected = get_expected_length(ds, "bytes")
         frame = expected // max(header["number_of_frames"], 1)
-        if element.length < expected or element.length >= expected + max(frame, 2) or element.offset + element.length > size:
-            raise UnusableImageError(path, f"pixel data does not hold the {header['number_of_frames']} frames of "
-                                     "the header (truncated file or wrong Number of Frames)")  # fmt: skip
+        if (
+            element.length < expected
+            or element.length >= expected + max(frame, 2)
+            or element.offset + element.length > size
+        ):
+            raise UnusableImageError(
+                path,
+                f"pixel data does not hold the {header['number_of_frames']} frames of "
+                "the header (truncated file or wrong Number of Frames)",
+            )
         return
     order = "<" if element.little_endian else ">"
     with open(path, "rb") as fh:
@@ -532,8 +554,11 @@ def _check_all_frames_present(path, ds: Dataset, header: dict, element: _PixelEl
         except (ValueError, struct.error) as err:
             raise UnusableImageError(path, "truncated or corrupt pixel data") from err
     if count < header["number_of_frames"] or len(end) < 4 or struct.unpack(f"{order}HH", end) != (0xFFFE, 0xE0DD):
-        raise UnusableImageError(path, f"pixel data does not hold the {header['number_of_frames']} frames of the "
-                                 "header (truncated file or wrong Number of Frames)")  # fmt: skip
+        raise UnusableImageError(
+            path,
+            f"pixel data does not hold the {header['number_of_frames']} frames of the "
+            "header (truncated file or wrong Number of Frames)",
+        )
 
 
 def _monai_rescale(path, ds: Dataset, stored: np.ndarray) -> np.ndarray:
@@ -578,8 +603,10 @@ def _decode_frames(path, indices: Iterable[int] | None, min_size: int) -> Iterat
                 stream = iter_pixels(os.fspath(path), indices=indices, transfer_syntax_uid=uid)
             for index, stored in zip(indices, stream):
                 if tuple(stored.shape) != expected:
-                    raise UnusableImageError(path, f"pixel data shape {tuple(stored.shape)} of frame {index} does "
-                                             f"not match the header {expected}")  # fmt: skip
+                    raise UnusableImageError(
+                        path,
+                        f"pixel data shape {tuple(stored.shape)} of frame {index} does not match the header {expected}",
+                    )
                 pixels = _monai_rescale(path, header_ds, stored)
                 yield _DicomFrame(pixels, header_ds, header, index, (frames, *expected), stored)
     except UnusableImageError:
@@ -685,8 +712,11 @@ def _voi_to_unit(values: np.ndarray, frame: _DicomFrame) -> tuple[np.ndarray, di
                     return out, {**info, "normalization": "voi_lut"}
         except Exception:  # malformed LUT: the window or min-max below still gives a usable image
             pass
-    source = ds if ("WindowCenter" in ds and "WindowWidth" in ds) else (
-        _functional_group_item(ds, frame.index, "FrameVOILUTSequence"))  # fmt: skip
+    source = (
+        ds
+        if ("WindowCenter" in ds and "WindowWidth" in ds)
+        else (_functional_group_item(ds, frame.index, "FrameVOILUTSequence"))
+    )
     if source is not None and source.get("WindowCenter") is not None and source.get("WindowWidth") is not None:
         try:
             center, width = _first(source.WindowCenter), _first(source.WindowWidth)
@@ -703,8 +733,13 @@ def _voi_to_unit(values: np.ndarray, frame: _DicomFrame) -> tuple[np.ndarray, di
             else:
                 out = apply_windowing(values, view)
             if np.ptp(out) > 0:
-                return out, {**info, "normalization": "window", "window": (center, width),
-                             "window_center": center, "window_width": width}  # fmt: skip
+                return out, {
+                    **info,
+                    "normalization": "window",
+                    "window": (center, width),
+                    "window_center": center,
+                    "window_width": width,
+                }
         except (TypeError, ValueError, IndexError):
             pass
     return _percentile_to_unit(values), info
@@ -713,8 +748,13 @@ def _voi_to_unit(values: np.ndarray, frame: _DicomFrame) -> tuple[np.ndarray, di
 def _dicom_display(frame: _DicomFrame, path) -> tuple[np.ndarray, dict]:
     """(H, W) grayscale or (H, W, 3) RGB in ``[0, 1]`` for a decoded DICOM frame."""
     ds, photometric = frame.ds, frame.header["photometric"]
-    meta = {"normalization": "bit_depth", "window": None, "window_center": None, "window_width": None,
-            "inverted": False}  # fmt: skip
+    meta = {
+        "normalization": "bit_depth",
+        "window": None,
+        "window_center": None,
+        "window_width": None,
+        "inverted": False,
+    }
     pixels = frame.pixels
     if photometric == "PALETTE COLOR" or pixels.ndim == 3:
         if "RescaleSlope" in ds or "RescaleIntercept" in ds:
@@ -779,11 +819,16 @@ def _displayed(decoded: _DicomFrame, path, channels: int) -> tuple[np.ndarray, d
         raise UnusableImageError(path, reason) from err
     header = decoded.header
     meta.update(
-        kind="dicom", modality=header["modality"], photometric=header["photometric"],
-        transfer_syntax=header["transfer_syntax"], original_shape=decoded.original_shape,
-        number_of_frames=header["number_of_frames"], frame=decoded.index,
-        sop_instance_uid=header["sop_instance_uid"], study_instance_uid=header["study_instance_uid"],
-    )  # fmt: skip
+        kind="dicom",
+        modality=header["modality"],
+        photometric=header["photometric"],
+        transfer_syntax=header["transfer_syntax"],
+        original_shape=decoded.original_shape,
+        number_of_frames=header["number_of_frames"],
+        frame=decoded.index,
+        sop_instance_uid=header["sop_instance_uid"],
+        study_instance_uid=header["study_instance_uid"],
+    )
     return _to_channels(display, channels), meta
 
 
@@ -856,10 +901,18 @@ def _read_pil(path, kind: str, channels: int, frame: int | None, min_size: int) 
         scale = 255.0 if array.dtype == np.uint8 else 65535.0 if peak <= 65535 else float(peak)
         unit, normalization = array.astype(np.float32) / scale, "bit_depth"
     meta = {
-        "kind": kind, "modality": None, "photometric": "RGB" if array.ndim == 3 else "MONOCHROME2",
-        "original_shape": original_shape, "number_of_frames": 1, "frame": 0, "normalization": normalization,
-        "window": None, "window_center": None, "window_width": None, "inverted": False,
-    }  # fmt: skip
+        "kind": kind,
+        "modality": None,
+        "photometric": "RGB" if array.ndim == 3 else "MONOCHROME2",
+        "original_shape": original_shape,
+        "number_of_frames": 1,
+        "frame": 0,
+        "normalization": normalization,
+        "window": None,
+        "window_center": None,
+        "window_width": None,
+        "inverted": False,
+    }
     return _to_channels(unit, channels), meta
 
 
@@ -892,10 +945,18 @@ def _read_nifti(path, channels: int, frame: int | None, min_size: int) -> tuple[
     plane = (array[:, :, index] if array.ndim == 3 else array).T
     _check_size(path, int(plane.shape[0]), int(plane.shape[1]), min_size)
     meta = {
-        "kind": "nifti", "modality": None, "photometric": "MONOCHROME2", "original_shape": original_shape,
-        "number_of_frames": slices, "frame": index, "normalization": "percentile",
-        "window": None, "window_center": None, "window_width": None, "inverted": False,
-    }  # fmt: skip
+        "kind": "nifti",
+        "modality": None,
+        "photometric": "MONOCHROME2",
+        "original_shape": original_shape,
+        "number_of_frames": slices,
+        "frame": index,
+        "normalization": "percentile",
+        "window": None,
+        "window_center": None,
+        "window_width": None,
+        "inverted": False,
+    }
     return _to_channels(_percentile_to_unit(plane), channels), meta
 
 

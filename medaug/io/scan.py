@@ -80,9 +80,13 @@ def _scan_one(entry: dict, channels: int, frames: str) -> tuple[list[dict], dict
 
 
 def scan_entries(
-    entries: list[dict], *, channels: int = 1, frames: str = "middle", workers: int | None = None,
+    entries: list[dict],
+    *,
+    channels: int = 1,
+    frames: str = "middle",
+    workers: int | None = None,
     progress: bool = True,
-) -> tuple[list[dict], list[dict]]:  # fmt: skip
+) -> tuple[list[dict], list[dict]]:
     """Decode every entry; returns ``(usable entries, skipped records)`` in the input order.
 
     Args:

@@ -42,10 +42,14 @@ from medaug.io.readers import IMAGE_SUFFIXES, UnusableImageError, is_dicom, read
 logger = logging.getLogger("medaug.data")
 DATA_FORMATS = ("npz", "folder", "dicom_csv")
 SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
-}  # fmt: skip
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 CSV_KEYS = ("path", "sopinstanceuid", "studyinstanceuid", "patientid")  # most specific first
 DEFAULT_LABELS_CSV = "labels.csv"
 HIDDEN_FILE = "hidden file (name starts with '.'), not read; rename it to use it"
@@ -238,8 +242,14 @@ def _lines(numbers: Sequence[int], most: int = 8) -> str:
     return f"line{'s' if len(numbers) > 1 else ''} {shown}"
 
 
-def resolve_class_names(found: Iterable[str], class_names: Sequence[str] | None, *, where: str,
-                        occurrences: dict[str, str] | None = None, fix: str = "") -> list[str]:  # fmt: skip
+def resolve_class_names(
+    found: Iterable[str],
+    class_names: Sequence[str] | None,
+    *,
+    where: str,
+    occurrences: dict[str, str] | None = None,
+    fix: str = "",
+) -> list[str]:
     """The classes of a run, in label-index order.
 
     ``class_names`` unset (None or empty): every class found is learnt, in sorted order (numerically
@@ -268,15 +278,21 @@ def resolve_class_names(found: Iterable[str], class_names: Sequence[str] | None,
     raise LabelsError(
         f"{where} has {len(unknown)} class(es) not in class_names {names}: {'; '.join(described)}. "
         f"{fix}If they are real classes, set class_names to all classes of this dataset "
-        f"(--class_names \"{learnt}\"), or to null (--class_names null) to learn every class found"
+        f'(--class_names "{learnt}"), or to null (--class_names null) to learn every class found'
     )
 
 
 def _entry(image: str, label: int, class_name: str, *, split=None, patient_id=None, source: str, **extra) -> dict:
     return {
-        "image": image, "label": int(label), "class_name": class_name, "patient_id": patient_id,
-        "split": split, "source": source, "synthetic": False, **extra,
-    }  # fmt: skip
+        "image": image,
+        "label": int(label),
+        "class_name": class_name,
+        "patient_id": patient_id,
+        "split": split,
+        "source": source,
+        "synthetic": False,
+        **extra,
+    }
 
 
 def npz_entries(dataset_dir: str | os.PathLike, class_names: Sequence[str] | None = None) -> tuple[list, list, list]:
@@ -298,8 +314,9 @@ def npz_entries(dataset_dir: str | os.PathLike, class_names: Sequence[str] | Non
     return entries, names[:n_classes], []
 
 
-def folder_entries(dataset_dir: str | os.PathLike, exclude: Sequence[str] = (),
-                   class_names: Sequence[str] | None = None) -> tuple[list, list, list]:  # fmt: skip
+def folder_entries(
+    dataset_dir: str | os.PathLike, exclude: Sequence[str] = (), class_names: Sequence[str] | None = None
+) -> tuple[list, list, list]:
     """Entries of a folder-per-class tree, below optional split folders. Every file not used is in
     the skipped list with its reason: not an image, not inside a class folder, hidden, not a
     regular file (see :func:`walk_input`). Class folders must be in ``class_names`` when it is set
@@ -311,16 +328,24 @@ def folder_entries(dataset_dir: str | os.PathLike, exclude: Sequence[str] = (),
         others = [p.name for p in top if p not in split_dirs]
         raise ValueError(f"{root}: mixes split folders {[p.name for p in split_dirs]} with other folders {others}")
     groups = [(normalise_split(p.name), p) for p in split_dirs] if split_dirs else [(None, root)]
-    class_dirs = {(split, d.name): d for split, base in groups for d in sorted(base.iterdir())
-                  if d.is_dir() and not d.name.startswith(".") and not is_excluded(d.relative_to(root), exclude)}  # fmt: skip
+    class_dirs = {
+        (split, d.name): d
+        for split, base in groups
+        for d in sorted(base.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and not is_excluded(d.relative_to(root), exclude)
+    }
     found = {name for _, name in class_dirs}
-    folders = {name: [printable(d.relative_to(root).as_posix()) for (_, n), d in class_dirs.items() if n == name]
-               for name in found}  # fmt: skip
+    folders = {
+        name: [printable(d.relative_to(root).as_posix()) for (_, n), d in class_dirs.items() if n == name]
+        for name in found
+    }
     names = resolve_class_names(
-        found, class_names, where=f"dataset_dir {str(root)!r}",
+        found,
+        class_names,
+        where=f"dataset_dir {str(root)!r}",
         occurrences={name: "folder " + ", ".join(paths) for name, paths in folders.items()},
         fix="Rename those folders, or leave them out (--exclude \"['<folder>']\"). ",
-    )  # fmt: skip
+    )
     if len(found) < 2:
         raise ValueError(f"{root}: found {len(found)} class folder(s) {sorted(found)}; a classifier needs at least 2")
     owner = {printable(d.relative_to(root).as_posix()): (split, name) for (split, name), d in class_dirs.items()}
@@ -337,8 +362,9 @@ def folder_entries(dataset_dir: str | os.PathLike, exclude: Sequence[str] = (),
         if not looks_like_image(path):
             skipped.append({"path": relative, "reason": "not an image file (unknown type, not DICOM)"})
             continue
-        entries.append(_entry(str(path.resolve()), names.index(name), name, split=split, source="folder",
-                              relpath=relative))  # fmt: skip
+        entries.append(
+            _entry(str(path.resolve()), names.index(name), name, split=split, source="folder", relpath=relative)
+        )
     return entries, names, skipped
 
 
@@ -352,8 +378,10 @@ def _read_labels_csv(csv_path: Path) -> tuple[list[dict], str]:
         columns = {_column_key(c): c for c in reader.fieldnames}
         rows = []
         for row in reader:
-            rows.append({_column_key(k): (v or "").strip() for k, v in row.items() if k is not None}
-                        | {"_line": reader.line_num})  # fmt: skip
+            rows.append(
+                {_column_key(k): (v or "").strip() for k, v in row.items() if k is not None}
+                | {"_line": reader.line_num}
+            )
     if "label" not in columns:
         raise ValueError(f"labels CSV {csv_path} has no 'label' column (columns: {list(columns.values())})")
     key = next((k for k in CSV_KEYS if k in columns), None)
@@ -393,11 +421,13 @@ def _rows_by_key(rows: list[dict], key: str, csv_path: Path) -> dict[str, dict]:
         labelled = [row for row in group if row.get("label")] or group[:1]
         fields = {(row.get("label"), row.get("split"), row.get("patientid") or None) for row in labelled}
         if len(fields) > 1:
-            differ = [name for i, name in enumerate(("label", "split", "patient_id"))
-                      if len({f[i] for f in fields}) > 1]  # fmt: skip
-            rows_text = ", ".join(f"{row['_line']} (label {row['label']!r}"
-                                  + (f", split {row['split']!r})" if row["split"] else ")")
-                                  for row in labelled)  # fmt: skip
+            differ = [
+                name for i, name in enumerate(("label", "split", "patient_id")) if len({f[i] for f in fields}) > 1
+            ]
+            rows_text = ", ".join(
+                f"{row['_line']} (label {row['label']!r}" + (f", split {row['split']!r})" if row["split"] else ")")
+                for row in labelled
+            )
             conflicts.append(f"{_shown_key(key, value)} on lines {rows_text} differ in {' and '.join(differ)}")
         elif len(labelled) > 1:
             repeats.append(f"{_shown_key(key, value)} ({_lines([row['_line'] for row in labelled])})")
@@ -409,13 +439,20 @@ def _rows_by_key(rows: list[dict], key: str, csv_path: Path) -> dict[str, dict]:
             f"Keep one row per {key_label(key)} (or make the repeated rows agree) and run again"
         )
     if repeats:
-        logger.warning("labels CSV %s repeats %d %s(s) with the same label; each is used once: %s", csv_path,
-                       len(repeats), key_label(key), "; ".join(repeats[:5]))  # fmt: skip
+        logger.warning(
+            "labels CSV %s repeats %d %s(s) with the same label; each is used once: %s",
+            csv_path,
+            len(repeats),
+            key_label(key),
+            "; ".join(repeats[:5]),
+        )
     return row_of
 
 
 def dicom_csv_entries(
-    dataset_dir: str | os.PathLike, labels_csv: str | os.PathLike | None = None, exclude: Sequence[str] = (),
+    dataset_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike | None = None,
+    exclude: Sequence[str] = (),
     class_names: Sequence[str] | None = None,
 ) -> tuple[list, list, list]:
     """Entries of a DICOM folder labelled by a CSV (see the module docstring for the key columns).
@@ -438,9 +475,13 @@ def dicom_csv_entries(
     for row in rows:
         if row.get("label"):
             lines_of.setdefault(row["label"], []).append(row["_line"])
-    names = resolve_class_names(lines_of, class_names, where=f"labels CSV {str(csv_path)!r}",
-                                occurrences={label: _lines(lines) for label, lines in lines_of.items()},
-                                fix="Correct those labels in the CSV. ")  # fmt: skip
+    names = resolve_class_names(
+        lines_of,
+        class_names,
+        where=f"labels CSV {str(csv_path)!r}",
+        occurrences={label: _lines(lines) for label, lines in lines_of.items()},
+        fix="Correct those labels in the CSV. ",
+    )
 
     entries, used = [], set()
     files, skipped = walk_input(root, exclude)
@@ -461,8 +502,11 @@ def dicom_csv_entries(
             except UnusableImageError as err:
                 skipped.append({"path": relative, "reason": err.reason})
                 continue
-            value = {"sopinstanceuid": header["sop_instance_uid"], "studyinstanceuid": header["study_instance_uid"],
-                     "patientid": header["patient_id"]}[key]  # fmt: skip
+            value = {
+                "sopinstanceuid": header["sop_instance_uid"],
+                "studyinstanceuid": header["study_instance_uid"],
+                "patientid": header["patient_id"],
+            }[key]
             if value not in row_of:
                 skipped.append({"path": relative, "reason": f"its {key_label(key)} has no row in {csv_path.name}"})
                 continue
@@ -473,8 +517,15 @@ def dicom_csv_entries(
             skipped.append({"path": relative, "reason": reason})
             continue
         entries.append(
-            _entry(str(path.resolve()), names.index(row["label"]), row["label"], split=row["split"],
-                   patient_id=row.get("patientid") or None, source="dicom_csv", relpath=relative)  # fmt: skip
+            _entry(
+                str(path.resolve()),
+                names.index(row["label"]),
+                row["label"],
+                split=row["split"],
+                patient_id=row.get("patientid") or None,
+                source="dicom_csv",
+                relpath=relative,
+            )
         )
     for value in sorted(set(row_of) - used):
         # a PatientID is an identifier: the record names its pseudonym, never the ID itself
@@ -484,8 +535,12 @@ def dicom_csv_entries(
 
 
 def key_label(key: str) -> str:
-    return {"path": "path", "sopinstanceuid": "SOPInstanceUID", "studyinstanceuid": "StudyInstanceUID",
-            "patientid": "PatientID"}[key]  # fmt: skip
+    return {
+        "path": "path",
+        "sopinstanceuid": "SOPInstanceUID",
+        "studyinstanceuid": "StudyInstanceUID",
+        "patientid": "PatientID",
+    }[key]
 
 
 def source_entries(

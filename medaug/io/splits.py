@@ -140,7 +140,9 @@ def simulate_imbalance(
         steps = []
         for i, step in enumerate(spec):
             if not isinstance(step, Mapping):
-                raise ValueError(f"imbalance step {i} must be a mapping like {{'class': ..., 'keep_fraction': ...}}, got {step!r}")
+                raise ValueError(
+                    f"imbalance step {i} must be a mapping like {{'class': ..., 'keep_fraction': ...}}, got {step!r}"
+                )
             # Each step gets its own seed so two steps on one class do not draw the same images.
             entries, summary = simulate_imbalance(entries, step, class_names, seed=seed + 7919 * i)
             steps.append(summary)

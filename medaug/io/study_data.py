@@ -116,8 +116,10 @@ class StudyData:
         out_dir = Path(out_dir)
         paths = {"skipped": write_csv_atomic(out_dir / "skipped.csv", self.skipped, ["path", "reason"])}
         if self.leaks:
-            rows = [{"pixel_hash": g["pixel_hash"], "splits": " ".join(g["splits"]), "images": " | ".join(g["images"])}
-                    for g in self.leaks]  # fmt: skip
+            rows = [
+                {"pixel_hash": g["pixel_hash"], "splits": " ".join(g["splits"]), "images": " | ".join(g["images"])}
+                for g in self.leaks
+            ]
             paths["leaks"] = write_csv_atomic(out_dir / "leaks.csv", rows, ["pixel_hash", "splits", "images"])
         keys = ("image", "frame", "label", "class_name", "patient_id", "split", "source", "synthetic", "modality")
         slim = [{k: e.get(k) for k in keys if k in e} for e in self.entries]
@@ -126,9 +128,17 @@ class StudyData:
         return paths
 
 
-def index_dataset(dataset_dir: str, data_format: str | None, labels_csv: str | None, exclude, class_names,
-                  channels: int, frames: str, index_cache: str | os.PathLike | None = None,
-                  progress: bool = True) -> tuple[str, list[dict], list[str], list[dict]]:  # fmt: skip
+def index_dataset(
+    dataset_dir: str,
+    data_format: str | None,
+    labels_csv: str | None,
+    exclude,
+    class_names,
+    channels: int,
+    frames: str,
+    index_cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[str, list[dict], list[str], list[dict]]:
     """``(format, usable entries, class names, skipped)``: every file found and decoded once.
 
     With ``index_cache`` the result is kept in ``<index_cache>/index-<key>.json``, the key being
@@ -144,9 +154,16 @@ def index_dataset(dataset_dir: str, data_format: str | None, labels_csv: str | N
     key = None
     if index_cache is not None:
         # the index holds pseudonyms: another pseudonym key (by its id) is another index
-        key = folder_listing_key(dataset_dir, labels_csv, data_format=data_format, exclude=exclude,
-                                 class_names=list(class_names or []), channels=channels, frames=frames,
-                                 pseudonym_key=pseudonym_key_id())  # fmt: skip
+        key = folder_listing_key(
+            dataset_dir,
+            labels_csv,
+            data_format=data_format,
+            exclude=exclude,
+            class_names=list(class_names or []),
+            channels=channels,
+            frames=frames,
+            pseudonym_key=pseudonym_key_id(),
+        )
         cached = load_index(index_cache, key)
         if cached is not None:
             logger.info("index of %s read from %s (%d images)", dataset_dir, index_cache, len(cached["entries"]))
@@ -200,8 +217,9 @@ def build_study_data(
         index_cache: a folder keeping the index (see :func:`index_dataset`); None indexes every time.
     """
     dataset_dir = str(dataset_dir)
-    fmt, usable, names, skipped = index_dataset(dataset_dir, data_format, labels_csv, exclude, class_names, channels,
-                                                frames, index_cache, progress)  # fmt: skip
+    fmt, usable, names, skipped = index_dataset(
+        dataset_dir, data_format, labels_csv, exclude, class_names, channels, frames, index_cache, progress
+    )
     entries = assign_splits(usable, split_fractions, seed=seed)
     entries, imbalance_summary = simulate_imbalance(entries, imbalance, names, seed=seed)
     data = StudyData(dataset_dir, fmt, list(names), entries, skipped, imbalance=imbalance_summary)
@@ -212,7 +230,8 @@ def build_study_data(
         logger.warning("%d file(s) skipped as unusable (see skipped.csv), %d image(s) used", len(skipped), len(entries))
     if data.leaks:
         logger.warning(
-            "data leak: %d image(s) with identical pixels appear in more than one split (see leaks.csv)", len(data.leaks)
+            "data leak: %d image(s) with identical pixels appear in more than one split (see leaks.csv)",
+            len(data.leaks),
         )
     if data.patient_leaks:
         logger.warning("data leak: %d patient(s) appear in more than one fixed split", len(data.patient_leaks))

@@ -59,28 +59,57 @@ class ConditionalGAN(ImageGenerator):
 
     name = "gan"
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int], seed: int = 0,
-                 device: str | torch.device = "cpu", progress: bool = True, latent_size: int = 64,
-                 channels: Sequence[int] = (64, 32), iterations: int = 1000, batch_size: int = 32,
-                 lr: float = 2e-4, r1_gamma: float = 1.0, ema_decay: float = 0.99,
-                 diffaugment: str = "color,translation,cutout") -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: Sequence[int],
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+        latent_size: int = 64,
+        channels: Sequence[int] = (64, 32),
+        iterations: int = 1000,
+        batch_size: int = 32,
+        lr: float = 2e-4,
+        r1_gamma: float = 1.0,
+        ema_decay: float = 0.99,
+        diffaugment: str = "color,translation,cutout",
+    ) -> None:
         super().__init__(in_channels, num_classes, image_size, seed, device, progress)
         if any(s % 4 for s in self.image_size):
             raise ValueError(f"gan: image_size must be divisible by 4, got {self.image_size}")
         self.latent_size, self.iterations, self.batch_size = int(latent_size), int(iterations), int(batch_size)
-        self.lr, self.r1_gamma, self.ema_decay, self.diffaugment = float(lr), float(r1_gamma), float(ema_decay), diffaugment
+        self.lr, self.r1_gamma, self.ema_decay, self.diffaugment = (
+            float(lr),
+            float(r1_gamma),
+            float(ema_decay),
+            diffaugment,
+        )
         c1, c2 = (int(c) for c in channels)
         h, w = self.image_size
         with seeded(self.seed):
             self.generator = Generator(
-                latent_shape=(self.latent_size + num_classes,), start_shape=(c1, h // 4, w // 4),
-                channels=(c1, c2, in_channels), strides=(2, 2, 1), num_res_units=0, act=("leakyrelu", {"negative_slope": 0.2}),
+                latent_shape=(self.latent_size + num_classes,),
+                start_shape=(c1, h // 4, w // 4),
+                channels=(c1, c2, in_channels),
+                strides=(2, 2, 1),
+                num_res_units=0,
+                act=("leakyrelu", {"negative_slope": 0.2}),
                 norm="batch",
-            ).to(self.device)  # fmt: skip
-            self.discriminator = _spectral_normalise(Discriminator(
-                in_shape=(in_channels + num_classes, h, w), channels=(c2, c1), strides=(2, 2), num_res_units=0,
-                act=("leakyrelu", {"negative_slope": 0.2}), norm=None, dropout=None, last_act=None,
-            )).to(self.device)  # fmt: skip
+            ).to(self.device)
+            self.discriminator = _spectral_normalise(
+                Discriminator(
+                    in_shape=(in_channels + num_classes, h, w),
+                    channels=(c2, c1),
+                    strides=(2, 2),
+                    num_res_units=0,
+                    act=("leakyrelu", {"negative_slope": 0.2}),
+                    norm=None,
+                    dropout=None,
+                    last_act=None,
+                )
+            ).to(self.device)
         self.ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -107,7 +136,9 @@ class ConditionalGAN(ImageGenerator):
         self.generator.train()
         self.discriminator.train()
         for _ in tqdm(range(self.iterations), desc="fit gan", disable=not self.progress, leave=False):
-            idx = torch.randint(0, len(real_all), (min(self.batch_size, len(real_all)),), generator=g, device=self.device)
+            idx = torch.randint(
+                0, len(real_all), (min(self.batch_size, len(real_all)),), generator=g, device=self.device
+            )
             real, y = real_all[idx], labels[idx]
             z = torch.randn(len(idx), self.latent_size, generator=g, device=self.device)
 

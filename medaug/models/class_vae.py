@@ -37,10 +37,22 @@ class ClassVAEInterpolation(ImageGenerator):
 
     name = "vae_interp"
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int], seed: int = 0,
-                 device: str | torch.device = "cpu", progress: bool = True, latent_size: int = 32,
-                 channels: Sequence[int] = (32, 64), iterations: int = 500, batch_size: int = 32, lr: float = 1e-3,
-                 beta: float = 1.0, alpha_range: Sequence[float] = (0.2, 0.8)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: Sequence[int],
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+        latent_size: int = 32,
+        channels: Sequence[int] = (32, 64),
+        iterations: int = 500,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        beta: float = 1.0,
+        alpha_range: Sequence[float] = (0.2, 0.8),
+    ) -> None:
         super().__init__(in_channels, num_classes, image_size, seed, device, progress)
         low, high = (float(a) for a in alpha_range)
         if not 0.0 <= low <= high <= 1.0:
@@ -49,12 +61,21 @@ class ClassVAEInterpolation(ImageGenerator):
         self.latent_size, self.iterations, self.batch_size = int(latent_size), int(iterations), int(batch_size)
         self.lr, self.beta = float(lr), float(beta)
         with seeded(self.seed):
-            self.vaes = torch.nn.ModuleList([
-                VarAutoEncoder(spatial_dims=2, in_shape=(in_channels, *self.image_size), out_channels=in_channels,
-                               latent_size=self.latent_size, channels=tuple(int(c) for c in channels),
-                               strides=(2,) * len(channels), num_res_units=1, use_mean_at_inference=True)
-                for _ in range(num_classes)
-            ]).to(self.device)  # fmt: skip
+            self.vaes = torch.nn.ModuleList(
+                [
+                    VarAutoEncoder(
+                        spatial_dims=2,
+                        in_shape=(in_channels, *self.image_size),
+                        out_channels=in_channels,
+                        latent_size=self.latent_size,
+                        channels=tuple(int(c) for c in channels),
+                        strides=(2,) * len(channels),
+                        num_res_units=1,
+                        use_mean_at_inference=True,
+                    )
+                    for _ in range(num_classes)
+                ]
+            ).to(self.device)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"vaes": self.vaes}
@@ -95,11 +116,21 @@ class ClassVAEInterpolation(ImageGenerator):
         """Decode interpolations between the latent means of random distinct pairs of ``real_images``
         (the train images of class ``label``)."""
         if n and len(real_images) < 2:
-            raise ValueError(f"vae_interp: class {label} needs at least 2 train images to interpolate, has {len(real_images)}")
+            raise ValueError(
+                f"vae_interp: class {label} needs at least 2 train images to interpolate, has {len(real_images)}"
+            )
         vae = self.vaes[int(label)].eval()
         g = torch.Generator().manual_seed(int(seed))
-        mu = torch.cat([vae.encode_forward(real_images[a:b].to(self.device).float())[0]
-                        for a, b in batches(len(real_images), 256)]) if n else None  # fmt: skip
+        mu = (
+            torch.cat(
+                [
+                    vae.encode_forward(real_images[a:b].to(self.device).float())[0]
+                    for a, b in batches(len(real_images), 256)
+                ]
+            )
+            if n
+            else None
+        )
         i = torch.randint(0, len(real_images), (n,), generator=g)
         j = (i + torch.randint(1, max(len(real_images), 2), (n,), generator=g)) % max(len(real_images), 1)  # j != i
         low, high = self.alpha_range
@@ -113,8 +144,9 @@ class ClassVAEInterpolation(ImageGenerator):
         return SampleBatch(images, parents)
 
     @torch.no_grad()
-    def sample_prior(self, label: int, n: int, real_images: torch.Tensor, real_ids: Sequence[str],
-                     seed: int) -> SampleBatch:  # fmt: skip
+    def sample_prior(
+        self, label: int, n: int, real_images: torch.Tensor, real_ids: Sequence[str], seed: int
+    ) -> SampleBatch:
         """Decode ``z ~ N(0, I)`` with the class's VAE (what a VAE generates when not steered by real
         images: blurrier and more varied than interpolations). No real parent."""
         vae = self.vaes[int(label)].eval()

@@ -41,8 +41,12 @@ def _resnet_stem(stem: str, spatial_size: Sequence[int] | None) -> dict:
 def _resnet(depth: int) -> Callable[..., nn.Module]:
     def build(in_channels, num_classes, spatial_size, stem="auto", **kwargs):
         factory = getattr(nets, f"resnet{depth}")
-        return factory(spatial_dims=2, n_input_channels=in_channels, num_classes=num_classes,
-                       **{**_resnet_stem(stem, spatial_size), **kwargs})  # fmt: skip
+        return factory(
+            spatial_dims=2,
+            n_input_channels=in_channels,
+            num_classes=num_classes,
+            **{**_resnet_stem(stem, spatial_size), **kwargs},
+        )
 
     return build
 
@@ -54,8 +58,15 @@ def _densenet121(in_channels, num_classes, spatial_size, **kwargs):
 def _efficientnet(variant: str) -> Callable[..., nn.Module]:
     def build(in_channels, num_classes, spatial_size, **kwargs):
         # pretrained=False: MONAI would otherwise download ImageNet weights; use pretrained_path instead.
-        return nets.EfficientNetBN(variant, pretrained=False, progress=False, spatial_dims=2,
-                                   in_channels=in_channels, num_classes=num_classes, **kwargs)  # fmt: skip
+        return nets.EfficientNetBN(
+            variant,
+            pretrained=False,
+            progress=False,
+            spatial_dims=2,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            **kwargs,
+        )
 
     return build
 
@@ -163,7 +174,13 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list
         if key not in target:
             continue
         want = target[key].shape
-        if tensor.shape != want and tensor.ndim == 4 and tensor.shape[1] == 3 and want[1] == 1 and tensor.shape[0] == want[0]:
+        if (
+            tensor.shape != want
+            and tensor.ndim == 4
+            and tensor.shape[1] == 3
+            and want[1] == 1
+            and tensor.shape[0] == want[0]
+        ):
             tensor = tensor.sum(dim=1, keepdim=True)
         if tensor.shape == want:
             usable[key] = tensor
@@ -177,8 +194,12 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list
     }
     logger.info(
         "loaded %d tensors from %s; %d missing, %d unexpected, %d with mismatched shapes",
-        len(usable), path, len(report["missing"]), len(report["unexpected"]), len(report["mismatched"]),
-    )  # fmt: skip
+        len(usable),
+        path,
+        len(report["missing"]),
+        len(report["unexpected"]),
+        len(report["mismatched"]),
+    )
     for kind, keys in report.items():
         if keys:
             logger.info("%s keys: %s", kind, ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))

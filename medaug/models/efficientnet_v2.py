@@ -40,11 +40,13 @@ EFFICIENTNET_V2_S = (
 )
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
-             activation: bool = True) -> nn.Sequential:  # fmt: skip
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1, activation: bool = True
+) -> nn.Sequential:
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2,
-                  groups=groups, bias=False),  # fmt: skip
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2, groups=groups, bias=False
+        ),
         nn.BatchNorm2d(out_channels, eps=_BN_EPS),
     ]
     if activation:
@@ -112,8 +114,15 @@ class EfficientNetV2(nn.Module):
         dropout: dropout before the classifier (0.2 for V2-S).
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 1000, stages=EFFICIENTNET_V2_S,
-                 stochastic_depth: float = 0.2, dropout: float = 0.2, head_channels: int = 1280) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        stages=EFFICIENTNET_V2_S,
+        stochastic_depth: float = 0.2,
+        dropout: float = 0.2,
+        head_channels: int = 1280,
+    ) -> None:
         super().__init__()
         features: list[nn.Module] = [_conv_bn(in_channels, stages[0].out_channels, 3, stride=2)]
         total_blocks, block_index = sum(spec.layers for spec in stages), 0

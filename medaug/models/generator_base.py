@@ -53,8 +53,15 @@ class ImageGenerator:
 
     name = "generator"
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int], seed: int = 0,
-                 device: str | torch.device = "cpu", progress: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: Sequence[int],
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> None:
         if in_channels < 1 or num_classes < 1:
             raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
         self.in_channels = int(in_channels)
@@ -74,15 +81,16 @@ class ImageGenerator:
     def fit(self, images: torch.Tensor, labels: torch.Tensor) -> ImageGenerator:
         raise NotImplementedError
 
-    def sample(self, label: int, n: int, real_images: torch.Tensor, real_ids: Sequence[str],
-               seed: int) -> SampleBatch:  # fmt: skip
+    def sample(self, label: int, n: int, real_images: torch.Tensor, real_ids: Sequence[str], seed: int) -> SampleBatch:
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
     def check_fit_inputs(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != self.in_channels or tuple(images.shape[2:]) != self.image_size:
-            raise ValueError(f"{self.name}: expected images (N, {self.in_channels}, {self.image_size[0]}, "
-                             f"{self.image_size[1]}), got {tuple(images.shape)}")  # fmt: skip
+            raise ValueError(
+                f"{self.name}: expected images (N, {self.in_channels}, {self.image_size[0]}, "
+                f"{self.image_size[1]}), got {tuple(images.shape)}"
+            )
         if len(labels) != len(images):
             raise ValueError(f"{self.name}: {len(images)} images but {len(labels)} labels")
         if labels.min() < 0 or labels.max() >= self.num_classes:

@@ -102,7 +102,9 @@ class InceptionC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Written out, not looped over a tuple of modules, so that TorchScript compiles it.
-        double = self.branch7x7dbl_5(self.branch7x7dbl_4(self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x)))))
+        double = self.branch7x7dbl_5(
+            self.branch7x7dbl_4(self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x))))
+        )
         branches = [
             self.branch1x1(x),
             self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
@@ -188,8 +190,9 @@ class Inception3(nn.Module):
     resize images in preprocessing, so set ``image_size`` to at least ``[75, 75]``.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 1000, aux_logits: bool = False,
-                 dropout: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 1000, aux_logits: bool = False, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         self.min_input_size = INCEPTION_MIN_INPUT_SIZE  # an attribute: TorchScript cannot read module globals
         self.Conv2d_1a_3x3 = BasicConv2d(in_channels, 32, kernel_size=3, stride=2)

@@ -53,13 +53,28 @@ class ClassConditionalLDM(ImageGenerator):
 
     name = "ldm"
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int], seed: int = 0,
-                 device: str | torch.device = "cpu", progress: bool = True,
-                 ae_channels: Sequence[int] = (32, 64), latent_channels: int = 3,
-                 unet_channels: Sequence[int] = (32, 64), ae_iterations: int = 500, unet_iterations: int = 1500,
-                 batch_size: int = 32, lr: float = 2e-4, kl_weight: float = 1e-6, num_train_timesteps: int = 1000,
-                 ddim_steps: int = 50, img2img_strength: float = 0.6, context_dim: int | None = None,
-                 context_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: Sequence[int],
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+        ae_channels: Sequence[int] = (32, 64),
+        latent_channels: int = 3,
+        unet_channels: Sequence[int] = (32, 64),
+        ae_iterations: int = 500,
+        unet_iterations: int = 1500,
+        batch_size: int = 32,
+        lr: float = 2e-4,
+        kl_weight: float = 1e-6,
+        num_train_timesteps: int = 1000,
+        ddim_steps: int = 50,
+        img2img_strength: float = 0.6,
+        context_dim: int | None = None,
+        context_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(in_channels, num_classes, image_size, seed, device, progress)
         if not 0.0 < float(img2img_strength) <= 1.0:
             raise ValueError(f"ldm: img2img_strength must be in (0, 1], got {img2img_strength}")
@@ -75,18 +90,30 @@ class ClassConditionalLDM(ImageGenerator):
         self.scale_factor = 1.0
         with seeded(self.seed):
             self.autoencoder = AutoencoderKL(
-                spatial_dims=2, in_channels=in_channels, out_channels=in_channels, channels=tuple(ae_channels),
-                latent_channels=int(latent_channels), num_res_blocks=1, norm_num_groups=16,
-                attention_levels=(False,) * len(ae_channels), with_encoder_nonlocal_attn=False,
+                spatial_dims=2,
+                in_channels=in_channels,
+                out_channels=in_channels,
+                channels=tuple(ae_channels),
+                latent_channels=int(latent_channels),
+                num_res_blocks=1,
+                norm_num_groups=16,
+                attention_levels=(False,) * len(ae_channels),
+                with_encoder_nonlocal_attn=False,
                 with_decoder_nonlocal_attn=False,
-            ).to(self.device)  # fmt: skip
+            ).to(self.device)
             self.unet = DiffusionModelUNet(
-                spatial_dims=2, in_channels=int(latent_channels), out_channels=int(latent_channels),
-                channels=tuple(unet_channels), attention_levels=(False,) * (len(unet_channels) - 1) + (True,),
-                num_res_blocks=1, num_head_channels=int(unet_channels[-1]), norm_num_groups=16,
-                num_class_embeds=num_classes, with_conditioning=context_dim is not None,
+                spatial_dims=2,
+                in_channels=int(latent_channels),
+                out_channels=int(latent_channels),
+                channels=tuple(unet_channels),
+                attention_levels=(False,) * (len(unet_channels) - 1) + (True,),
+                num_res_blocks=1,
+                num_head_channels=int(unet_channels[-1]),
+                norm_num_groups=16,
+                num_class_embeds=num_classes,
+                with_conditioning=context_dim is not None,
                 cross_attention_dim=context_dim,
-            ).to(self.device)  # fmt: skip
+            ).to(self.device)
         self.ddpm = DDPMScheduler(num_train_timesteps=int(num_train_timesteps), **_SCHEDULE)
         self.ddim = DDIMScheduler(num_train_timesteps=int(num_train_timesteps), clip_sample=False, **_SCHEDULE)
 
@@ -105,8 +132,10 @@ class ClassConditionalLDM(ImageGenerator):
     @torch.no_grad()
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled latent means (the deterministic encoding used for diffusion and img2img)."""
-        return torch.cat([self.autoencoder.encode(x[a:b].to(self.device).float())[0]
-                          for a, b in batches(len(x), 256)]) * self.scale_factor  # fmt: skip
+        return (
+            torch.cat([self.autoencoder.encode(x[a:b].to(self.device).float())[0] for a, b in batches(len(x), 256)])
+            * self.scale_factor
+        )
 
     @torch.no_grad()
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -117,7 +146,9 @@ class ClassConditionalLDM(ImageGenerator):
         images, labels = images.to(self.device).float(), labels.to(self.device).long()
         g = torch.Generator(device=self.device).manual_seed(self.seed)
         self.history = {"ae_loss": [], "unet_loss": []}
-        bar = tqdm(total=self.ae_iterations + self.unet_iterations, desc="fit ldm", disable=not self.progress, leave=False)
+        bar = tqdm(
+            total=self.ae_iterations + self.unet_iterations, desc="fit ldm", disable=not self.progress, leave=False
+        )
 
         def draw():
             idx = torch.randint(0, len(images), (min(self.batch_size, len(images)),), generator=g, device=self.device)
@@ -166,8 +197,9 @@ class ClassConditionalLDM(ImageGenerator):
         y = torch.full((len(z),), int(label), dtype=torch.long, device=self.device)
         context = self._context(y)
         for t in timesteps:
-            eps = self.unet(z, torch.full((len(z),), int(t), device=self.device, dtype=torch.long), context=context,
-                            class_labels=y)  # fmt: skip
+            eps = self.unet(
+                z, torch.full((len(z),), int(t), device=self.device, dtype=torch.long), context=context, class_labels=y
+            )
             z, _ = self.ddim.step(eps, int(t), z)
         return z
 
@@ -190,8 +222,9 @@ class ClassConditionalLDM(ImageGenerator):
         return SampleBatch(images, [[] for _ in range(n)])
 
     @torch.no_grad()
-    def sample_img2img(self, label: int, n: int, real_images: torch.Tensor, real_ids: Sequence[str],
-                       seed: int) -> SampleBatch:  # fmt: skip
+    def sample_img2img(
+        self, label: int, n: int, real_images: torch.Tensor, real_ids: Sequence[str], seed: int
+    ) -> SampleBatch:
         """SDEdit: ``n`` images, each from a real train image of class ``label`` (its parent), noised
         to ``img2img_strength`` and denoised under the class condition. Parents are drawn so that
         every real image is used about equally often."""

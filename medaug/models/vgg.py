@@ -19,8 +19,25 @@ from torch import nn
 
 # Configuration D of Simonyan & Zisserman: output channels of each 3x3 convolution, "M" = 2x2 max-pool.
 VGG16_LAYERS: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
-)  # fmt: skip
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
 
 # Five 2x2 max-pools: a 32 px image leaves a 1 px map, anything smaller leaves none.
 VGG_MIN_INPUT_SIZE = 32

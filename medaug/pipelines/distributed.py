@@ -178,13 +178,26 @@ def _writer_types() -> tuple[type, ...]:
     """Handler classes that write files, MLflow runs or console output: rank 0's job alone."""
     from ignite.handlers import ProgressBar
     from monai.handlers import (
-        CheckpointSaver, ClassificationSaver, MetricsSaver, MLFlowHandler, StatsHandler, TensorBoardStatsHandler,
-    )  # fmt: skip
+        CheckpointSaver,
+        ClassificationSaver,
+        MetricsSaver,
+        MLFlowHandler,
+        StatsHandler,
+        TensorBoardStatsHandler,
+    )
 
     from medaug.pipelines.tracking.tracker import RunTracker
 
-    return (CheckpointSaver, ClassificationSaver, MetricsSaver, MLFlowHandler, StatsHandler, TensorBoardStatsHandler,
-            ProgressBar, RunTracker)  # fmt: skip
+    return (
+        CheckpointSaver,
+        ClassificationSaver,
+        MetricsSaver,
+        MLFlowHandler,
+        StatsHandler,
+        TensorBoardStatsHandler,
+        ProgressBar,
+        RunTracker,
+    )
 
 
 def is_writer(handler: Any) -> bool:

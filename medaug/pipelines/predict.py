@@ -31,11 +31,11 @@ import contextlib
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,8 +61,14 @@ OUTPUT_FILES = ("predictions.csv", "predictions.json", "skipped.csv", "summary.j
 OUTPUT_MARKER = "summary.json"  # renamed into place last: its presence marks a complete set
 
 
-def folder_datalist(input_dir: str | os.PathLike, *, channels: int = 1, frames: str = "middle",
-                    exclude: Sequence[str] = (), progress: bool = True) -> tuple[list[dict], list[dict]]:  # fmt: skip
+def folder_datalist(
+    input_dir: str | os.PathLike,
+    *,
+    channels: int = 1,
+    frames: str = "middle",
+    exclude: Sequence[str] = (),
+    progress: bool = True,
+) -> tuple[list[dict], list[dict]]:
     """``(usable entries, skipped)`` for every file below ``input_dir``, each image decoded once to
     check it (for datalists; :func:`predict_folder` decodes and predicts in one pass). Nothing is
     written there."""
@@ -73,8 +79,16 @@ def folder_datalist(input_dir: str | os.PathLike, *, channels: int = 1, frames: 
     files, skipped = walk_input(root, exclude)  # pipes, sockets, hidden files: listed, never opened
     for path, relative in files:
         if looks_like_image(path):
-            entries.append({"image": str(path.resolve()), "relpath": relative, "label": -1, "split": "predict",
-                            "source": "predict", "synthetic": False})  # fmt: skip
+            entries.append(
+                {
+                    "image": str(path.resolve()),
+                    "relpath": relative,
+                    "label": -1,
+                    "split": "predict",
+                    "source": "predict",
+                    "synthetic": False,
+                }
+            )
         else:
             skipped.append({"path": relative, "reason": "not an image file (unknown type, not DICOM)"})
     usable, unreadable = scan_entries(entries, channels=channels, frames=frames, progress=progress)
@@ -98,8 +112,9 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the network the bundle's inference config describes."""
 
 
-def load_model(ckpt_path: str | os.PathLike, network: torch.nn.Module | None = None,
-               device: str | torch.device = "cpu") -> torch.nn.Module:  # fmt: skip
+def load_model(
+    ckpt_path: str | os.PathLike, network: torch.nn.Module | None = None, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
     """The model to predict with, in eval mode on ``device``.
 
     A TorchScript file is loaded with ``torch.jit.load`` (``network`` is ignored and may be None);
@@ -117,7 +132,9 @@ def load_model(ckpt_path: str | os.PathLike, network: torch.nn.Module | None = N
         model = torch.jit.load(str(path), map_location=device)
     else:
         if network is None:
-            raise CheckpointMismatchError(f"{path.name} is a checkpoint, not TorchScript: the bundle's network is needed")
+            raise CheckpointMismatchError(
+                f"{path.name} is a checkpoint, not TorchScript: the bundle's network is needed"
+            )
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as err:
@@ -177,8 +194,14 @@ def _split_loader(preprocessing: Callable) -> tuple[LoadDatalistImaged, Callable
     transforms = getattr(preprocessing, "transforms", None)
     if not isinstance(preprocessing, Compose) or not transforms or not isinstance(transforms[0], LoadDatalistImaged):
         return None
-    rest = Compose(transforms[1:], map_items=preprocessing.map_items, unpack_items=preprocessing.unpack_items,
-                   log_stats=preprocessing.log_stats, lazy=preprocessing.lazy, overrides=preprocessing.overrides)  # fmt: skip
+    rest = Compose(
+        transforms[1:],
+        map_items=preprocessing.map_items,
+        unpack_items=preprocessing.unpack_items,
+        log_stats=preprocessing.log_stats,
+        lazy=preprocessing.lazy,
+        overrides=preprocessing.overrides,
+    )
     return transforms[0], rest
 
 
@@ -191,8 +214,7 @@ class _Decoder:
     inputs, not the whole file.
     """
 
-    def __init__(self, preprocessing: Callable, frames: str, modalities: Sequence[str] | None,
-                 chunk: int = 32) -> None:  # fmt: skip
+    def __init__(self, preprocessing: Callable, frames: str, modalities: Sequence[str] | None, chunk: int = 32) -> None:
         if frames not in ("middle", "all"):
             raise ValueError(f"frames must be 'middle' or 'all', got {frames!r}")
         self.preprocessing = preprocessing
@@ -214,12 +236,22 @@ class _Decoder:
                     modality = (header.get("modality") or "").strip().upper()
                     if modality not in self.modalities:
                         wanted = ", ".join(sorted(self.modalities))
-                        return _Decoded(relative, [], {"path": relative, "reason": f"wrong modality for this model "
-                                        f"({modality or 'none given'}; the model takes {wanted})"})  # fmt: skip
+                        return _Decoded(
+                            relative,
+                            [],
+                            {
+                                "path": relative,
+                                "reason": f"wrong modality for this model "
+                                f"({modality or 'none given'}; the model takes {wanted})",
+                            },
+                        )
                 if self.frames == "all" and header is not None and header["number_of_frames"] > 1:
                     every = range(header["number_of_frames"])
                     frames = list(every[: self.chunk])
-                    more = [(path, relative, list(every[i : i + self.chunk])) for i in range(self.chunk, len(every), self.chunk)]  # fmt: skip
+                    more = [
+                        (path, relative, list(every[i : i + self.chunk]))
+                        for i in range(self.chunk, len(every), self.chunk)
+                    ]
             out = [self._fields(image, relative, frame) for frame, image in self._images(path, frames)]
             return _Decoded(relative, out, None, more)
         except Exception as err:  # one bad file never stops the run
@@ -277,8 +309,9 @@ def _executor(parallel: str, workers: int, decoder: _Decoder) -> tuple[Executor,
     if parallel == "process":
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(decoder,))  # fmt: skip
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(decoder,)
+        )
         return pool, _decode_in_worker
     raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
 
@@ -314,9 +347,11 @@ class PredictionSummary:
     finished_at: str = ""  # UTC, ISO 8601
 
     def line(self) -> str:
-        return (f"predicted {self.images} image(s) from {self.predicted_files} file(s), skipped {self.skipped} "
-                f"file(s) of {self.files} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s); "
-                f"outputs in {self.output_dir}")  # fmt: skip
+        return (
+            f"predicted {self.images} image(s) from {self.predicted_files} file(s), skipped {self.skipped} "
+            f"file(s) of {self.files} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s); "
+            f"outputs in {self.output_dir}"
+        )
 
 
 def _check_output_outside_input(input_dir: Path, output_dir: Path) -> None:
@@ -491,23 +526,47 @@ def predict_folder(
         flush()
     bar.close()
 
-    fields = ["path", "frame", "sop_instance_uid", "study_instance_uid", "predicted",
-              *[f"prob_{n}" for n in class_names], "model_name", "model_version", "checkpoint_sha256"]  # fmt: skip
+    fields = [
+        "path",
+        "frame",
+        "sop_instance_uid",
+        "study_instance_uid",
+        "predicted",
+        *[f"prob_{n}" for n in class_names],
+        "model_name",
+        "model_version",
+        "checkpoint_sha256",
+    ]
     skipped.sort(key=lambda r: r["path"])
     seconds = time.perf_counter() - start
     n_files = used_files + len(skipped)
     summary = PredictionSummary(
-        files=n_files, images=len(rows), predicted_files=used_files, skipped=len(skipped), seconds=round(seconds, 3),
-        images_per_s=round(len(rows) / max(seconds, 1e-9), 2), output_dir=str(output_dir),
-        exit_code=EXIT_SOME_SKIPPED if skipped else EXIT_ALL_USED, run_id=output.run_id,
-    )  # fmt: skip
+        files=n_files,
+        images=len(rows),
+        predicted_files=used_files,
+        skipped=len(skipped),
+        seconds=round(seconds, 3),
+        images_per_s=round(len(rows) / max(seconds, 1e-9), 2),
+        output_dir=str(output_dir),
+        exit_code=EXIT_SOME_SKIPPED if skipped else EXIT_ALL_USED,
+        run_id=output.run_id,
+    )
     # CSV text cells that a spreadsheet would run as formulas (=, +, -, @ ...) get a leading '; the JSON stays raw
     output.write_csv("predictions.csv", rows, fields)
     output.write_json("predictions.json", rows)
     output.write_csv("skipped.csv", skipped, ["path", "reason"])
     summary.finished_at = utc_now()
-    output.write_json(OUTPUT_MARKER, {**asdict(summary), **info, "classes": class_names, "uids_hashed": bool(uid_salt),
-                                      "started_at": output.started_at, "files": output.digests()})  # fmt: skip
+    output.write_json(
+        OUTPUT_MARKER,
+        {
+            **asdict(summary),
+            **info,
+            "classes": class_names,
+            "uids_hashed": bool(uid_salt),
+            "started_at": output.started_at,
+            "files": output.digests(),
+        },
+    )
     output.commit()
     return summary
 
@@ -523,20 +582,48 @@ class FolderPrediction:
         others: as :func:`predict_folder`.
     """
 
-    def __init__(self, model, preprocessing, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                 class_names: Sequence[str], *, frames: str = "middle", modalities: Sequence[str] | None = None,
-                 batch_size: int = 32, num_workers: int | None = None, device="cpu", model_info: dict | None = None,
-                 uid_salt: str | None = None, parallel: str = "thread", progress: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        preprocessing,
+        input_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        class_names: Sequence[str],
+        *,
+        frames: str = "middle",
+        modalities: Sequence[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        device="cpu",
+        model_info: dict | None = None,
+        uid_salt: str | None = None,
+        parallel: str = "thread",
+        progress: bool = True,
+    ) -> None:
         self.model = model
         self.preprocessing = preprocessing
         self.input_dir, self.output_dir = input_dir, output_dir
         self.class_names = list(class_names)
-        self.kwargs = dict(frames=frames, modalities=modalities, batch_size=batch_size, workers=num_workers or None,
-                           device=device, model_info=model_info, uid_salt=uid_salt, parallel=parallel,
-                           progress=progress)  # fmt: skip
+        self.kwargs = dict(
+            frames=frames,
+            modalities=modalities,
+            batch_size=batch_size,
+            workers=num_workers or None,
+            device=device,
+            model_info=model_info,
+            uid_salt=uid_salt,
+            parallel=parallel,
+            progress=progress,
+        )
 
     def run(self) -> PredictionSummary:
-        summary = predict_folder(self.input_dir, self.output_dir, model=self.model, preprocessing=self.preprocessing,
-                                 class_names=self.class_names, **self.kwargs)  # fmt: skip
+        summary = predict_folder(
+            self.input_dir,
+            self.output_dir,
+            model=self.model,
+            preprocessing=self.preprocessing,
+            class_names=self.class_names,
+            **self.kwargs,
+        )
         print(summary.line())
         return summary

@@ -5,11 +5,27 @@ from medaug.transforms.ct import RandLowDoseCT, RandLowDoseCTd
 from medaug.transforms.mri import RandKSpaceGhosting, RandKSpaceGhostingd, RandKSpaceMotion, RandKSpaceMotiond
 from medaug.transforms.ultrasound import RandSpeckle, RandSpeckled
 from medaug.transforms.xray import (
-    RandQuantumNoise, RandQuantumNoised, RandXrayExposure, RandXrayExposured, RandXrayScatter, RandXrayScatterd,
-)  # fmt: skip
+    RandQuantumNoise,
+    RandQuantumNoised,
+    RandXrayExposure,
+    RandXrayExposured,
+    RandXrayScatter,
+    RandXrayScatterd,
+)
 
 __all__ = [
-    "RandKSpaceGhosting", "RandKSpaceGhostingd", "RandKSpaceMotion", "RandKSpaceMotiond", "RandLowDoseCT",
-    "RandLowDoseCTd", "RandQuantumNoise", "RandQuantumNoised", "RandSpeckle", "RandSpeckled", "RandXrayExposure",
-    "RandXrayExposured", "RandXrayScatter", "RandXrayScatterd",
-]  # fmt: skip
+    "RandKSpaceGhosting",
+    "RandKSpaceGhostingd",
+    "RandKSpaceMotion",
+    "RandKSpaceMotiond",
+    "RandLowDoseCT",
+    "RandLowDoseCTd",
+    "RandQuantumNoise",
+    "RandQuantumNoised",
+    "RandSpeckle",
+    "RandSpeckled",
+    "RandXrayExposure",
+    "RandXrayExposured",
+    "RandXrayScatter",
+    "RandXrayScatterd",
+]

@@ -21,7 +21,9 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 
-def as_range(value: float | Sequence[float], name: str, low: float | None = None, high: float | None = None) -> tuple[float, float]:
+def as_range(
+    value: float | Sequence[float], name: str, low: float | None = None, high: float | None = None
+) -> tuple[float, float]:
     """``(lo, hi)`` from a number (a fixed value) or a pair; out-of-bounds values are an error naming ``name``."""
     if isinstance(value, (int, float)):
         lo = hi = float(value)

@@ -58,10 +58,17 @@ class RandLowDoseCT(RandPhysicsTransform):
     Imaging*, ch. 3 (filtered back-projection).
     """
 
-    def __init__(self, prob: float = 0.1, dose_fraction: float | Sequence[float] = (0.25, 1.0),
-                 incident_photons: float = 1e5, electronic_noise_std: float = 0.0, field_of_view_mm: float = 350.0,
-                 hu_window: Sequence[float] | None = None, num_angles: int | None = None,
-                 filter_name: str = "ramp") -> None:  # fmt: skip
+    def __init__(
+        self,
+        prob: float = 0.1,
+        dose_fraction: float | Sequence[float] = (0.25, 1.0),
+        incident_photons: float = 1e5,
+        electronic_noise_std: float = 0.0,
+        field_of_view_mm: float = 350.0,
+        hu_window: Sequence[float] | None = None,
+        num_angles: int | None = None,
+        filter_name: str = "ramp",
+    ) -> None:
         super().__init__(prob)
         self.dose_fraction = as_range(dose_fraction, "dose_fraction", 1e-6, 1.0)
         if not incident_photons > 0 or not field_of_view_mm > 0 or electronic_noise_std < 0:
@@ -101,7 +108,9 @@ class RandLowDoseCT(RandPhysicsTransform):
         values = img.detach().cpu().double().numpy()
         hu = values if self.hu_window is None else self.hu_window[0] + values * (self.hu_window[1] - self.hu_window[0])
         if hu.ndim not in (3, 4):
-            raise ValueError(f"RandLowDoseCT: expected a channel-first 2D (C, H, W) or 3D (C, H, W, D) image, got shape {hu.shape}")
+            raise ValueError(
+                f"RandLowDoseCT: expected a channel-first 2D (C, H, W) or 3D (C, H, W, D) image, got shape {hu.shape}"
+            )
         slices = hu[..., None] if hu.ndim == 3 else hu
         out = np.empty_like(slices)
         height, width = slices.shape[1:3]

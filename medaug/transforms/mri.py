@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from monai.transforms import Affine
 
@@ -29,7 +28,9 @@ def _axes(phase_encoding_axes: int | Sequence[int]) -> tuple[int, ...]:
 
 def _check_axis(axis: int, img: torch.Tensor) -> int:
     if axis >= img.ndim - 1:
-        raise ValueError(f"phase_encoding_axes: axis {axis} does not exist in a {img.ndim - 1}D image of shape {tuple(img.shape)}")
+        raise ValueError(
+            f"phase_encoding_axes: axis {axis} does not exist in a {img.ndim - 1}D image of shape {tuple(img.shape)}"
+        )
     return axis
 
 
@@ -59,14 +60,23 @@ class RandKSpaceMotion(RandPhysicsTransform):
     Pérez-García et al., Comput. Methods Programs Biomed. 208:106236, 2021).
     """
 
-    def __init__(self, prob: float = 0.1, num_movements: int | Sequence[int] = (1, 2),
-                 degrees: float | Sequence[float] = 5.0, translation: float | Sequence[float] = 5.0,
-                 phase_encoding_axes: int | Sequence[int] = (0, 1)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        prob: float = 0.1,
+        num_movements: int | Sequence[int] = (1, 2),
+        degrees: float | Sequence[float] = 5.0,
+        translation: float | Sequence[float] = 5.0,
+        phase_encoding_axes: int | Sequence[int] = (0, 1),
+    ) -> None:
         super().__init__(prob)
         self.num_movements = tuple(int(v) for v in as_range(num_movements, "num_movements", 1))
-        self.degrees = as_range(degrees if not isinstance(degrees, (int, float)) else (-abs(degrees), abs(degrees)), "degrees")
-        self.translation = as_range(translation if not isinstance(translation, (int, float))
-                                    else (-abs(translation), abs(translation)), "translation")  # fmt: skip
+        self.degrees = as_range(
+            degrees if not isinstance(degrees, (int, float)) else (-abs(degrees), abs(degrees)), "degrees"
+        )
+        self.translation = as_range(
+            translation if not isinstance(translation, (int, float)) else (-abs(translation), abs(translation)),
+            "translation",
+        )
         self.phase_encoding_axes = _axes(phase_encoding_axes)
 
     def draw(self) -> dict:
@@ -128,9 +138,14 @@ class RandKSpaceGhosting(RandPhysicsTransform):
     modulation); Z.-P. Liang, P. C. Lauterbur, *Principles of Magnetic Resonance Imaging*, 2000.
     """
 
-    def __init__(self, prob: float = 0.1, num_ghosts: int | Sequence[int] = (2, 6),
-                 intensity: float | Sequence[float] = (0.3, 0.8), phase_encoding_axes: int | Sequence[int] = (0, 1),
-                 restore_center: float = 0.02) -> None:  # fmt: skip
+    def __init__(
+        self,
+        prob: float = 0.1,
+        num_ghosts: int | Sequence[int] = (2, 6),
+        intensity: float | Sequence[float] = (0.3, 0.8),
+        phase_encoding_axes: int | Sequence[int] = (0, 1),
+        restore_center: float = 0.02,
+    ) -> None:
         super().__init__(prob)
         if not 0 <= restore_center < 1:
             raise ValueError(f"restore_center: must be in [0, 1), got {restore_center!r}")

@@ -60,8 +60,13 @@ class RandSpeckle(RandPhysicsTransform):
     tissues", IEEE TUFFC 47(3):727-736, 2000 (Nakagami).
     """
 
-    def __init__(self, prob: float = 0.1, nakagami_m: float | Sequence[float] = 1.0,
-                 speckle_size: float | Sequence[float] = 1.0, dynamic_range_db: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        prob: float = 0.1,
+        nakagami_m: float | Sequence[float] = 1.0,
+        speckle_size: float | Sequence[float] = 1.0,
+        dynamic_range_db: float = 60.0,
+    ) -> None:
         super().__init__(prob)
         self.nakagami_m = as_range(nakagami_m, "nakagami_m", 0.5)
         self.speckle_size = as_range(speckle_size, "speckle_size", 0.0)
@@ -70,8 +75,10 @@ class RandSpeckle(RandPhysicsTransform):
         self.dynamic_range_db = float(dynamic_range_db)
 
     def draw(self) -> dict:
-        return {"nakagami_m": float(self.R.uniform(*self.nakagami_m)),
-                "speckle_size": float(self.R.uniform(*self.speckle_size))}  # fmt: skip
+        return {
+            "nakagami_m": float(self.R.uniform(*self.nakagami_m)),
+            "speckle_size": float(self.R.uniform(*self.speckle_size)),
+        }
 
     def speckle(self, shape: Sequence[int], params: dict, generator: torch.Generator, device=None) -> torch.Tensor:
         """A unit-mean speckle envelope field of ``shape`` (C, *spatial)."""

@@ -19,8 +19,14 @@ from monai.transforms import GaussianSmooth
 
 from medaug.transforms.base import RandPhysicsTransform, RandPhysicsTransformd, as_range, plain
 
-__all__ = ["RandQuantumNoise", "RandQuantumNoised", "RandXrayExposure", "RandXrayExposured", "RandXrayScatter",
-           "RandXrayScatterd"]  # fmt: skip
+__all__ = [
+    "RandQuantumNoise",
+    "RandQuantumNoised",
+    "RandXrayExposure",
+    "RandXrayExposured",
+    "RandXrayScatter",
+    "RandXrayScatterd",
+]
 
 
 def _check_positive(value: float, name: str) -> float:
@@ -57,9 +63,14 @@ class RandQuantumNoise(RandPhysicsTransform):
     Image Science*, ch. 11 (noise in photon counting).
     """
 
-    def __init__(self, prob: float = 0.1, dose_fraction: float | Sequence[float] = (0.25, 1.0),
-                 incident_photons: float = 1e4, max_line_integral: float = 3.0,
-                 electronic_noise_std: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        prob: float = 0.1,
+        dose_fraction: float | Sequence[float] = (0.25, 1.0),
+        incident_photons: float = 1e4,
+        max_line_integral: float = 3.0,
+        electronic_noise_std: float = 0.0,
+    ) -> None:
         super().__init__(prob)
         self.dose_fraction = as_range(dose_fraction, "dose_fraction", 1e-6, 1.0)
         self.incident_photons = _check_positive(incident_photons, "incident_photons")
@@ -77,8 +88,9 @@ class RandQuantumNoise(RandPhysicsTransform):
         expected = blank * torch.exp(-line_integrals)
         counts = torch.poisson(expected, generator=generator)
         if self.electronic_noise_std > 0:
-            counts = counts + self.electronic_noise_std * torch.randn(counts.shape, generator=generator,
-                                                                      dtype=counts.dtype, device=counts.device)  # fmt: skip
+            counts = counts + self.electronic_noise_std * torch.randn(
+                counts.shape, generator=generator, dtype=counts.dtype, device=counts.device
+            )
         noisy = -torch.log(counts.clamp_min(0.5) / blank)
         return noisy / self.max_line_integral
 
@@ -107,9 +119,14 @@ class RandXrayExposure(RandPhysicsTransform):
     production, mAs and kVp, subject contrast, characteristic curve).
     """
 
-    def __init__(self, prob: float = 0.1, mas_factor: float | Sequence[float] = (0.8, 1.25),
-                 contrast: float | Sequence[float] = (0.9, 1.1), gamma: float | Sequence[float] = (0.85, 1.15),
-                 max_line_integral: float = 3.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        prob: float = 0.1,
+        mas_factor: float | Sequence[float] = (0.8, 1.25),
+        contrast: float | Sequence[float] = (0.9, 1.1),
+        gamma: float | Sequence[float] = (0.85, 1.15),
+        max_line_integral: float = 3.0,
+    ) -> None:
         super().__init__(prob)
         self.mas_factor = as_range(mas_factor, "mas_factor", 1e-3)
         self.contrast = as_range(contrast, "contrast", 1e-3)
@@ -117,8 +134,11 @@ class RandXrayExposure(RandPhysicsTransform):
         self.max_line_integral = _check_positive(max_line_integral, "max_line_integral")
 
     def draw(self) -> dict:
-        return {"mas_factor": float(self.R.uniform(*self.mas_factor)), "contrast": float(self.R.uniform(*self.contrast)),
-                "gamma": float(self.R.uniform(*self.gamma))}  # fmt: skip
+        return {
+            "mas_factor": float(self.R.uniform(*self.mas_factor)),
+            "contrast": float(self.R.uniform(*self.contrast)),
+            "gamma": float(self.R.uniform(*self.gamma)),
+        }
 
     def apply(self, img: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
         line_integrals = params["contrast"] * img * self.max_line_integral
@@ -147,16 +167,23 @@ class RandXrayScatter(RandPhysicsTransform):
     distribution in diagnostic radiology", Med. Phys. 15(5):721-725, 1988; Bushberg et al. ch. 7.
     """
 
-    def __init__(self, prob: float = 0.1, scatter_to_primary: float | Sequence[float] = (0.1, 0.5),
-                 kernel_fraction: float | Sequence[float] = (0.05, 0.15), max_line_integral: float = 3.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        prob: float = 0.1,
+        scatter_to_primary: float | Sequence[float] = (0.1, 0.5),
+        kernel_fraction: float | Sequence[float] = (0.05, 0.15),
+        max_line_integral: float = 3.0,
+    ) -> None:
         super().__init__(prob)
         self.scatter_to_primary = as_range(scatter_to_primary, "scatter_to_primary", 0.0)
         self.kernel_fraction = as_range(kernel_fraction, "kernel_fraction", 1e-3, 1.0)
         self.max_line_integral = _check_positive(max_line_integral, "max_line_integral")
 
     def draw(self) -> dict:
-        return {"scatter_to_primary": float(self.R.uniform(*self.scatter_to_primary)),
-                "kernel_fraction": float(self.R.uniform(*self.kernel_fraction))}  # fmt: skip
+        return {
+            "scatter_to_primary": float(self.R.uniform(*self.scatter_to_primary)),
+            "kernel_fraction": float(self.R.uniform(*self.kernel_fraction)),
+        }
 
     def apply(self, img: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
         primary = torch.exp(-img * self.max_line_integral)
@@ -165,8 +192,11 @@ class RandXrayScatter(RandPhysicsTransform):
         # scatter has no fine detail: blur a copy at 1/f resolution (f ~ sigma / 4) and interpolate back,
         # differs from the full-resolution blur by 0.3% of the grey range on average (1.5% at most), at 1/4 the cost
         factor = max(1, int(min(sigma) // 4))
-        coarse = torch.nn.functional.avg_pool2d(primary[None], factor) if factor > 1 and img.ndim == 3 else (
-            torch.nn.functional.avg_pool3d(primary[None], factor) if factor > 1 else primary[None])  # fmt: skip
+        coarse = (
+            torch.nn.functional.avg_pool2d(primary[None], factor)
+            if factor > 1 and img.ndim == 3
+            else (torch.nn.functional.avg_pool3d(primary[None], factor) if factor > 1 else primary[None])
+        )
         blurred = plain(GaussianSmooth(sigma=[sg / factor for sg in sigma])(coarse[0]))
         if factor > 1:
             mode = "bilinear" if img.ndim == 3 else "trilinear"

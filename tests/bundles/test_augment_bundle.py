@@ -9,8 +9,8 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose, Randomizable
 
 from medaug.transforms.presets import AnatomyRuleError
-from tests.conftest import BUNDLE
 from tests.bundles.test_bundle_e2e import artifact_paths, finished_runs, run_bundle
+from tests.conftest import BUNDLE
 
 SUBSET = {"train": 40, "val": 12, "test": 20}  # per split, both classes included
 ALWAYS = {"flip_lr": {"prob": 1.0}, "affine": {"prob": 1.0}, "gain": {"prob": 1.0}, "speckle": {"prob": 1.0}}
@@ -42,8 +42,13 @@ def test_validation_and_test_images_pass_through_without_augmentation(tmp_path):
 
 
 def test_a_vertical_flip_asked_of_the_chest_xray_preset_stops_the_bundle_naming_key_and_rule(tmp_path):
-    parser = bundle_parser(tmp_path, **{"augment#preset": "chest_xray", "augment#overrides": {
-        "vflip": {"transform": "RandFlipd", "prob": 0.5, "spatial_axis": 0}}})  # fmt: skip
+    parser = bundle_parser(
+        tmp_path,
+        **{
+            "augment#preset": "chest_xray",
+            "augment#overrides": {"vflip": {"transform": "RandFlipd", "prob": 0.5, "spatial_axis": 0}},
+        },
+    )
     with pytest.raises(Exception) as err:
         parser.get_parsed_content("augmentation")
     causes, error = [], err.value
@@ -72,12 +77,27 @@ def small_breast_npz(tmp_path_factory, breast_arrays):
 
 @pytest.mark.slow
 # ultrasound with mixup runs in the physics_augmentation study bundle's smoke test.
-@pytest.mark.parametrize("preset, mix", [("chest_xray", "cutmix"), ("ct", "none"), ("mri", "manifold_mixup"),
-                                         ("generic", "none")])  # fmt: skip
-def test_the_default_bundle_runs_with_each_preset_and_logs_its_grid(bundle_copy, tmp_path, small_breast_npz, preset, mix):
+@pytest.mark.parametrize(
+    "preset, mix", [("chest_xray", "cutmix"), ("ct", "none"), ("mri", "manifold_mixup"), ("generic", "none")]
+)
+def test_the_default_bundle_runs_with_each_preset_and_logs_its_grid(
+    bundle_copy, tmp_path, small_breast_npz, preset, mix
+):
     out = tmp_path / "out"
-    run_bundle(bundle_copy, out, "--augment#preset", preset, "--augment#mix#method", mix, "--max_epochs", "1",
-               "--n_bootstrap", "50", "--dataset_dir", str(small_breast_npz))  # fmt: skip
+    run_bundle(
+        bundle_copy,
+        out,
+        "--augment#preset",
+        preset,
+        "--augment#mix#method",
+        mix,
+        "--max_epochs",
+        "1",
+        "--n_bootstrap",
+        "50",
+        "--dataset_dir",
+        str(small_breast_npz),
+    )
     client, runs = finished_runs(out)
     run = runs[0]
     assert run.info.status == "FINISHED"

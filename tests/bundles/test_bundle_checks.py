@@ -5,7 +5,6 @@ the changelog, metadata against the (local copy of the) schema, network in/out s
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,18 +29,36 @@ def test_multi_gpu_overlay_overrides_sections_that_train_json_has(bundle):
     for key in overlay:
         node = train
         for part in key.split("#")[:-1]:
-            assert isinstance(node, dict) and part in node, f"{bundle.name}: multi_gpu_train.json sets {key!r}, but train.json has no {part!r}"
+            assert isinstance(node, dict) and part in node, (
+                f"{bundle.name}: multi_gpu_train.json sets {key!r}, but train.json has no {part!r}"
+            )
             node = node[part]
-    for key in ("network", "train#sampler", "validate#sampler", "train#trainer#train_handlers",
-                "validate#evaluator#val_handlers", "initialize", "run", "finalize"):  # fmt: skip
+    for key in (
+        "network",
+        "train#sampler",
+        "validate#sampler",
+        "train#trainer#train_handlers",
+        "validate#evaluator#val_handlers",
+        "initialize",
+        "run",
+        "finalize",
+    ):
         assert key in overlay, f"{bundle.name}: multi_gpu_train.json lacks {key}"
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_bundle_layout_and_changelog(bundle):
-    for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/smoke.json",
-                     "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf",
-                     "docs/README.md", "LICENSE"):  # fmt: skip
+    for required in (
+        "configs/metadata.json",
+        "configs/inference.json",
+        "configs/train.json",
+        "configs/smoke.json",
+        "configs/evaluate.json",
+        "configs/multi_gpu_train.json",
+        "configs/logging.conf",
+        "docs/README.md",
+        "LICENSE",
+    ):
         assert (bundle / required).is_file(), f"{bundle.name} lacks {required}"
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
@@ -64,24 +81,44 @@ def test_verify_metadata_names_a_missing_field(tmp_path):
     meta = json.loads((BUNDLES[0] / "configs" / "metadata.json").read_text())
     del meta["task"]
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
-                             str(tmp_path / "metadata.json"), "--filepath", str(SCHEMA)],
-                            cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            str(tmp_path / "metadata.json"),
+            "--filepath",
+            str(SCHEMA),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "'task' is a required property" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_network_in_out_and_torchscript_export(bundle, tmp_path):
-    common = {"meta_file": str(bundle / "configs" / "metadata.json"),
-              "config_file": str(bundle / "configs" / "inference.json"), "bundle_root": str(bundle)}  # fmt: skip
+    common = {
+        "meta_file": str(bundle / "configs" / "metadata.json"),
+        "config_file": str(bundle / "configs" / "inference.json"),
+        "bundle_root": str(bundle),
+    }
     verify_net_in_out("network_def", **common)  # raises on a shape that disagrees with the metadata
     parser = ConfigParser()
     parser.read_config(bundle / "configs" / "inference.json")
     parser["bundle_root"] = str(bundle)
     net = parser.get_parsed_content("network_def").eval()
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
-    ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
-                key_in_ckpt="model", **common)  # fmt: skip
+    ckpt_export(
+        "network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        key_in_ckpt="model",
+        **common,
+    )
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     image = meta["network_data_format"]["inputs"]["image"]
     x = torch.rand(2, image["num_channels"], *image["spatial_shape"])

@@ -14,15 +14,35 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 CONFIGS = ("configs/train.json", "configs/smoke.json")
-EXPECTED_ARTIFACTS = {"metrics.json", "predictions.csv", "confusion_matrix.png", "roc.png", "skipped.csv",
-                      "config.json", "training_curves.png", "checkpoint/model.pt"}  # fmt: skip
+EXPECTED_ARTIFACTS = {
+    "metrics.json",
+    "predictions.csv",
+    "confusion_matrix.png",
+    "roc.png",
+    "skipped.csv",
+    "config.json",
+    "training_curves.png",
+    "checkpoint/model.pt",
+}
 
 
-def run_bundle(bundle: Path, out: Path, *overrides: str, configs=CONFIGS, env_uri=True,
-               tracking_uri: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def run_bundle(
+    bundle: Path, out: Path, *overrides: str, configs=CONFIGS, env_uri=True, tracking_uri: str | None = None
+) -> subprocess.CompletedProcess:
     config_files = str([str(bundle / c) for c in configs])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_files,
-           "--bundle_root", str(bundle), "--output_dir", str(out), *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        config_files,
+        "--bundle_root",
+        str(bundle),
+        "--output_dir",
+        str(out),
+        *overrides,
+    ]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     if tracking_uri or env_uri:
@@ -89,8 +109,9 @@ def test_png_tree_and_dicom_folder_as_dataset_dir(bundle_copy, tmp_path, png_tre
     assert runs[0].info.status == "FINISHED" and runs[0].data.params["data.format"] == "folder"
 
     out = tmp_path / "dicom"
-    run_bundle(bundle_copy, out, "--dataset_dir", str(dicom_folder), "--class_names", "['ct','mr']",
-               "--positive_class", "mr")
+    run_bundle(
+        bundle_copy, out, "--dataset_dir", str(dicom_folder), "--class_names", "['ct','mr']", "--positive_class", "mr"
+    )
     client, runs = finished_runs(out)
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.params["data.format"] == "dicom_csv"
@@ -106,11 +127,26 @@ def test_a_labels_csv_beside_dataset_dir_stops_the_bundle_before_training_naming
     images = site_folders(tmp_path / "export")
     config_files = str([str(bundle_copy / c) for c in CONFIGS])
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_files, "--bundle_root", str(bundle_copy),
-         "--output_dir", str(tmp_path / "out"), "--dataset_dir", str(images)],
-        cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            config_files,
+            "--bundle_root",
+            str(bundle_copy),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--dataset_dir",
+            str(images),
+        ],
+        cwd=REPO,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert f"--labels_csv '{tmp_path / 'export' / 'labels.csv'}'" in result.stderr, result.stderr[-3000:]
     assert not list((tmp_path / "out").rglob("model.pt")), "no training started"
@@ -129,8 +165,13 @@ def test_evaluate_and_inference_configs_reuse_the_trained_checkpoint(bundle_copy
     trained = runs[0]
     checkpoint = out / trained.info.run_name / "model.pt"
 
-    run_bundle(bundle_copy, out, "--ckpt_path", str(checkpoint),
-               configs=("configs/train.json", "configs/smoke.json", "configs/evaluate.json"))  # fmt: skip
+    run_bundle(
+        bundle_copy,
+        out,
+        "--ckpt_path",
+        str(checkpoint),
+        configs=("configs/train.json", "configs/smoke.json", "configs/evaluate.json"),
+    )
     _, runs = finished_runs(out)
     evaluated = next(r for r in runs if r.data.tags.get("stage") == "evaluate")
     assert evaluated.info.status == "FINISHED"
@@ -140,11 +181,31 @@ def test_evaluate_and_inference_configs_reuse_the_trained_checkpoint(bundle_copy
     predictions = tmp_path / "predictions"
     config = str([str(bundle_copy / "configs" / "inference.json")])
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(bundle_copy),
-         "--input_dir", str(dicom_folder), "--output_dir", str(predictions), "--ckpt_path", str(checkpoint),
-         "--classifier", "small_cnn", "--image_size", "[32,32]"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            config,
+            "--bundle_root",
+            str(bundle_copy),
+            "--input_dir",
+            str(dicom_folder),
+            "--output_dir",
+            str(predictions),
+            "--ckpt_path",
+            str(checkpoint),
+            "--classifier",
+            "small_cnn",
+            "--image_size",
+            "[32,32]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     rows = json.loads((predictions / "predictions.json").read_text())
     assert len(rows) == 24 and all(r["sop_instance_uid"] for r in rows)

@@ -27,8 +27,11 @@ def test_vae_interp_balances_the_train_split_and_an_identical_rerun_hits_the_cac
         assert m["oversample_fit_seconds"] > 0 and m["oversample_fit_peak_memory_mb"] > 0
         assert "synthetic_fid" in m and "synthetic_near_copies" in m
         assert run.data.params["oversample.method"] == "vae_interp"
-        assert {"oversample/manifest.csv", "oversample/summary.json",
-                "oversample/quality/quality.json"} <= artifact_paths(client, run.info.run_id)  # fmt: skip
+        assert {
+            "oversample/manifest.csv",
+            "oversample/summary.json",
+            "oversample/quality/quality.json",
+        } <= artifact_paths(client, run.info.run_id)
     assert first.data.metrics["oversample_cache_hit"] == 0 and second.data.metrics["oversample_cache_hit"] == 1
     assert first.data.tags["oversample_cache_key"] == second.data.tags["oversample_cache_key"]
 
@@ -41,8 +44,20 @@ def test_vae_interp_balances_the_train_split_and_an_identical_rerun_hits_the_cac
     assert summary["cache_hit"] is True and summary["added"] == {"malignant": 252, "normal_benign": 0}
 
 
-MANIFEST_COLUMNS = {"id", "class", "label", "file", "generator", "generator_checkpoint_sha256", "seed", "parent_ids",
-                    "nearest_real_id", "nearest_real_distance", "near_copy", "kept"}  # fmt: skip
+MANIFEST_COLUMNS = {
+    "id",
+    "class",
+    "label",
+    "file",
+    "generator",
+    "generator_checkpoint_sha256",
+    "seed",
+    "parent_ids",
+    "nearest_real_id",
+    "nearest_real_distance",
+    "near_copy",
+    "kept",
+}
 
 
 def check_manifest(client, run, out, tmp_path, minority: str, expected: int, generators: set) -> list[dict]:
@@ -64,17 +79,30 @@ def check_manifest(client, run, out, tmp_path, minority: str, expected: int, gen
 
 
 # gan, ldm_img2img and hybrid run through the study bundles' smoke tests (tests/bundles/test_study_bundles.py).
-@pytest.mark.parametrize("method,target,expected", [
-    ("random", ["--oversample#target", "multiplier", "--oversample#multiplier", "2"], 147),  # 147 -> 294
-    ("ldm", ["--oversample#target", "count", "--oversample#count", "12"], 12),
-])  # fmt: skip
-def test_every_method_through_the_bundle_adds_the_requested_minority_images(bundle_copy, tmp_path, method, target,
-                                                                             expected):  # fmt: skip
+@pytest.mark.parametrize(
+    "method,target,expected",
+    [
+        ("random", ["--oversample#target", "multiplier", "--oversample#multiplier", "2"], 147),  # 147 -> 294
+        ("ldm", ["--oversample#target", "count", "--oversample#count", "12"], 12),
+    ],
+)
+def test_every_method_through_the_bundle_adds_the_requested_minority_images(
+    bundle_copy, tmp_path, method, target, expected
+):
     """Each method as users run it (``--oversample#method``), one epoch of training: exactly the requested
     number of malignant images, right class, shape and provenance, never a val/test parent."""
     out = tmp_path / "out"
-    run_bundle(bundle_copy, out, "--oversample#method", method, "--max_epochs", "1", "--oversample#classes",
-               "['malignant']", *target)  # fmt: skip
+    run_bundle(
+        bundle_copy,
+        out,
+        "--oversample#method",
+        method,
+        "--max_epochs",
+        "1",
+        "--oversample#classes",
+        "['malignant']",
+        *target,
+    )
     client, runs = finished_runs(out)
     (run,) = runs
     assert run.data.metrics["oversample_synthetic_malignant"] == expected

@@ -11,12 +11,17 @@ import pytest
 from monai.bundle import ConfigParser
 
 from medaug.pipelines.study import load_grid, validate_grid_keys
-from tests.conftest import REPO
 from tests.bundles.test_bundle_e2e import artifact_paths, run_bundle
 from tests.bundles.test_oversample_bundle import check_manifest
+from tests.conftest import REPO
 
-STUDIES = ("hybrid_gan_augmentation", "ldm_pediatric_cxr", "generative_model_comparison", "vae_latent_interpolation",
-           "physics_augmentation")  # fmt: skip
+STUDIES = (
+    "hybrid_gan_augmentation",
+    "ldm_pediatric_cxr",
+    "generative_model_comparison",
+    "vae_latent_interpolation",
+    "physics_augmentation",
+)
 
 
 def _script(name: str):
@@ -76,8 +81,12 @@ def test_hybrid_gan_smoke_logs_the_cost_of_each_part_next_to_accuracy(tmp_path):
     m = run.data.metrics
     # 121 normal vs 48 pneumonia train images: 73 new pneumonia images, half GAN, half geometric copies.
     assert m["oversample_synthetic_pneumonia"] == 73 and m["oversample_synthetic_normal"] == 0
-    assert {"oversample_fit_seconds", "oversample_sample_seconds", "oversample_augmented_copies_seconds",
-            "oversample_fit_peak_memory_mb"} <= set(m)  # fmt: skip
+    assert {
+        "oversample_fit_seconds",
+        "oversample_sample_seconds",
+        "oversample_augmented_copies_seconds",
+        "oversample_fit_peak_memory_mb",
+    } <= set(m)
     assert run.data.tags["strategy"] == "hybrid" and run.data.params["data.counts.train.pneumonia"] == "48"
     rows = check_manifest(client, run, out, tmp_path, "pneumonia", 73, {"gan", "augmentation"})
     assert sum(r["generator"] == "gan" for r in rows) == round(0.5 * 73)
@@ -97,7 +106,9 @@ def test_ldm_pediatric_cxr_smoke_reports_the_metrics_of_the_original(tmp_path):
 
 @pytest.mark.slow
 def test_generative_model_comparison_smoke_logs_an_amount_and_the_fid(tmp_path):
-    client, run, out = _smoke("generative_model_comparison", tmp_path, "--oversample#method", "vae", "--oversample#multiplier", "3.0")
+    client, run, out = _smoke(
+        "generative_model_comparison", tmp_path, "--oversample#method", "vae", "--oversample#multiplier", "3.0"
+    )
     m = run.data.metrics
     assert m["oversample_synthetic_pneumonia"] == 2 * 60 and np.isfinite(m["synthetic_fid"])
 
@@ -107,8 +118,10 @@ def test_vae_latent_interpolation_smoke_runs_on_four_classes_and_reports_the_rar
     client, run, out = _smoke("vae_latent_interpolation", tmp_path)
     m = run.data.metrics
     # Every class topped up to the largest (110 chest_pneumonia train images) by interpolation.
-    assert [m[f"oversample_synthetic_{c}"] for c in ("breast_malignant", "breast_normal_benign", "chest_normal",
-                                                      "chest_pneumonia")] == [70, 10, 40, 0]  # fmt: skip
+    assert [
+        m[f"oversample_synthetic_{c}"]
+        for c in ("breast_malignant", "breast_normal_benign", "chest_normal", "chest_pneumonia")
+    ] == [70, 10, 40, 0]
     assert "test_sensitivity_class_breast_malignant" in m and "test_accuracy" in m
     meta = json.loads((tmp_path / "out" / run.info.run_name / "metrics.json").read_text())
     assert meta["class_names"] == ["breast_malignant", "breast_normal_benign", "chest_normal", "chest_pneumonia"]
@@ -116,7 +129,9 @@ def test_vae_latent_interpolation_smoke_runs_on_four_classes_and_reports_the_rar
 
 @pytest.mark.slow
 def test_physics_augmentation_smoke_switches_dataset_and_logs_the_preset_grid(tmp_path):
-    client, run, out = _smoke("physics_augmentation", tmp_path, "--dataset", "ultrasound", "--augment#mix#method", "mixup")
+    client, run, out = _smoke(
+        "physics_augmentation", tmp_path, "--dataset", "ultrasound", "--augment#mix#method", "mixup"
+    )
     assert run.data.tags["augment_preset"] == "ultrasound" and run.data.tags["strategy"] == "mixup"
     assert run.data.params["data.counts.test.malignant"] == "42"
     assert {"augmentation_grid.png", "augmentation.yaml"} <= artifact_paths(client, run.info.run_id)

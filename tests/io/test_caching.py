@@ -19,8 +19,14 @@ from medaug.io.caching import _describe, entry_content_hash, folder_listing_key,
 
 
 def preprocessing(size):
-    return Compose([LoadDatalistImaged(keys="image"), Resized(keys="image", spatial_size=size, mode="area"),
-                    EnsureTyped(keys="image", dtype=torch.float32), RandFlipd(keys="image", prob=0.5)])  # fmt: skip
+    return Compose(
+        [
+            LoadDatalistImaged(keys="image"),
+            Resized(keys="image", spatial_size=size, mode="area"),
+            EnsureTyped(keys="image", dtype=torch.float32),
+            RandFlipd(keys="image", prob=0.5),
+        ]
+    )
 
 
 def without_random_flip(size):
@@ -59,7 +65,10 @@ def test_dataset_type_switch(png_tree):
 
 
 def test_persistent_dataset_reuses_decoded_images_across_instances_and_keeps_their_names(png_tree, tmp_path):
-    data = [{"image": str(p), "label": i % 2, "pixel_hash": f"h{i}"} for i, p in enumerate(sorted(png_tree.rglob("*.png"))[:4])]
+    data = [
+        {"image": str(p), "label": i % 2, "pixel_hash": f"h{i}"}
+        for i, p in enumerate(sorted(png_tree.rglob("*.png"))[:4])
+    ]
     cold = make_dataset(data, preprocessing([16, 16]), "PersistentDataset", cache_dir=tmp_path)
     first = [cold[i] for i in range(4)]
     cached = sorted((tmp_path / "persistent").glob("*.pt"))
@@ -68,7 +77,9 @@ def test_persistent_dataset_reuses_decoded_images_across_instances_and_keeps_the
 
     warm = make_dataset(data, preprocessing([16, 16]), "PersistentDataset", cache_dir=tmp_path)
     second = [warm[i] for i in range(4)]
-    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "persistent").glob("*.pt"))] == mtimes, "read, not rewritten"
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "persistent").glob("*.pt"))] == mtimes, (
+        "read, not rewritten"
+    )
     assert all(a["image"].shape == b["image"].shape == (1, 16, 16) for a, b in zip(first, second))
     assert [s["image"].meta["filename_or_obj"] for s in second] == [d["image"] for d in data]
 
@@ -87,7 +98,10 @@ class PlantedCode:
 
 
 def test_a_planted_cache_file_runs_no_code_and_the_entry_is_recomputed(png_tree, tmp_path, monkeypatch, caplog):
-    data = [{"image": str(p), "label": i % 2, "pixel_hash": f"h{i}"} for i, p in enumerate(sorted(png_tree.rglob("*.png"))[:3])]
+    data = [
+        {"image": str(p), "label": i % 2, "pixel_hash": f"h{i}"}
+        for i, p in enumerate(sorted(png_tree.rglob("*.png"))[:3])
+    ]
     cache = tmp_path / "cache"
     cold = make_dataset(data, without_random_flip([16, 16]), "PersistentDataset", cache_dir=cache)
     expected = [cold[i]["image"] for i in range(3)]

@@ -19,7 +19,9 @@ REQUIRED_KEYS = {"image", "label", "patient_id", "split", "source", "synthetic"}
 
 
 def tree_digest(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 def test_npz_keeps_the_official_splits_and_names_classes(tmp_path):
@@ -99,8 +101,11 @@ def test_csv_key_columns(dicom_folder, tmp_path, key):
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.parent.name == "series1":
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            value = {"path": path.relative_to(root).as_posix(), "StudyInstanceUID": ds.StudyInstanceUID,
-                     "PatientID": ds.PatientID}[key]  # fmt: skip
+            value = {
+                "path": path.relative_to(root).as_posix(),
+                "StudyInstanceUID": ds.StudyInstanceUID,
+                "PatientID": ds.PatientID,
+            }[key]
             rows.append({key.lower() if key == "path" else key: value, "Label": ds.Modality.lower()})
     (root / "labels.csv").unlink()
     with open(root / "my_labels.csv", "w", newline="") as handle:
@@ -161,8 +166,9 @@ def test_frames_all_expands_multiframe_files(tmp_path):
         folder = tmp_path / ("multi" if name.startswith("e") else "single")
         folder.mkdir(exist_ok=True)
         shutil.copy(DICOM_DIR / name, folder / name)
-    data = build_study_data(tmp_path, frames="all", split_fractions=(0.5, 0.25, 0.25), min_train_per_class=0,
-                            progress=False)  # fmt: skip
+    data = build_study_data(
+        tmp_path, frames="all", split_fractions=(0.5, 0.25, 0.25), min_train_per_class=0, progress=False
+    )
     frames = sorted(e.get("frame") for e in data.entries if e["class_name"] == "multi")
     assert frames == sorted(list(range(10)) + list(range(2)))
     assert patients_share_splits_by_file(data.entries)

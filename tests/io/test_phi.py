@@ -69,8 +69,18 @@ def files_below(root: Path) -> dict[str, bytes]:
 
 
 def test_profile_list_and_salted_uid_hashes():
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs",
-                    "PatientAddress", "ReferringPhysicianName", "InstitutionName", "AccessionNumber", "StudyID"):  # fmt: skip
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "OtherPatientIDs",
+        "PatientAddress",
+        "ReferringPhysicianName",
+        "InstitutionName",
+        "AccessionNumber",
+        "StudyID",
+    ):
         assert keyword in IDENTIFYING_ATTRIBUTES
         assert pydicom.datadict.tag_for_keyword(keyword) is not None, keyword
     uid = "1.2.826.0.1.3680043.8.498.1"
@@ -128,7 +138,9 @@ def test_the_default_key_file_lives_in_the_user_config_folder(monkeypatch, tmp_p
 
 def test_another_key_builds_another_index_never_reuses_old_pseudonyms(png_tree, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    patients = lambda: sorted(e["patient_id"] for e in build_study_data(png_tree, index_cache=cache, progress=False).entries)  # noqa: E731
+    patients = lambda: sorted(
+        e["patient_id"] for e in build_study_data(png_tree, index_cache=cache, progress=False).entries
+    )  # noqa: E731
     first = patients()
     monkeypatch.setenv("MEDAUG_PSEUDONYM_KEY", "a new key")
     assert set(patients()).isdisjoint(first)
@@ -146,10 +158,25 @@ def test_predict_outputs_and_console_carry_no_identifiers_and_uids_hash_on_reque
     for name, extra in (("plain", []), ("hashed", ["--hash-uids"])):
         out = tmp_path / name
         result = subprocess.run(
-            [sys.executable, "-m", "medaug.cli", "-v", "predict", "--bundle", str(bundle), "--input", str(source),
-             "--output", str(out), *extra],
-            cwd=REPO, env=env, capture_output=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "medaug.cli",
+                "-v",
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--input",
+                str(source),
+                "--output",
+                str(out),
+                *extra,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
         assert result.returncode == 3, result.stderr[-3000:]
         blobs = {**files_below(out), "stdout": result.stdout, "stderr": result.stderr}
         assert not leaks(blobs), leaks(blobs)
@@ -170,11 +197,31 @@ def test_training_run_logs_no_identifiers_to_mlflow(tmp_path, bundle_copy):
     config_files = str([str(bundle_copy / "configs" / c) for c in ("train.json", "smoke.json")])
     env = {**os.environ, "PYTHONHASHSEED": "0", "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_files, "--bundle_root", str(bundle_copy),
-         "--output_dir", str(out), "--dataset_dir", str(source), "--class_names", "['ct','mr']",
-         "--positive_class", "mr", "--max_epochs", "1"],
-        cwd=REPO, env=env, capture_output=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            config_files,
+            "--bundle_root",
+            str(bundle_copy),
+            "--output_dir",
+            str(out),
+            "--dataset_dir",
+            str(source),
+            "--class_names",
+            "['ct','mr']",
+            "--positive_class",
+            "mr",
+            "--max_epochs",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     blobs = {**files_below(out), "stdout": result.stdout, "stderr": result.stderr}
     assert "mlflow.db" in blobs and any("mlruns" in name for name in blobs)

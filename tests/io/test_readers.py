@@ -83,9 +83,18 @@ def test_header_facts_without_decoding_pixels():
     assert (header["rows"], header["columns"]) == (1760, 1760)
     assert header["number_of_frames"] == 1
     assert header["transfer_syntax"] == JPEG2000Lossless
-    assert set(header) == {"modality", "patient_id", "sop_instance_uid", "study_instance_uid",
-                           "series_instance_uid", "photometric", "rows", "columns", "number_of_frames",
-                           "transfer_syntax"}  # fmt: skip
+    assert set(header) == {
+        "modality",
+        "patient_id",
+        "sop_instance_uid",
+        "study_instance_uid",
+        "series_instance_uid",
+        "photometric",
+        "rows",
+        "columns",
+        "number_of_frames",
+        "transfer_syntax",
+    }
     assert read_dicom_header(DICOM_DIR / "emri_small.dcm")["number_of_frames"] == 10
     assert read_dicom_header(DICOM_DIR / "OBXXXX1A.dcm")["photometric"] == "PALETTE COLOR"
 
@@ -126,8 +135,13 @@ def test_linear_window_gives_the_values_of_pydicoms_apply_windowing_to_the_bit(c
 
     rng = np.random.default_rng(0)
     low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2  # pydicom's LINEAR edges
-    values = np.concatenate([rng.normal(center, width, 4000), np.round(rng.normal(center, width, 4000)),
-                             [low, high, np.nextafter(low, -np.inf), np.nextafter(high, np.inf), center, np.nan]])  # fmt: skip
+    values = np.concatenate(
+        [
+            rng.normal(center, width, 4000),
+            np.round(rng.normal(center, width, 4000)),
+            [low, high, np.nextafter(low, -np.inf), np.nextafter(high, np.inf), center, np.nan],
+        ]
+    )
     view = Dataset()
     view.PhotometricInterpretation, view.BitsStored, view.PixelRepresentation = "MONOCHROME2", 1, 0
     view.WindowCenter, view.WindowWidth, view.VOILUTFunction = center, width, "LINEAR"

@@ -57,8 +57,11 @@ def csv_folder(root: Path, rows: list[tuple[str, str]], per_folder: int = 10) ->
 
 
 def labelled_rows(per_folder: int = 10) -> list[tuple[str, str]]:
-    return [(f"{folder}/img_{i}.png", label) for folder, label in (("a", "benign"), ("b", "malignant"))
-            for i in range(per_folder)]  # fmt: skip
+    return [
+        (f"{folder}/img_{i}.png", label)
+        for folder, label in (("a", "benign"), ("b", "malignant"))
+        for i in range(per_folder)
+    ]
 
 
 def skipped_rows(report_dir: Path) -> dict[str, str]:

@@ -28,9 +28,10 @@ def test_small_networks_take_medmnist_28px(name):
     assert net(torch.rand(1, 1, 28, 28)).shape == (1, 2)
 
 
-@pytest.mark.parametrize("name,smallest", [("densenet121", 32), ("efficientnet-b0", 32), ("vgg16_bn", 32),
-                                           ("efficientnet_v2_s", 32),
-                                           ("inception_v3", 75)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,smallest",
+    [("densenet121", 32), ("efficientnet-b0", 32), ("vgg16_bn", 32), ("efficientnet_v2_s", 32), ("inception_v3", 75)],
+)
 def test_too_small_images_get_a_clear_error(name, smallest):
     with pytest.raises(ValueError, match=f"at least {smallest}"):
         build_classifier(name, spatial_size=(28, 28))
@@ -69,25 +70,32 @@ def test_pretrained_path_must_exist():
         build_classifier("small_cnn", spatial_size=(32, 32), pretrained_path="/nonexistent/weights.pt")
 
 
-TORCHVISION_LAYOUTS = json.loads((Path(__file__).resolve().parents[1] / "data" / "torchvision_layouts.json").read_text())
+TORCHVISION_LAYOUTS = json.loads(
+    (Path(__file__).resolve().parents[1] / "data" / "torchvision_layouts.json").read_text()
+)
 
 
-@pytest.mark.parametrize("name,options", [("vgg16_bn", {}), ("inception_v3", {"aux_logits": True}),
-                                          ("efficientnet_v2_s", {})])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,options", [("vgg16_bn", {}), ("inception_v3", {"aux_logits": True}), ("efficientnet_v2_s", {})]
+)
 def test_builds_have_torchvisions_parameter_names_and_shapes(name, options):
     net = build_classifier(name, in_channels=3, num_classes=1000, spatial_size=(299, 299), **options)
     ours = {key: list(tensor.shape) for key, tensor in net.state_dict().items()}
     assert ours == TORCHVISION_LAYOUTS[name]
 
 
-@pytest.mark.parametrize("name,options", [("vgg16_bn", {}), ("inception_v3", {"aux_logits": True}),
-                                          ("efficientnet_v2_s", {})])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,options", [("vgg16_bn", {}), ("inception_v3", {"aux_logits": True}), ("efficientnet_v2_s", {})]
+)
 def test_a_torchvision_state_dict_loads_with_no_missing_or_unexpected_keys(tmp_path, name, options):
     # One random value per tensor, broadcast to its shape: the file stays small (a 0-stride tensor saves
     # one element) while keys and shapes are exactly torchvision's.
     values = torch.rand(len(TORCHVISION_LAYOUTS[name]), generator=torch.Generator().manual_seed(0))
-    state = {key: value.expand(shape) for (key, shape), value in zip(TORCHVISION_LAYOUTS[name].items(), values)
-             if not key.endswith("num_batches_tracked")}  # fmt: skip
+    state = {
+        key: value.expand(shape)
+        for (key, shape), value in zip(TORCHVISION_LAYOUTS[name].items(), values)
+        if not key.endswith("num_batches_tracked")
+    }
     torch.save(state, tmp_path / f"{name}.pth")
     net = build_classifier(name, in_channels=3, num_classes=1000, spatial_size=(299, 299), **options)
     report = load_pretrained(net, tmp_path / f"{name}.pth")

@@ -17,8 +17,9 @@ from medaug.pipelines.train.engine_metrics import epoch_metric
 def two_ranks(rank: int, port: int, out_dir: str) -> None:
     """Body of one of two Gloo processes: ordering of rank0_first, shared values, and a validation
     metric over shards of different sizes."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     assert D.init_process_group("gloo") == torch.device("cpu") and D.is_distributed()
     order = []
 

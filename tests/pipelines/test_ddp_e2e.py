@@ -12,8 +12,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import REPO
 from tests.bundles.test_bundle_e2e import run_bundle
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 DDP_CONFIGS = ("configs/train.json", "configs/smoke.json", "configs/multi_gpu_train.json")
@@ -21,11 +21,29 @@ DDP_CONFIGS = ("configs/train.json", "configs/smoke.json", "configs/multi_gpu_tr
 
 def run_torchrun(bundle: Path, out: Path, *configs: str) -> subprocess.CompletedProcess:
     config_files = str([str(bundle / c) for c in DDP_CONFIGS] + list(configs))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "monai.bundle", "run", "--config_file", config_files,
-           "--bundle_root", str(bundle), "--output_dir", str(out)]  # fmt: skip
-    env = {**os.environ, "PYTHONHASHSEED": "0", "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}",
-           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        config_files,
+        "--bundle_root",
+        str(bundle),
+        "--output_dir",
+        str(out),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "0",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
@@ -34,10 +52,14 @@ def run_torchrun(bundle: Path, out: Path, *configs: str) -> subprocess.Completed
 def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bundle_copy, tmp_path):
     out = tmp_path / "out"
     probe = tmp_path / "probe.json"  # records what each rank trained on, next to the bundle's own handlers
-    probe.write_text(json.dumps({
-        "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
-        "train#trainer#train_handlers": "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]",
-    }))  # fmt: skip
+    probe.write_text(
+        json.dumps(
+            {
+                "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
+                "train#trainer#train_handlers": "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]",
+            }
+        )
+    )
     result = run_torchrun(bundle_copy, out, str(probe))
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
@@ -50,8 +72,9 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
     assert len(client.get_metric_history(run.info.run_id, "val_balanced_accuracy")) == 2
 
     seen = [json.loads((tmp_path / "seen" / f"seen-rank{r}.json").read_text()) for r in (0, 1)]
-    train = {e["image"] for e in json.loads((out / run.info.run_name / "datalist.json").read_text())
-             if e["split"] == "train"}  # fmt: skip
+    train = {
+        e["image"] for e in json.loads((out / run.info.run_name / "datalist.json").read_text()) if e["split"] == "train"
+    }
     for epoch in ("1", "2"):
         first, second = set(seen[0][epoch]), set(seen[1][epoch])
         assert len(first) == len(second) == len(train) // 2
@@ -60,8 +83,13 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
 
     # the same checkpoint scored by one ordinary process (evaluate.json) gives the same test metrics
     checkpoint = checkpoints[0]
-    run_bundle(bundle_copy, out, "--ckpt_path", str(checkpoint),
-               configs=("configs/train.json", "configs/smoke.json", "configs/evaluate.json"))  # fmt: skip
+    run_bundle(
+        bundle_copy,
+        out,
+        "--ckpt_path",
+        str(checkpoint),
+        configs=("configs/train.json", "configs/smoke.json", "configs/evaluate.json"),
+    )
     runs = client.search_runs([run.info.experiment_id])
     evaluated = next(r for r in runs if r.data.tags.get("stage") == "evaluate")
     ddp_test = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
@@ -72,11 +100,15 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
 def test_torchrun_oversamples_once_on_rank0_and_both_ranks_train_on_its_images(bundle_copy, tmp_path):
     out = tmp_path / "out"
     overlay = tmp_path / "overlay.json"
-    overlay.write_text(json.dumps({
-        "oversample#method": "vae_interp",
-        "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
-        "train#trainer#train_handlers": "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]",
-    }))  # fmt: skip
+    overlay.write_text(
+        json.dumps(
+            {
+                "oversample#method": "vae_interp",
+                "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
+                "train#trainer#train_handlers": "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]",
+            }
+        )
+    )
     result = run_torchrun(bundle_copy, out, str(overlay))
 
     logs = result.stdout + result.stderr

@@ -20,7 +20,13 @@ from tests.pipelines.ddp_workers import two_ranks
 def test_outside_torchrun_every_helper_is_rank0_of_one(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    assert (D.get_rank(), D.get_world_size(), D.get_local_rank(), D.is_rank0(), D.is_distributed()) == (0, 1, 0, True, False)
+    assert (D.get_rank(), D.get_world_size(), D.get_local_rank(), D.is_rank0(), D.is_distributed()) == (
+        0,
+        1,
+        0,
+        True,
+        False,
+    )
     assert D.init_process_group() == D.local_device() and not dist.is_initialized()
     assert D.default_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
     assert D.rank0_first(lambda x: x + 1)(1) == 2
@@ -29,9 +35,13 @@ def test_outside_torchrun_every_helper_is_rank0_of_one(monkeypatch):
 
 
 def test_other_ranks_keep_the_training_handlers_and_drop_the_writers(monkeypatch, tmp_path):
-    handlers = [ValidationHandler(interval=1), StatsHandler(), MLFlowHandler(tracking_uri="http://127.0.0.1:9"),
-                CheckpointSaver(str(tmp_path), {"m": torch.nn.Linear(1, 1)}, save_final=True),
-                EarlyStopHandler(patience=1, score_function=lambda e: 0.0)]  # fmt: skip
+    handlers = [
+        ValidationHandler(interval=1),
+        StatsHandler(),
+        MLFlowHandler(tracking_uri="http://127.0.0.1:9"),
+        CheckpointSaver(str(tmp_path), {"m": torch.nn.Linear(1, 1)}, save_final=True),
+        EarlyStopHandler(patience=1, score_function=lambda e: 0.0),
+    ]
     monkeypatch.setenv("RANK", "0")
     assert D.rank0_handlers(handlers) == handlers
     monkeypatch.setenv("RANK", "1")
@@ -48,8 +58,9 @@ def test_unwrap_returns_the_network_inside_a_wrapper():
 @pytest.mark.parametrize("method", ["class_weight", "oversample"])
 def test_each_rank_trains_on_its_own_part_of_the_data(method):
     labels = np.array([0] * 10 + [1] * 30)
-    shards = [list(make_distributed_sampler(method, list(range(40)), labels, seed=3, num_replicas=2, rank=r))
-              for r in (0, 1)]  # fmt: skip
+    shards = [
+        list(make_distributed_sampler(method, list(range(40)), labels, seed=3, num_replicas=2, rank=r)) for r in (0, 1)
+    ]
     assert len(shards[0]) == len(shards[1]) == 20, "equal lengths: DDP steps in lockstep"
     if method == "oversample":  # drawn with replacement inside each shard, minority favoured
         assert set(shards[0]).isdisjoint(shards[1])

@@ -43,10 +43,15 @@ def make_bundle(root: Path, *, export: bool = False) -> Path:
     if export:
         from monai.bundle import ckpt_export
 
-        ckpt_export(net_id="network_def", filepath=str(bundle / "models" / "model.ts"),
-                    ckpt_file=str(bundle / "models" / "model.pt"), key_in_ckpt="model",
-                    meta_file=str(bundle / "configs" / "metadata.json"), config_file=str(config_file),
-                    bundle_root=str(bundle))  # fmt: skip
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(bundle / "models" / "model.ts"),
+            ckpt_file=str(bundle / "models" / "model.pt"),
+            key_in_ckpt="model",
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            config_file=str(config_file),
+            bundle_root=str(bundle),
+        )
     return bundle
 
 
@@ -127,15 +132,22 @@ def messy_input(tmp_path) -> tuple[Path, set[str], dict[str, str]]:
     unreadable.chmod(0)
     os.mkfifo(bad / "pipe.fifo")
     expected = {
-        "bad/truncated.dcm": "truncated", "bad/zero.dcm": "empty file", "bad/random.dcm": "not a DICOM file",
-        "bad/NOPIXELS": "no pixel data", "bad/huge.dcm": "image too large", "bad/report.dcm": "structured report",
-        "bad/notes.txt": "not an image", "bad/deeper/deepest/loop": "symbolic link loop",
-        "bad/self.dcm": "symbolic link loop", "bad/pipe.fifo": "not a regular file",
-        "bad/jpeg_ls.dcm": "truncated or corrupt" if get_decoder(JPEGLSLossless).is_available
+        "bad/truncated.dcm": "truncated",
+        "bad/zero.dcm": "empty file",
+        "bad/random.dcm": "not a DICOM file",
+        "bad/NOPIXELS": "no pixel data",
+        "bad/huge.dcm": "image too large",
+        "bad/report.dcm": "structured report",
+        "bad/notes.txt": "not an image",
+        "bad/deeper/deepest/loop": "symbolic link loop",
+        "bad/self.dcm": "symbolic link loop",
+        "bad/pipe.fifo": "not a regular file",
+        "bad/jpeg_ls.dcm": "truncated or corrupt"
+        if get_decoder(JPEGLSLossless).is_available
         else "unsupported transfer syntax",
         # root reads any file: then the random bytes are what is wrong with it
         "bad/locked.dcm": "not a DICOM file" if os.geteuid() == 0 else "permission denied",
-    }  # fmt: skip
+    }
     yield root, good, expected
     unreadable.chmod(0o600)
 
@@ -151,8 +163,22 @@ def test_messy_folder_every_good_file_predicted_every_bad_one_explained(bundle, 
     root, good, bad = messy_input
     before = tree_state(root)
     out = tmp_path / "out"
-    code = main(["predict", "--bundle", str(bundle), "--input", str(root), "--output", str(out),
-                 "--batch-size", "4", "--workers", "2", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            "--bundle",
+            str(bundle),
+            "--input",
+            str(root),
+            "--output",
+            str(out),
+            "--batch-size",
+            "4",
+            "--workers",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 3
     rows = read_csv(out / "predictions.csv")
     assert {r["path"] for r in rows} == good and len(rows) == len(good)
@@ -162,7 +188,9 @@ def test_messy_folder_every_good_file_predicted_every_bad_one_explained(bundle, 
         assert part in skipped[path], (path, skipped[path])
     as_json = json.loads((out / "predictions.json").read_text())
     bundle_version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
-    assert [(r["path"], r["prob_malignant"]) for r in as_json] == [(r["path"], float(r["prob_malignant"])) for r in rows]
+    assert [(r["path"], r["prob_malignant"]) for r in as_json] == [
+        (r["path"], float(r["prob_malignant"])) for r in rows
+    ]
     for row in rows:
         probs = [float(row[f"prob_{c}"]) for c in CLASSES]
         assert abs(sum(probs) - 1) < 1e-4 and row["predicted"] == CLASSES[int(np.argmax(probs))]
@@ -190,19 +218,66 @@ def test_clean_folder_exits_0_and_all_frames_and_modalities(bundle, tmp_path):
 
     frames = pydicom.dcmread(clean / "emri_small.dcm", stop_before_pixels=True).NumberOfFrames
     out_all = tmp_path / "all"
-    assert main(["predict", "--bundle", str(bundle), "--input", str(clean), "--output", str(out_all),
-                 "--frames", "all", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--input",
+                str(clean),
+                "--output",
+                str(out_all),
+                "--frames",
+                "all",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = read_csv(out_all / "predictions.csv")
     assert [int(r["frame"]) for r in rows if r["path"] == "emri_small.dcm"] == list(range(int(frames)))
 
     out_proc = tmp_path / "proc"
-    assert main(["predict", "--bundle", str(bundle), "--input", str(clean), "--output", str(out_proc),
-                 "--parallel", "process", "--workers", "2", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--input",
+                str(clean),
+                "--output",
+                str(out_proc),
+                "--parallel",
+                "process",
+                "--workers",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert read_csv(out_proc / "predictions.csv") == read_csv(out / "predictions.csv"), "same results in processes"
 
     out_ct = tmp_path / "ct"
-    assert main(["predict", "--bundle", str(bundle), "--input", str(clean), "--output", str(out_ct),
-                 "--modalities", "CT", "--no-progress"]) == 3  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--input",
+                str(clean),
+                "--output",
+                str(out_ct),
+                "--modalities",
+                "CT",
+                "--no-progress",
+            ]
+        )
+        == 3
+    )
     assert [r["path"] for r in read_csv(out_ct / "predictions.csv")] == ["CT_small.dcm"]
     reasons = {r["path"]: r["reason"] for r in read_csv(out_ct / "skipped.csv")}
     assert reasons["MR_small.dcm"] == "wrong modality for this model (MR; the model takes CT)"
@@ -211,8 +286,23 @@ def test_clean_folder_exits_0_and_all_frames_and_modalities(bundle, tmp_path):
 def test_torchscript_export_predicts_the_same_without_training_code(tmp_path):
     bundle = make_bundle(tmp_path, export=True)
     out_pt, out_ts = tmp_path / "pt", tmp_path / "ts"
-    assert main(["predict", "--bundle", str(bundle), "--checkpoint", str(bundle / "models" / "model.pt"),
-                 "--input", str(DICOM_DIR), "--output", str(out_pt), "--no-progress"]) == 3  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--checkpoint",
+                str(bundle / "models" / "model.pt"),
+                "--input",
+                str(DICOM_DIR),
+                "--output",
+                str(out_pt),
+                "--no-progress",
+            ]
+        )
+        == 3
+    )
     # the default checkpoint is models/model.ts; a fresh interpreter shows what it imports
     code = (
         "import sys; from medaug.cli import main; "
@@ -220,11 +310,19 @@ def test_torchscript_export_predicts_the_same_without_training_code(tmp_path):
         f"'--output', {str(out_ts)!r}, '--no-progress']); "
         "print(sorted(m for m in sys.modules if m.startswith('medaug'))); sys.exit(rc)"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 3, result.stderr[-3000:]
     loaded = eval(result.stdout.strip().splitlines()[-1])
-    assert not [m for m in loaded if m.startswith(("medaug.models", "medaug.pipelines.")) and m != "medaug.pipelines.predict"]
+    assert not [
+        m for m in loaded if m.startswith(("medaug.models", "medaug.pipelines.")) and m != "medaug.pipelines.predict"
+    ]
     pt, ts = read_csv(out_pt / "predictions.csv"), read_csv(out_ts / "predictions.csv")
     assert [r["path"] for r in pt] == [r["path"] for r in ts]
     for a, b in zip(pt, ts):
@@ -246,19 +344,46 @@ def test_usage_errors_exit_2_and_name_the_argument(bundle, tmp_path, capsys, mon
     cases = {
         "--bundle": ["predict", "--input", str(src), "--output", str(tmp_path / "o")],
         "--bundle: ": ["predict", "--bundle", str(tmp_path), "--input", str(src), "--output", str(tmp_path / "o")],
-        "--input": ["predict", "--bundle", str(bundle), "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")],
+        "--input": [
+            "predict",
+            "--bundle",
+            str(bundle),
+            "--input",
+            str(tmp_path / "nope"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
         "--output": ["predict", "--bundle", str(bundle), "--input", str(src), "--output", str(src / "out")],
         "--checkpoint": ["predict", "--bundle", str(no_ckpt), "--input", str(src), "--output", str(tmp_path / "o")],
         "--checkpoint: ": ["predict", "--bundle", str(wrong), "--input", str(src), "--output", str(tmp_path / "o")],
-        "--hash-uids": ["predict", "--bundle", str(bundle), "--input", str(src), "--output", str(tmp_path / "o"),
-                        "--hash-uids"],
-    }  # fmt: skip
+        "--hash-uids": [
+            "predict",
+            "--bundle",
+            str(bundle),
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "o"),
+            "--hash-uids",
+        ],
+    }
     for argument, argv in cases.items():
         assert main(argv) == 2, argument
         assert f"error: {argument.strip()}" in capsys.readouterr().err, argument
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--bundle", str(bundle), "--input", str(src), "--output", str(tmp_path / "o"),
-              "--batch-size", "0"])  # fmt: skip
+        main(
+            [
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "o"),
+                "--batch-size",
+                "0",
+            ]
+        )
     assert exit_info.value.code == 2 and "--batch-size" in capsys.readouterr().err
     assert not (src / "out").exists() and sorted(p.name for p in src.iterdir()) == ["a.dcm"]
 
@@ -271,8 +396,10 @@ def test_unexpected_failure_exits_1_and_leaves_no_half_written_output(bundle, tm
 
     out = tmp_path / "out"
     monkeypatch.setattr(P, "_Decoder", lambda *a, **k: broken)
-    assert main(["predict", "--bundle", str(bundle), "--input", str(DICOM_DIR), "--output", str(out),
-                 "--no-progress"]) == 1  # fmt: skip
+    assert (
+        main(["predict", "--bundle", str(bundle), "--input", str(DICOM_DIR), "--output", str(out), "--no-progress"])
+        == 1
+    )
     assert "unexpected failure (RuntimeError)" in capsys.readouterr().err
     assert not out.exists() or not list(out.iterdir())
 
@@ -283,7 +410,16 @@ def test_a_bundle_whose_config_would_run_code_is_refused_unless_trusted(bundle, 
     config = json.loads((evil / "configs" / "inference.json").read_text())
     config["frames"] = f"$open({str(marker)!r}, 'w').close() or 'middle'"  # a key predict reads
     (evil / "configs" / "inference.json").write_text(json.dumps(config))
-    argv = ["predict", "--bundle", str(evil), "--input", str(DICOM_DIR), "--output", str(tmp_path / "o"), "--no-progress"]
+    argv = [
+        "predict",
+        "--bundle",
+        str(evil),
+        "--input",
+        str(DICOM_DIR),
+        "--output",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "error: --bundle:" in err and "frames: expression" in err and "--trust-bundle" in err
@@ -305,8 +441,18 @@ def test_help_documents_exit_codes_and_default_checkpoint(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = capsys.readouterr().out
-    for part in ("exit codes", "0  every file was used", "3  finished", "2  usage", "1  unexpected",
-                 "models/model.ts", "models/model.pt", "skipped.csv", "--hash-uids", "--trust-bundle"):  # fmt: skip
+    for part in (
+        "exit codes",
+        "0  every file was used",
+        "3  finished",
+        "2  usage",
+        "1  unexpected",
+        "models/model.ts",
+        "models/model.pt",
+        "skipped.csv",
+        "--hash-uids",
+        "--trust-bundle",
+    ):
         assert part in text, part
 
 
@@ -317,12 +463,32 @@ def test_inference_config_runs_the_same_path(bundle, tmp_path):
 
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(bundle), "input_dir": str(DICOM_DIR), "output_dir": str(tmp_path / "b"),
-                   "ckpt_path": str(bundle / "models" / "model.pt"), "prediction#progress": False})  # fmt: skip
+    parser.update(
+        {
+            "bundle_root": str(bundle),
+            "input_dir": str(DICOM_DIR),
+            "output_dir": str(tmp_path / "b"),
+            "ckpt_path": str(bundle / "models" / "model.pt"),
+            "prediction#progress": False,
+        }
+    )
     summary = parser.get_parsed_content("prediction").run()
     assert summary.exit_code == 3 and summary.images == len(SAMPLES)
-    assert main(["predict", "--bundle", str(bundle), "--input", str(DICOM_DIR), "--output", str(tmp_path / "c"),
-                 "--no-progress"]) == 3  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--input",
+                str(DICOM_DIR),
+                "--output",
+                str(tmp_path / "c"),
+                "--no-progress",
+            ]
+        )
+        == 3
+    )
     b, c = read_csv(tmp_path / "b" / "predictions.csv"), read_csv(tmp_path / "c" / "predictions.csv")
     assert [(r["path"], r["prob_malignant"]) for r in b] == [(r["path"], r["prob_malignant"]) for r in c]
 
@@ -372,7 +538,9 @@ def test_file_names_that_are_not_utf8_are_escaped_not_fatal(bundle, tmp_path):
     with open(raw, "wb") as handle:
         handle.write((DICOM_DIR / "CT_small.dcm").read_bytes())
     out = tmp_path / "out"
-    assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"]) == 0
+    )
     assert [r["path"] for r in read_csv(out / "predictions.csv")] == ["scan_\\xff.dcm"]
 
 
@@ -429,24 +597,69 @@ def test_all_frames_predicted_in_order_and_a_file_failing_in_a_later_chunk_is_sk
     _last_frame_corrupt(source / "corrupt_last_frame.dcm")
     out = tmp_path / "out"
     # batch 3: emri_small's 10 frames are 4 tasks; the corrupt file fails in its last one, after 3 good ones
-    assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--frames", "all",
-                 "--batch-size", "3", "--workers", "2", "--parallel", parallel, "--no-progress"]) == 3  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--input",
+                str(source),
+                "--output",
+                str(out),
+                "--frames",
+                "all",
+                "--batch-size",
+                "3",
+                "--workers",
+                "2",
+                "--parallel",
+                parallel,
+                "--no-progress",
+            ]
+        )
+        == 3
+    )
     rows = read_csv(out / "predictions.csv")
-    assert [(r["path"], r["frame"]) for r in rows] == [("CT_small.dcm", ""), *[("eCT_Supplemental.dcm", str(k)) for k in range(2)],
-                                                       *[("emri_small.dcm", str(k)) for k in range(10)]]  # fmt: skip
-    assert read_csv(out / "skipped.csv") == [{"path": "corrupt_last_frame.dcm", "reason": "truncated or corrupt pixel data"}]
+    assert [(r["path"], r["frame"]) for r in rows] == [
+        ("CT_small.dcm", ""),
+        *[("eCT_Supplemental.dcm", str(k)) for k in range(2)],
+        *[("emri_small.dcm", str(k)) for k in range(10)],
+    ]
+    assert read_csv(out / "skipped.csv") == [
+        {"path": "corrupt_last_frame.dcm", "reason": "truncated or corrupt pixel data"}
+    ]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["predicted_files"], summary["skipped"], summary["images"]) == (3, 1, 13)
 
     preprocessing = _bundle_preprocessing(bundle)
     model = load_model(bundle / "models" / "model.pt", build_classifier("small_cnn", 1, 2, (32, 32)))
-    images = torch.stack([preprocessing({"image": str(source / r["path"]), "frame": int(r["frame"]) if r["frame"] else None})["image"]
-                          for r in rows])  # fmt: skip
+    images = torch.stack(
+        [
+            preprocessing({"image": str(source / r["path"]), "frame": int(r["frame"]) if r["frame"] else None})["image"]
+            for r in rows
+        ]
+    )
     with torch.inference_mode():
         expected = torch.softmax(model(images), dim=1)[:, 0].numpy()
     np.testing.assert_allclose([float(r["prob_malignant"]) for r in rows], expected, atol=1e-5)
 
     middle = tmp_path / "middle"  # the middle frame alone decodes: the file is predicted
-    assert main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(middle),
-                 "--parallel", parallel, "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--input",
+                str(source),
+                "--output",
+                str(middle),
+                "--parallel",
+                parallel,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert {r["path"]: r["frame"] for r in read_csv(middle / "predictions.csv")}["corrupt_last_frame.dcm"] == "5"

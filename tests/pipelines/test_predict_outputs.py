@@ -10,10 +10,10 @@ import datetime
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
-import multiprocessing
 import sys
 import time
 import uuid
@@ -49,8 +49,9 @@ def small_input(tmp_path) -> Path:
 
 
 def predict(bundle: Path, source: Path, out: Path, *extra: str) -> int:
-    return main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress",
-                 *extra])  # fmt: skip
+    return main(
+        ["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress", *extra]
+    )
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
@@ -95,8 +96,9 @@ UNWRITABLE = {
 
 
 @pytest.mark.parametrize("case", UNWRITABLE)
-def test_unwritable_output_exits_2_naming_it_before_the_model_is_loaded(case, bundle, small_input, tmp_path,
-                                                                         monkeypatch, capsys):  # fmt: skip
+def test_unwritable_output_exits_2_naming_it_before_the_model_is_loaded(
+    case, bundle, small_input, tmp_path, monkeypatch, capsys
+):
     if case == "read-only folder" and os.geteuid() == 0:
         pytest.skip("root writes into read-only folders")
     if case == "in /sys" and not Path("/sys").is_dir():
@@ -122,16 +124,23 @@ def test_unwritable_output_in_the_library_fails_before_any_image_is_read(small_i
         raise AssertionError("an image was read")
 
     with pytest.raises(OutputFolderError, match="cannot be written"):
-        P.predict_folder(small_input, _below_a_file(tmp_path), model=torch.nn.Identity(),
-                         preprocessing=recording_preprocessing, class_names=["a", "b"], progress=False)  # fmt: skip
+        P.predict_folder(
+            small_input,
+            _below_a_file(tmp_path),
+            model=torch.nn.Identity(),
+            preprocessing=recording_preprocessing,
+            class_names=["a", "b"],
+            progress=False,
+        )
     assert calls == []
 
 
 # ---------------------------------------------------------------------------------- the lock
 
 
-def test_second_predict_into_a_busy_folder_is_refused_and_a_dead_holder_blocks_nothing(bundle, small_input, tmp_path,
-                                                                                        capsys):  # fmt: skip
+def test_second_predict_into_a_busy_folder_is_refused_and_a_dead_holder_blocks_nothing(
+    bundle, small_input, tmp_path, capsys
+):
     out = tmp_path / "out"
     assert predict(bundle, small_input, out) == 3
     before = snapshot(out)
@@ -147,8 +156,9 @@ def test_second_predict_into_a_busy_folder_is_refused_and_a_dead_holder_blocks_n
     assert snapshot(out) == before, "the refused run wrote nothing"
 
     # a lock file left by a process that died (flock is released with it) does not block
-    (out / ".predict.lock").write_text(json.dumps({"pid": 999999999, "host": "gone", "run_id": "x",
-                                                   "started_at": "2000-01-01T00:00:00Z"}))  # fmt: skip
+    (out / ".predict.lock").write_text(
+        json.dumps({"pid": 999999999, "host": "gone", "run_id": "x", "started_at": "2000-01-01T00:00:00Z"})
+    )
     assert predict(bundle, small_input, out) == 3
     assert json.loads((out / "summary.json").read_text())["run_id"] != json.loads(before["summary.json"])["run_id"]
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES), "no lock or temporary folder left after a run"
@@ -172,8 +182,9 @@ def test_summary_names_the_run_and_lists_the_files_of_its_set(bundle, small_inpu
         assert info == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}, name
 
 
-def test_a_run_that_fails_midway_leaves_the_previous_set_byte_identical(bundle, small_input, tmp_path, monkeypatch,
-                                                                        capsys):  # fmt: skip
+def test_a_run_that_fails_midway_leaves_the_previous_set_byte_identical(
+    bundle, small_input, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "out"
     assert predict(bundle, small_input, out) == 3
     before = snapshot(out)
@@ -282,7 +293,7 @@ def test_killed_during_the_swap_the_set_has_no_summary(tmp_path, monkeypatch):
 
 
 def test_spreadsheet_safe_escapes_only_text_that_starts_a_formula():
-    for text in ("=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tcmd", "\rcmd"):
+    for text in ('=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tcmd", "\rcmd"):
         assert spreadsheet_safe(text) == "'" + text
     for value in ("name=1.dcm", "a-b", "", "'=already", 0.5, -1, 3):
         assert spreadsheet_safe(value) == value
@@ -315,8 +326,16 @@ def _record_pid_and_hang(pids_dir: Path, item):
 
 
 def _predict_in_processes(source: Path, out: Path, pids_dir: Path) -> None:
-    P.predict_folder(source, out, model=torch.nn.Identity(), preprocessing=functools.partial(_record_pid_and_hang,
-                     pids_dir), class_names=["a", "b"], parallel="process", workers=2, progress=False)  # fmt: skip
+    P.predict_folder(
+        source,
+        out,
+        model=torch.nn.Identity(),
+        preprocessing=functools.partial(_record_pid_and_hang, pids_dir),
+        class_names=["a", "b"],
+        parallel="process",
+        workers=2,
+        progress=False,
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -354,6 +373,14 @@ def test_help_documents_the_output_set_the_lock_and_the_csv_escaping(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for part in ("run_id", "finished_at", ".predict-<run_id>.tmp/", "summary.json last", ".predict.lock",
-                 "refused (exit 2)", "= + - @", "JSON files keep the raw values"):  # fmt: skip
+    for part in (
+        "run_id",
+        "finished_at",
+        ".predict-<run_id>.tmp/",
+        "summary.json last",
+        ".predict.lock",
+        "refused (exit 2)",
+        "= + - @",
+        "JSON files keep the raw values",
+    ):
         assert part in text, part

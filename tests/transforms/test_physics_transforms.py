@@ -27,7 +27,9 @@ IDS = [array.__name__ for array, _, _ in ARRAY_AND_TWIN]
 def image(shape=(1, 32, 32), seed=0) -> MetaTensor:
     rng = np.random.default_rng(seed)
     pixels = torch.from_numpy(rng.uniform(0.2, 0.8, size=shape).astype(np.float32))
-    return MetaTensor(pixels, affine=torch.diag(torch.tensor([0.5, 0.5, 1.0, 1.0])), meta={"filename_or_obj": "cxr.dcm"})
+    return MetaTensor(
+        pixels, affine=torch.diag(torch.tensor([0.5, 0.5, 1.0, 1.0])), meta={"filename_or_obj": "cxr.dcm"}
+    )
 
 
 @pytest.mark.parametrize("array_cls, dict_cls, kwargs", ARRAY_AND_TWIN, ids=IDS)
@@ -53,8 +55,16 @@ def test_seeded_changes_the_image_deterministically_keeps_meta_and_twin_agrees(a
     assert torch.equal(img, image()), "the input is never modified"
 
 
-@pytest.mark.parametrize("array_cls, kwargs", [(T.RandQuantumNoise, {}), (T.RandSpeckle, {}), (T.RandKSpaceGhosting, {}),
-                                               (T.RandKSpaceMotion, {}), (T.RandXrayScatter, {})])  # fmt: skip
+@pytest.mark.parametrize(
+    "array_cls, kwargs",
+    [
+        (T.RandQuantumNoise, {}),
+        (T.RandSpeckle, {}),
+        (T.RandKSpaceGhosting, {}),
+        (T.RandKSpaceMotion, {}),
+        (T.RandXrayScatter, {}),
+    ],
+)
 def test_3d_volumes_work_too(array_cls, kwargs):
     vol = image((1, 16, 16, 8))
     out = array_cls(prob=1.0, **kwargs).set_random_state(0)(vol)
@@ -88,8 +98,10 @@ def test_low_dose_ct_noise_grows_as_inverse_sqrt_dose_and_mean_hu_is_unbiased():
     centre = (slice(None), slice(38, 58), slice(38, 58))  # well inside the disc
     stds = {}
     for dose in (1.0, 0.25):
-        samples = [RandLowDoseCT(prob=1.0, dose_fraction=dose, incident_photons=2e4).set_random_state(s)(phantom)[centre]
-                   for s in range(6)]  # fmt: skip
+        samples = [
+            RandLowDoseCT(prob=1.0, dose_fraction=dose, incident_photons=2e4).set_random_state(s)(phantom)[centre]
+            for s in range(6)
+        ]
         region = torch.stack(samples)
         stds[dose] = float(region.std())
         # noise std is 40-85 HU here; the mean of the 6 x 400 correlated pixels stays within 4 HU of 0
@@ -133,7 +145,9 @@ def test_nakagami_speckle_is_weaker_for_larger_m():
 def test_ghosting_places_replicas_at_the_k_space_period():
     img = torch.zeros((1, 64, 64))
     img[0, 10, 20] = 1.0
-    out = T.RandKSpaceGhosting(prob=1.0, num_ghosts=4, intensity=0.8, phase_encoding_axes=0, restore_center=0.0).set_random_state(0)(img)
+    out = T.RandKSpaceGhosting(
+        prob=1.0, num_ghosts=4, intensity=0.8, phase_encoding_axes=0, restore_center=0.0
+    ).set_random_state(0)(img)
     # image minus intensity/4 times copies shifted by 64/4 = 16 lines along axis 0
     assert float(out[0, 10, 20]) == pytest.approx(1 - 0.8 / 4, abs=1e-5)
     for row in (26, 42, 58):
@@ -182,12 +196,15 @@ def test_exposure_more_mas_darkens_and_lower_contrast_flattens():
     assert float(flatter.std()) == pytest.approx(0.8 * float(img.std()), rel=1e-4)
 
 
-@pytest.mark.parametrize("cls, kwargs, message", [
-    (T.RandQuantumNoise, {"dose_fraction": (0.0, 2.0)}, "dose_fraction"),
-    (T.RandSpeckle, {"nakagami_m": 0.1}, "nakagami_m"),
-    (T.RandKSpaceGhosting, {"num_ghosts": 1}, "num_ghosts"),
-    (T.RandXrayScatter, {"scatter_to_primary": (0.5, 0.1)}, "scatter_to_primary"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (T.RandQuantumNoise, {"dose_fraction": (0.0, 2.0)}, "dose_fraction"),
+        (T.RandSpeckle, {"nakagami_m": 0.1}, "nakagami_m"),
+        (T.RandKSpaceGhosting, {"num_ghosts": 1}, "num_ghosts"),
+        (T.RandXrayScatter, {"scatter_to_primary": (0.5, 0.1)}, "scatter_to_primary"),
+    ],
+)
 def test_bad_parameters_are_rejected_with_their_name(cls, kwargs, message):
     with pytest.raises(ValueError, match=message):
         cls(prob=1.0, **kwargs)

@@ -12,7 +12,13 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from medaug.cli import main
-from medaug.transforms.presets import AnatomyRuleError, AugmentationPlan, PresetError, available_presets, build_augmentation
+from medaug.transforms.presets import (
+    AnatomyRuleError,
+    AugmentationPlan,
+    PresetError,
+    available_presets,
+    build_augmentation,
+)
 from tests.conftest import DICOM_DIR, REPO
 
 PRESETS = ("chest_xray", "ct", "mri", "ultrasound", "generic")
@@ -66,7 +72,9 @@ def test_left_right_flip_on_chest_xray_only_when_explicitly_allowed():
 
 
 def test_rotations_beyond_the_preset_limit_are_rejected_in_degrees():
-    with pytest.raises(AnatomyRuleError, match=r"augment#overrides#affine#rotate_range: RandAffined rotates by up to 28.6"):
+    with pytest.raises(
+        AnatomyRuleError, match=r"augment#overrides#affine#rotate_range: RandAffined rotates by up to 28.6"
+    ):
         AugmentationPlan("chest_xray", overrides={"affine": {"rotate_range": 0.5}})
     with pytest.raises(AnatomyRuleError, match="rotate90: never"):
         AugmentationPlan("ultrasound", overrides={"r90": {"_target_": "RandRotate90d", "prob": 0.5}})
@@ -83,26 +91,46 @@ def test_a_preset_file_that_breaks_its_own_rule_is_rejected_naming_the_file_key(
 
 def test_a_user_preset_file_with_nested_one_of_and_expressions(tmp_path):
     path = tmp_path / "dermoscopy.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "dermoscopy",
-        "anatomy": {"max_rotation_deg": {"rule": 180, "why": "a skin lesion has no up"}},
-        "transforms": {
-            "rotate": {"_target_": "RandRotated", "prob": 0.5, "range_x": 3.14},
-            "flips": {"_target_": "OneOf", "transforms": [{"_target_": "RandFlipd", "prob": 1.0, "spatial_axis": 0},
-                                                          {"_target_": "RandFlipd", "prob": 1.0, "spatial_axis": 1}]},
-            "shift": {"_target_": "RandAffined", "prob": 0.5, "translate_range": "$[s // 8 for s in @image_size]"},
-        },
-    }, sort_keys=False))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "dermoscopy",
+                "anatomy": {"max_rotation_deg": {"rule": 180, "why": "a skin lesion has no up"}},
+                "transforms": {
+                    "rotate": {"_target_": "RandRotated", "prob": 0.5, "range_x": 3.14},
+                    "flips": {
+                        "_target_": "OneOf",
+                        "transforms": [
+                            {"_target_": "RandFlipd", "prob": 1.0, "spatial_axis": 0},
+                            {"_target_": "RandFlipd", "prob": 1.0, "spatial_axis": 1},
+                        ],
+                    },
+                    "shift": {
+                        "_target_": "RandAffined",
+                        "prob": 0.5,
+                        "translate_range": "$[s // 8 for s in @image_size]",
+                    },
+                },
+            },
+            sort_keys=False,
+        )
+    )
     plan = AugmentationPlan(str(path), image_size=(40, 40))
-    assert [label for label, _ in plan.steps()] == ["rotate: RandRotated", "flips[0]: RandFlipd", "flips[1]: RandFlipd",
-                                                    "shift: RandAffined"]  # fmt: skip
+    assert [label for label, _ in plan.steps()] == [
+        "rotate: RandRotated",
+        "flips[0]: RandFlipd",
+        "flips[1]: RandFlipd",
+        "shift: RandAffined",
+    ]
     out = Compose(plan.transforms())({"image": torch.rand(1, 40, 40)})
     assert out["image"].shape == (1, 40, 40)
 
 
 def test_overrides_change_remove_and_add_transforms():
-    plan = AugmentationPlan("ultrasound", overrides={"speckle": {"prob": 0.9}, "gain": None,
-                                                     "blur": {"_target_": "RandGaussianSmoothd", "prob": 0.1}})  # fmt: skip
+    plan = AugmentationPlan(
+        "ultrasound",
+        overrides={"speckle": {"prob": 0.9}, "gain": None, "blur": {"_target_": "RandGaussianSmoothd", "prob": 0.1}},
+    )
     transforms = plan.config["transforms"]
     assert transforms["speckle"]["prob"] == 0.9 and transforms["speckle"]["nakagami_m"] == [2.0, 8.0]
     assert "gain" not in transforms and list(transforms)[-1] == "blur"
@@ -112,21 +140,39 @@ def test_overrides_change_remove_and_add_transforms():
 
 
 def test_bundle_overrides_name_new_transforms_with_transform_nested_ones_too():
-    plan = AugmentationPlan("mri", overrides={"kspace_artifact": {"transforms": [
-        {"transform": "medaug.transforms.RandKSpaceGhostingd", "prob": 0.5}, {"transform": "RandGibbsNoised", "prob": 0.5}]},
-        "blur": {"transform": "RandGaussianSmoothd", "prob": 0.2}})  # fmt: skip
+    plan = AugmentationPlan(
+        "mri",
+        overrides={
+            "kspace_artifact": {
+                "transforms": [
+                    {"transform": "medaug.transforms.RandKSpaceGhostingd", "prob": 0.5},
+                    {"transform": "RandGibbsNoised", "prob": 0.5},
+                ]
+            },
+            "blur": {"transform": "RandGaussianSmoothd", "prob": 0.2},
+        },
+    )
     members = plan.config["transforms"]["kspace_artifact"]["transforms"]
     assert [m["_target_"] for m in members] == ["medaug.transforms.RandKSpaceGhostingd", "RandGibbsNoised"]
     assert plan.config["transforms"]["blur"]["_target_"] == "RandGaussianSmoothd"
     assert len(plan.transforms()) == len(plan.config["transforms"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"preset": "dental"}, "augment#preset: 'dental' is neither a preset"),
-    ({"preset": "ct", "overrides": {"nosuch": {"prob": 1}}}, "augment#overrides#nosuch: preset 'ct' has no transform"),
-    ({"preset": "ct", "overrides": {"anatomy": {}}}, "augment#overrides#anatomy: anatomy rules cannot be overridden"),
-    ({"preset": "mri", "allow": ["upside_down"]}, "augment#allow: preset 'mri' has no rule 'upside_down'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"preset": "dental"}, "augment#preset: 'dental' is neither a preset"),
+        (
+            {"preset": "ct", "overrides": {"nosuch": {"prob": 1}}},
+            "augment#overrides#nosuch: preset 'ct' has no transform",
+        ),
+        (
+            {"preset": "ct", "overrides": {"anatomy": {}}},
+            "augment#overrides#anatomy: anatomy rules cannot be overridden",
+        ),
+        ({"preset": "mri", "allow": ["upside_down"]}, "augment#allow: preset 'mri' has no rule 'upside_down'"),
+    ],
+)
 def test_bad_preset_choices_name_the_config_key(kwargs, message):
     with pytest.raises(PresetError, match=message):
         AugmentationPlan(**kwargs)
@@ -134,8 +180,22 @@ def test_bad_preset_choices_name_the_config_key(kwargs, message):
 
 def test_show_augmentations_draws_a_grid_from_a_dicom_file(tmp_path, capsys):
     out = tmp_path / "grid.png"
-    code = main(["show-augmentations", "--preset", "mri", "--image", str(DICOM_DIR / "MR_small.dcm"),
-                 "--out", str(out), "--samples", "2", "--size", "32", "32"])  # fmt: skip
+    code = main(
+        [
+            "show-augmentations",
+            "--preset",
+            "mri",
+            "--image",
+            str(DICOM_DIR / "MR_small.dcm"),
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--size",
+            "32",
+            "32",
+        ]
+    )
     assert code == 0 and out.stat().st_size > 10_000
     assert "preset 'mri'" in capsys.readouterr().out
 
@@ -143,17 +203,45 @@ def test_show_augmentations_draws_a_grid_from_a_dicom_file(tmp_path, capsys):
 def test_show_augmentations_reads_an_npz_index_and_rejects_an_anatomy_break(tmp_path, capsys):
     archive = REPO / "data" / "breastmnist_64.npz"
     out = tmp_path / "grid.png"
-    assert main(["show-augmentations", "--preset", "ultrasound", "--image", str(archive), "--index", "3",
-                 "--out", str(out), "--samples", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "show-augmentations",
+                "--preset",
+                "ultrasound",
+                "--image",
+                str(archive),
+                "--index",
+                "3",
+                "--out",
+                str(out),
+                "--samples",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert out.is_file()
-    code = main(["show-augmentations", "--preset", "chest_xray", "--image", str(archive), "--out", str(tmp_path / "x.png"),
-                 "--overrides", '{"vflip": {"_target_": "RandFlipd", "prob": 0.5, "spatial_axis": 0}}'])  # fmt: skip
+    code = main(
+        [
+            "show-augmentations",
+            "--preset",
+            "chest_xray",
+            "--image",
+            str(archive),
+            "--out",
+            str(tmp_path / "x.png"),
+            "--overrides",
+            '{"vflip": {"_target_": "RandFlipd", "prob": 0.5, "spatial_axis": 0}}',
+        ]
+    )
     assert code == 2
     assert "--overrides#vflip#spatial_axis" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 
 
 def test_show_augmentations_is_a_medaug_verb():
-    result = subprocess.run([sys.executable, "-m", "medaug.cli", "show-augmentations", "--help"],
-                            capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "medaug.cli", "show-augmentations", "--help"], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 0 and "--preset" in result.stdout and "--image" in result.stdout

@@ -585,7 +585,10 @@ def format_metrics_table(
         rows.append(["n", _fmt(metrics["n"], digits)] + ([""] if cis is not None else []))
 
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", "---:"] + [":---:"] * (len(header) - 2)) + "|"]
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join([":---", "---:"] + [":---:"] * (len(header) - 2)) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
 

@@ -39,8 +39,16 @@ from statsmodels.stats.multitest import multipletests
 
 from medaug.pipelines.evaluate.metrics import confusion_matrices, confusion_metrics, draw_indices
 
-__all__ = ["mean_sd_ci", "mcnemar_test", "delong_auc_covariance", "delong_test", "paired_bootstrap",
-           "holm", "Block", "BOOTSTRAP_METRICS"]  # fmt: skip
+__all__ = [
+    "mean_sd_ci",
+    "mcnemar_test",
+    "delong_auc_covariance",
+    "delong_test",
+    "paired_bootstrap",
+    "holm",
+    "Block",
+    "BOOTSTRAP_METRICS",
+]
 
 Block = tuple  # (y_true (N,), a (S, N), b (S, N)): one set of test images, S seeds of each strategy
 
@@ -82,8 +90,14 @@ def mcnemar_test(correct_a, correct_b, exact: bool | None = None) -> dict:
         return {"b": 0, "c": 0, "statistic": 0.0, "p": 1.0, "exact": True, "n": int(a.size)}
     use_exact = discordant < 25 if exact is None else bool(exact)
     result = mcnemar([[both, only_a], [only_b, neither]], exact=use_exact, correction=True)
-    return {"b": only_a, "c": only_b, "statistic": float(result.statistic), "p": float(min(1.0, result.pvalue)),
-            "exact": use_exact, "n": int(a.size)}  # fmt: skip
+    return {
+        "b": only_a,
+        "c": only_b,
+        "statistic": float(result.statistic),
+        "p": float(min(1.0, result.pvalue)),
+        "exact": use_exact,
+        "n": int(a.size),
+    }
 
 
 def delong_auc_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +158,17 @@ def delong_test(blocks: Sequence[Block], confidence: float = 0.95) -> dict:
     diff, var = diffs / seeds, variance / seeds**2
     z, p = _z_p(diff, var)
     half = float(sps.norm.ppf(0.5 + confidence / 2.0)) * math.sqrt(max(var, 0.0))
-    return {"auc_a": float(np.mean(auc_a)), "auc_b": float(np.mean(auc_b)), "diff": diff, "se": math.sqrt(max(var, 0.0)),
-            "statistic": z, "p": p, "ci_low": diff - half, "ci_high": diff + half, "seeds": seeds}  # fmt: skip
+    return {
+        "auc_a": float(np.mean(auc_a)),
+        "auc_b": float(np.mean(auc_b)),
+        "diff": diff,
+        "se": math.sqrt(max(var, 0.0)),
+        "statistic": z,
+        "p": p,
+        "ci_low": diff - half,
+        "ci_high": diff + half,
+        "seeds": seeds,
+    }
 
 
 def _balanced_accuracy(cm: np.ndarray, positive_class: int) -> np.ndarray:
@@ -165,9 +188,17 @@ BOOTSTRAP_METRICS: dict[str, Callable] = {"balanced_accuracy": _balanced_accurac
 """Metrics :func:`paired_bootstrap` can resample: name -> ``f(confusion matrices (R,K,K), positive) -> (R,)``."""
 
 
-def paired_bootstrap(blocks: Sequence[Block], metric: str = "balanced_accuracy", *, num_classes: int | None = None,
-                     positive_class: int = 1, n_resamples: int = 2000, seed: int = 0, stratified: bool = True,
-                     confidence: float = 0.95) -> dict:  # fmt: skip
+def paired_bootstrap(
+    blocks: Sequence[Block],
+    metric: str = "balanced_accuracy",
+    *,
+    num_classes: int | None = None,
+    positive_class: int = 1,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    stratified: bool = True,
+    confidence: float = 0.95,
+) -> dict:
     """Paired bootstrap of mean metric(a) - mean metric(b) over seeds, on predicted labels.
 
     ``blocks``: ``(y_true, pred_a, pred_b)`` with predicted class indices of shape (S_b, N_b).
@@ -190,10 +221,13 @@ def paired_bootstrap(blocks: Sequence[Block], metric: str = "balanced_accuracy",
         idx = draw_indices(y, n_resamples, rng, stratified)
         identity = np.arange(y.size)[None, :]
         for row_a, row_b in zip(a, b):
-            observed += float(fn(confusion_matrices(y, row_a, identity, k), positive_class)[0]
-                              - fn(confusion_matrices(y, row_b, identity, k), positive_class)[0])  # fmt: skip
+            observed += float(
+                fn(confusion_matrices(y, row_a, identity, k), positive_class)[0]
+                - fn(confusion_matrices(y, row_b, identity, k), positive_class)[0]
+            )
             boot += fn(confusion_matrices(y, row_a, idx, k), positive_class) - fn(
-                confusion_matrices(y, row_b, idx, k), positive_class)
+                confusion_matrices(y, row_b, idx, k), positive_class
+            )
             seeds += 1
     diff, boot = observed / seeds, boot / seeds
     boot = boot[np.isfinite(boot)]
@@ -201,8 +235,14 @@ def paired_bootstrap(blocks: Sequence[Block], metric: str = "balanced_accuracy",
     low, high = np.percentile(boot, [100 * alpha, 100 * (1 - alpha)])
     extreme = int(np.sum(np.abs(boot - diff) >= abs(diff) - 1e-12))
     p = 1.0 if abs(diff) < 1e-15 else (1 + extreme) / (1 + boot.size)
-    return {"diff": diff, "ci_low": float(low), "ci_high": float(high), "p": float(min(1.0, p)),
-            "n_resamples": int(boot.size), "seeds": seeds}  # fmt: skip
+    return {
+        "diff": diff,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p": float(min(1.0, p)),
+        "n_resamples": int(boot.size),
+        "seeds": seeds,
+    }
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -104,10 +104,19 @@ class TestEvaluation:
         curves: metric names of the run to plot as training curves.
     """
 
-    def __init__(self, evaluator, class_names: Sequence[str], output_dir: str | os.PathLike, tracker=None,
-                 positive_class=None, checkpoint: str | os.PathLike | None = None, n_bootstrap: int = 1000,
-                 seed: int = 0, curves: Sequence[str] = ("train_loss", "val_balanced_accuracy", "val_auc"),
-                 prefix: str = "test") -> None:  # fmt: skip
+    def __init__(
+        self,
+        evaluator,
+        class_names: Sequence[str],
+        output_dir: str | os.PathLike,
+        tracker=None,
+        positive_class=None,
+        checkpoint: str | os.PathLike | None = None,
+        n_bootstrap: int = 1000,
+        seed: int = 0,
+        curves: Sequence[str] = ("train_loss", "val_balanced_accuracy", "val_auc"),
+        prefix: str = "test",
+    ) -> None:
         self.evaluator = evaluator
         self.class_names = list(class_names)
         self.output_dir = Path(output_dir)
@@ -126,8 +135,12 @@ class TestEvaluation:
         fields = ["image", "frame", "label", "predicted", *[f"prob_{n}" for n in self.class_names]]
         rows = []
         for ref, frame, label, prob in zip(self.collector.refs, self.collector.frames, self.collector.labels, y_prob):
-            row = {"image": ref, "frame": "" if frame is None else frame, "label": self.class_names[label],
-                   "predicted": self.class_names[int(np.argmax(prob))]}  # fmt: skip
+            row = {
+                "image": ref,
+                "frame": "" if frame is None else frame,
+                "label": self.class_names[label],
+                "predicted": self.class_names[int(np.argmax(prob))],
+            }
             row.update({f"prob_{n}": f"{p:.6f}" for n, p in zip(self.class_names, prob)})
             rows.append(row)
         return write_csv_atomic(self.output_dir / "predictions.csv", rows, fields)
@@ -140,17 +153,33 @@ class TestEvaluation:
         metrics = M.compute_metrics(y_true, y_prob, **kw)
         cis = M.bootstrap_ci(y_true, y_prob, n_resamples=self.n_bootstrap, seed=self.seed, **kw)
         logged = {name.replace("test_", f"{self.prefix}_", 1): v for name, v in test_metric_names(metrics, cis).items()}
-        self.results = {"metrics": metrics, "ci95": {n: list(v) for n, v in cis.items()}, "logged": logged,
-                        "positive_class": self.class_names[self.positive_class], "n_bootstrap": self.n_bootstrap,
-                        "class_names": self.class_names}  # fmt: skip
+        self.results = {
+            "metrics": metrics,
+            "ci95": {n: list(v) for n, v in cis.items()},
+            "logged": logged,
+            "positive_class": self.class_names[self.positive_class],
+            "n_bootstrap": self.n_bootstrap,
+            "class_names": self.class_names,
+        }
         out = self.output_dir
         artifacts = [
             write_json_atomic(out / "metrics.json", self.results),
             self._write_predictions(y_prob),
-            plots.plot_confusion_matrix(y_true, y_prob.argmax(1), self.class_names, out / "confusion_matrix.png",
-                                        title=f"{self.prefix} confusion matrix"),  # fmt: skip
-            plots.plot_roc_curves(y_true, y_prob, self.class_names, out / "roc.png", positive_class=self.positive_class,
-                                  title=f"{self.prefix} ROC"),  # fmt: skip
+            plots.plot_confusion_matrix(
+                y_true,
+                y_prob.argmax(1),
+                self.class_names,
+                out / "confusion_matrix.png",
+                title=f"{self.prefix} confusion matrix",
+            ),
+            plots.plot_roc_curves(
+                y_true,
+                y_prob,
+                self.class_names,
+                out / "roc.png",
+                positive_class=self.positive_class,
+                title=f"{self.prefix} ROC",
+            ),
         ]
         if self.tracker is not None and self.tracker.run_id:
             history = self.tracker.metric_history(*self.curves)
@@ -163,7 +192,9 @@ class TestEvaluation:
                 self.tracker.log_artifact(path)
             self.tracker.end("FINISHED")
         table = M.format_metrics_table(metrics, cis)
-        print(f"\n{self.prefix} metrics on {len(y_true)} real {self.prefix} images "
-              f"(positive class: {self.class_names[self.positive_class]}; 95% stratified bootstrap CIs, "
-              f"{self.n_bootstrap} resamples):\n{table}\nOutputs: {out}")  # fmt: skip
+        print(
+            f"\n{self.prefix} metrics on {len(y_true)} real {self.prefix} images "
+            f"(positive class: {self.class_names[self.positive_class]}; 95% stratified bootstrap CIs, "
+            f"{self.n_bootstrap} resamples):\n{table}\nOutputs: {out}"
+        )
         return self.results

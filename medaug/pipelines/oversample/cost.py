@@ -35,8 +35,11 @@ class Cost:
     memory_source: str = ""
 
     def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 3), "peak_memory_mb": round(self.peak_memory_mb, 1),
-                "memory_source": self.memory_source}  # fmt: skip
+        return {
+            "seconds": round(self.seconds, 3),
+            "peak_memory_mb": round(self.peak_memory_mb, 1),
+            "memory_source": self.memory_source,
+        }
 
 
 class measure:

@@ -96,8 +96,16 @@ class FeatureNetwork:
         batch_size: images per forward pass.
     """
 
-    def __init__(self, module: nn.Module, image_size: Sequence[int], in_channels: int, *, name: str = "",
-                 device: str | torch.device = "cpu", batch_size: int = 256):  # fmt: skip
+    def __init__(
+        self,
+        module: nn.Module,
+        image_size: Sequence[int],
+        in_channels: int,
+        *,
+        name: str = "",
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+    ):
         self.module = module.eval().to(device)
         self.image_size = tuple(int(s) for s in image_size)
         self.in_channels = int(in_channels)
@@ -210,9 +218,16 @@ def fit_feature_network(
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
     in_channels = batch.shape[1]
-    settings = {"num_classes": num_classes, "seed": seed, "epochs": epochs, "architecture": architecture,
-                "image_size": list(image_size), "network_kwargs": network_kwargs, "batch_size": batch_size,
-                "learning_rate": learning_rate}  # fmt: skip
+    settings = {
+        "num_classes": num_classes,
+        "seed": seed,
+        "epochs": epochs,
+        "architecture": architecture,
+        "image_size": list(image_size),
+        "network_kwargs": network_kwargs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+    }
     cached = _cache_path(cache_dir, batch, labels, settings) if cache_dir is not None else None
     if cached is not None and cached.is_file():
         logger.info("feature network from cache %s", cached)
@@ -226,11 +241,13 @@ def fit_feature_network(
         torch.manual_seed(seed)
         if network_kwargs is None:
             network_kwargs = SMALL_CNN_FEATURES if architecture.replace("-", "_") == "small_cnn" else {}
-        model = build_classifier(architecture, in_channels=in_channels, num_classes=num_classes,
-                                 spatial_size=image_size, **network_kwargs).to(device)  # fmt: skip
+        model = build_classifier(
+            architecture, in_channels=in_channels, num_classes=num_classes, spatial_size=image_size, **network_kwargs
+        ).to(device)
         data = [{"image": image, "label": int(label)} for image, label in zip(batch, labels)]
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
-                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        loader = DataLoader(
+            data, batch_size=batch_size, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(seed)
+        )
         flip_rng = torch.Generator().manual_seed(seed + 1)
 
         def prepare_batch(batchdata, device=None, non_blocking=False, **kwargs):
@@ -253,8 +270,13 @@ def fit_feature_network(
             ProgressBar(desc="feature network", persist=False).attach(trainer)
         trainer.run()
     logger.info("feature network %s trained on %d real images for %d epochs", architecture, len(batch), epochs)
-    network = FeatureNetwork(PenultimateFeatures(model.eval()), image_size, in_channels,
-                             name=f"{architecture} trained on the real train split", device=device)  # fmt: skip
+    network = FeatureNetwork(
+        PenultimateFeatures(model.eval()),
+        image_size,
+        in_channels,
+        name=f"{architecture} trained on the real train split",
+        device=device,
+    )
     if cached is not None:
         network.save(cached)
     return network
@@ -309,16 +331,21 @@ def load_feature_network(
         if image_size is None or in_channels is None:
             raise ValueError(f"{path} does not record its input; give image_size=(H, W) and in_channels=...")
         return FeatureNetwork(module, image_size, in_channels, name=meta.get("name") or str(path), device=device)
-    missing = [arg for arg, value in (("num_classes", num_classes), ("in_channels", in_channels),
-                                      ("image_size", image_size)) if value is None]  # fmt: skip
+    missing = [
+        arg
+        for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size))
+        if value is None
+    ]
     if missing:
         raise ValueError(f"loading a {name} state dict needs {', '.join(missing)}")
-    model = build_classifier(name, in_channels=in_channels, num_classes=num_classes, spatial_size=image_size,
-                             **(network_kwargs or {}))  # fmt: skip
+    model = build_classifier(
+        name, in_channels=in_channels, num_classes=num_classes, spatial_size=image_size, **(network_kwargs or {})
+    )
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "network", "net"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
-    return FeatureNetwork(PenultimateFeatures(model.eval(), layer), image_size, in_channels,
-                          name=f"{name} from {path}", device=device)  # fmt: skip
+    return FeatureNetwork(
+        PenultimateFeatures(model.eval(), layer), image_size, in_channels, name=f"{name} from {path}", device=device
+    )

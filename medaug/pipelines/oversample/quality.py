@@ -32,13 +32,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from medaug.io.atomic import atomic_path, write_csv_atomic, write_json_atomic
+from medaug.pipelines.oversample.batches import as_image_batch, resize_batch
 from medaug.pipelines.oversample.feature_network import (
     FeatureNetwork,
     PenultimateFeatures,
     fit_feature_network,
     load_feature_network,
 )
-from medaug.pipelines.oversample.batches import as_image_batch, resize_batch
 from medaug.pipelines.oversample.quality_metrics import (
     frechet_distance,
     knn_precision_recall,
@@ -65,8 +65,14 @@ __all__ = [
 
 logger = logging.getLogger("medaug.synthetic_quality")
 
-MEMORIZATION_FIELDS = ("synthetic_id", "nearest_real_id", "distance", "near_copy",
-                       "synthetic_class", "nearest_real_class")  # fmt: skip
+MEMORIZATION_FIELDS = (
+    "synthetic_id",
+    "nearest_real_id",
+    "distance",
+    "near_copy",
+    "synthetic_class",
+    "nearest_real_class",
+)
 GRID_COLUMNS = 8
 
 
@@ -119,13 +125,18 @@ class QualityReport:
             "class_names": self.class_names,
             "settings": self.settings,
         }
-        paths = [write_json_atomic(out_dir / "quality.json", summary),
-                 write_csv_atomic(out_dir / "memorization.csv", self.memorization, MEMORIZATION_FIELDS)]  # fmt: skip
+        paths = [
+            write_json_atomic(out_dir / "quality.json", summary),
+            write_csv_atomic(out_dir / "memorization.csv", self.memorization, MEMORIZATION_FIELDS),
+        ]
         for name in self.class_names:
             grid = self.grids.get(name)
             if grid is not None:
-                paths.append(_plot_grid(name, grid, self.near_copy_threshold,
-                                        out_dir / f"real_vs_synthetic_{metric_key(name)}.png"))  # fmt: skip
+                paths.append(
+                    _plot_grid(
+                        name, grid, self.near_copy_threshold, out_dir / f"real_vs_synthetic_{metric_key(name)}.png"
+                    )
+                )
         return paths
 
 
@@ -137,8 +148,9 @@ def _labels(labels, n: int, num_classes: int, name: str) -> np.ndarray:
     if len(array) != n:
         raise ValueError(f"{name} has {len(array)} entries for {n} images")
     if len(array) and (array.min() < 0 or array.max() >= num_classes):
-        raise ValueError(f"{name} must lie in [0, {num_classes}) for {num_classes} class_names, "
-                         f"found {array.min()}..{array.max()}")  # fmt: skip
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}) for {num_classes} class_names, found {array.min()}..{array.max()}"
+        )
     return array
 
 
@@ -208,9 +220,16 @@ def assess_synthetic(
     synth_ids = _ids(synth_ids, len(synth), "synth_ids")
 
     if feature_network is None:
-        feature_network = fit_feature_network(real, real_y, num_classes=num_classes, seed=seed,
-                                              epochs=feature_epochs, device=device, progress=progress,
-                                              cache_dir=feature_cache_dir)  # fmt: skip
+        feature_network = fit_feature_network(
+            real,
+            real_y,
+            num_classes=num_classes,
+            seed=seed,
+            epochs=feature_epochs,
+            device=device,
+            progress=progress,
+            cache_dir=feature_cache_dir,
+        )
     elif not isinstance(feature_network, FeatureNetwork):
         feature_network = load_feature_network(feature_network, device=device)
     real_f, synth_f = feature_network.features(real), feature_network.features(synth)
@@ -227,10 +246,16 @@ def assess_synthetic(
     is_copy = distances <= near_copy_threshold
 
     memorization = [
-        {"synthetic_id": sid, "nearest_real_id": real_ids[j], "distance": float(d), "near_copy": bool(c),
-         "synthetic_class": class_names[sy], "nearest_real_class": class_names[real_y[j]]}
+        {
+            "synthetic_id": sid,
+            "nearest_real_id": real_ids[j],
+            "distance": float(d),
+            "near_copy": bool(c),
+            "synthetic_class": class_names[sy],
+            "nearest_real_class": class_names[real_y[j]],
+        }
         for sid, j, d, c, sy in zip(synth_ids, nearest.tolist(), distances.tolist(), is_copy.tolist(), synth_y)
-    ]  # fmt: skip
+    ]
     near_copy_ids = [sid for sid, c in zip(synth_ids, is_copy.tolist()) if c]
 
     metrics = _set_metrics("", real_f, synth_f, k)
@@ -247,8 +272,9 @@ def assess_synthetic(
         metrics[f"synthetic_ms_ssim{suffix}"] = ms_ssim_diversity(synth[s], ms_ssim_pairs, seed)
         metrics[f"synthetic_ms_ssim_real{suffix}"] = ms_ssim_diversity(real[r], ms_ssim_pairs, seed)
         metrics.update(_memorization_metrics(suffix, distances[s], is_copy[s]))
-        grids[name] = _grid_sample(real[r], synth[s], real[nearest[s]], distances[s].tolist(),
-                                   is_copy[s].tolist(), grid_columns, rng)  # fmt: skip
+        grids[name] = _grid_sample(
+            real[r], synth[s], real[nearest[s]], distances[s].tolist(), is_copy[s].tolist(), grid_columns, rng
+        )
     # the overall values also measure how far the synthetic class mix (mostly minority, by design
     # of oversampling) is from the real one; the class means compare like with like
     for name in ("fid", "precision", "recall"):
@@ -263,23 +289,33 @@ def assess_synthetic(
         "k": k,
         "near_copy_threshold_source": threshold_source,
         "ms_ssim_pairs": ms_ssim_pairs,
-        "ms_ssim": {"synthetic": ms_ssim_settings(*synth.shape[-2:]) if len(synth) else None,
-                    "real": ms_ssim_settings(*real.shape[-2:])},  # fmt: skip
+        "ms_ssim": {
+            "synthetic": ms_ssim_settings(*synth.shape[-2:]) if len(synth) else None,
+            "real": ms_ssim_settings(*real.shape[-2:]),
+        },
         "nearest_real": "RMSE of intensities in [0, 1] at the smaller of the two image sizes",
         "seed": seed,
         "real_count": len(real),
     }
-    logger.info("synthetic quality: FID %.3g, precision %.3g, recall %.3g, %d near copies of %d",
-                metrics["synthetic_fid"], metrics["synthetic_precision"], metrics["synthetic_recall"],
-                len(near_copy_ids), len(synth))  # fmt: skip
+    logger.info(
+        "synthetic quality: FID %.3g, precision %.3g, recall %.3g, %d near copies of %d",
+        metrics["synthetic_fid"],
+        metrics["synthetic_precision"],
+        metrics["synthetic_recall"],
+        len(near_copy_ids),
+        len(synth),
+    )
     return QualityReport(metrics, near_copy_ids, memorization, near_copy_threshold, class_names, settings, grids)
 
 
 def _set_metrics(suffix: str, real_f: torch.Tensor, synth_f: torch.Tensor, k: int) -> dict[str, float]:
     """FID and k-NN precision/recall of one pair of feature sets (all images, or one class)."""
     precision, recall = knn_precision_recall(real_f, synth_f, k)
-    return {f"synthetic_fid{suffix}": frechet_distance(real_f, synth_f),
-            f"synthetic_precision{suffix}": precision, f"synthetic_recall{suffix}": recall}  # fmt: skip
+    return {
+        f"synthetic_fid{suffix}": frechet_distance(real_f, synth_f),
+        f"synthetic_precision{suffix}": precision,
+        f"synthetic_recall{suffix}": recall,
+    }
 
 
 def _memorization_metrics(suffix: str, distances: torch.Tensor, is_copy: torch.Tensor) -> dict[str, float]:
@@ -301,8 +337,13 @@ def _grid_sample(real, synth, nearest, distances, near_copy, columns, rng) -> _C
     picked_real = rng.permutation(len(real))[:columns]
     order = rng.permutation(len(synth))
     order = sorted(order, key=lambda i: not near_copy[i])[:columns]
-    return _ClassGrid(real=real[picked_real].clone(), synthetic=synth[order].clone(), nearest=nearest[order].clone(),
-                      distances=[distances[i] for i in order], near_copy=[near_copy[i] for i in order])  # fmt: skip
+    return _ClassGrid(
+        real=real[picked_real].clone(),
+        synthetic=synth[order].clone(),
+        nearest=nearest[order].clone(),
+        distances=[distances[i] for i in order],
+        near_copy=[near_copy[i] for i in order],
+    )
 
 
 def _tile(images: torch.Tensor, size: tuple[int, int], columns: int, pad: int) -> np.ndarray:
@@ -341,11 +382,20 @@ def _plot_grid(name: str, grid: _ClassGrid, threshold: float, path: Path) -> Pat
     step = size[1] + pad
     for col, (distance, copy) in enumerate(zip(grid.distances, grid.near_copy)):
         colour = "red" if copy else "black"
-        axes[2].text(col * step + size[1] / 2, -1, f"{distance:.3f}" + (" copy" if copy else ""),
-                     ha="center", va="bottom", fontsize=7, color=colour)  # fmt: skip
+        axes[2].text(
+            col * step + size[1] / 2,
+            -1,
+            f"{distance:.3f}" + (" copy" if copy else ""),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color=colour,
+        )
         if copy:
             for ax in axes[1:]:
-                ax.add_patch(Rectangle((col * step - 0.5, -0.5), size[1], size[0], fill=False, edgecolor="red", linewidth=2))
+                ax.add_patch(
+                    Rectangle((col * step - 0.5, -0.5), size[1], size[0], fill=False, edgecolor="red", linewidth=2)
+                )
     fig.suptitle(f"{name}: real vs synthetic (nearest-real RMSE; near copy if <= {threshold:.3f})", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -56,8 +56,9 @@ def frechet_distance(real_features: torch.Tensor, synth_features: torch.Tensor) 
         eye = torch.eye(real.shape[1], dtype=torch.float64)
         for ridge in (1e-6, 1e-4, 1e-2):
             try:
-                value = compute_frechet_distance(synth.mean(0), sigma_synth + ridge * scale * eye,
-                                                 real.mean(0), sigma_real + ridge * scale * eye)  # fmt: skip
+                value = compute_frechet_distance(
+                    synth.mean(0), sigma_synth + ridge * scale * eye, real.mean(0), sigma_real + ridge * scale * eye
+                )
                 break
             except ValueError:
                 continue
@@ -165,8 +166,9 @@ def _flat_pair(synth_images, real_images) -> tuple[torch.Tensor, torch.Tensor]:
     return flat[0], flat[1]
 
 
-def nearest_real(synth_images, real_images, *, chunk_size: int = 256, exclude_self: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def nearest_real(
+    synth_images, real_images, *, chunk_size: int = 256, exclude_self: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest real image of each synthetic image in pixel space.
 
     Both sets are brought to common channels (grey if either is grey) and the smaller of their
@@ -219,4 +221,3 @@ def near_copy_threshold_from_real(real_images, quantile: float = 0.05) -> float:
         raise ValueError(f"near_copy_quantile must lie in [0, 1], got {quantile}")
     _, distances = nearest_real(real_images, real_images, exclude_self=True)
     return float(np.quantile(distances.numpy(), quantile))
-

@@ -53,11 +53,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
+from medaug.io.hashing import file_sha256
 from medaug.io.loader import read_entry_image
 from medaug.io.npz import parse_npz_ref
-from medaug.models.class_vae import ClassVAEInterpolation
 from medaug.models.cgan import ConditionalGAN
-from medaug.io.hashing import file_sha256
+from medaug.models.class_vae import ClassVAEInterpolation
 from medaug.models.generator_base import ImageGenerator, SampleBatch, seeded
 from medaug.models.latent_diffusion import ClassConditionalLDM
 from medaug.pipelines.oversample.cost import measure
@@ -67,12 +67,27 @@ logger = logging.getLogger("medaug.oversample")
 
 METHODS = ("none", "random", "gan", "vae", "vae_interp", "ldm", "ldm_img2img", "hybrid")
 TARGETS = ("balance", "multiplier", "count")
-GENERATORS: dict[str, type[ImageGenerator]] = {"gan": ConditionalGAN, "vae_interp": ClassVAEInterpolation,
-                                               "ldm": ClassConditionalLDM}  # fmt: skip
+GENERATORS: dict[str, type[ImageGenerator]] = {
+    "gan": ConditionalGAN,
+    "vae_interp": ClassVAEInterpolation,
+    "ldm": ClassConditionalLDM,
+}
 # Settings that change how a fitted model is sampled, not the model: left out of the fit cache key.
 SAMPLING_ONLY = {"ldm": {"ddim_steps", "img2img_strength"}, "vae_interp": {"alpha_range"}, "gan": set()}
-MANIFEST_COLUMNS = ("id", "class", "label", "file", "generator", "generator_checkpoint_sha256", "seed", "parent_ids",
-                    "nearest_real_id", "nearest_real_distance", "near_copy", "kept")  # fmt: skip
+MANIFEST_COLUMNS = (
+    "id",
+    "class",
+    "label",
+    "file",
+    "generator",
+    "generator_checkpoint_sha256",
+    "seed",
+    "parent_ids",
+    "nearest_real_id",
+    "nearest_real_distance",
+    "near_copy",
+    "kept",
+)
 CACHE_VERSION = 1
 REAL_PROVENANCE = {"synthetic_id": "", "generator": "", "seed": -1, "parents": ""}
 
@@ -113,9 +128,14 @@ def real_id(entry: Mapping, dataset_dir: str | os.PathLike | None = None) -> str
     return text if entry.get("frame") is None else f"{text}@{entry['frame']}"
 
 
-def requested_counts(train_counts: Mapping[int, int], target: str = "balance", multiplier: float = 2.0,
-                     count: int | Mapping[str, int] | None = None, classes: Sequence[int] | None = None,
-                     class_names: Sequence[str] = ()) -> dict[int, int]:  # fmt: skip
+def requested_counts(
+    train_counts: Mapping[int, int],
+    target: str = "balance",
+    multiplier: float = 2.0,
+    count: int | Mapping[str, int] | None = None,
+    classes: Sequence[int] | None = None,
+    class_names: Sequence[str] = (),
+) -> dict[int, int]:
     """New images per class label for a ``target`` (see the module docstring)."""
     if target not in TARGETS:
         raise ValueError(f"oversample target {target!r} is not one of {TARGETS}")
@@ -172,8 +192,11 @@ def describe_transforms(augmentation, depth: int = 3):
         return augmentation.tolist()
     if depth == 0 or not hasattr(augmentation, "__dict__"):
         return type(augmentation).__name__
-    settings = {k: describe_transforms(v, depth - 1) for k, v in sorted(vars(augmentation).items())
-                if not k.startswith("_") and k != "R"}  # fmt: skip
+    settings = {
+        k: describe_transforms(v, depth - 1)
+        for k, v in sorted(vars(augmentation).items())
+        if not k.startswith("_") and k != "R"
+    }
     return [type(augmentation).__name__, settings]
 
 
@@ -219,13 +242,29 @@ class OversampleStage:
         progress: tqdm bars for fitting and sampling.
     """
 
-    def __init__(self, study_data, method: str = "none", target: str = "balance", multiplier: float = 2.0,
-                 count: int | Mapping[str, int] | None = None, classes: Sequence[str] | None = None,
-                 image_size: Sequence[int] = (32, 32), seed: int = 0, gan: Mapping | None = None,
-                 vae_interp: Mapping | None = None, ldm: Mapping | None = None, hybrid: Mapping | None = None,
-                 augmentation=None, quality: Mapping | None = None, cache_dir: str | os.PathLike | None = None,
-                 run_dir: str | os.PathLike | None = None, tracker=None, channels: int = 1,
-                 device: str | torch.device = "cpu", progress: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        study_data,
+        method: str = "none",
+        target: str = "balance",
+        multiplier: float = 2.0,
+        count: int | Mapping[str, int] | None = None,
+        classes: Sequence[str] | None = None,
+        image_size: Sequence[int] = (32, 32),
+        seed: int = 0,
+        gan: Mapping | None = None,
+        vae_interp: Mapping | None = None,
+        ldm: Mapping | None = None,
+        hybrid: Mapping | None = None,
+        augmentation=None,
+        quality: Mapping | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        run_dir: str | os.PathLike | None = None,
+        tracker=None,
+        channels: int = 1,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"oversample method {method!r} is not one of {METHODS}")
         if target not in TARGETS:
@@ -251,8 +290,14 @@ class OversampleStage:
         self.augmentation = augmentation
         # Described now, before any use: random transforms keep their last random draw as state.
         self._augmentation_description = describe_transforms(augmentation)
-        self.quality = {"enabled": True, "feature_epochs": 5, "feature_network_path": None, "near_copy_threshold": None,
-                        "drop_near_copies": False, **dict(quality or {})}  # fmt: skip
+        self.quality = {
+            "enabled": True,
+            "feature_epochs": 5,
+            "feature_network_path": None,
+            "near_copy_threshold": None,
+            "drop_near_copies": False,
+            **dict(quality or {}),
+        }
         self.run_dir = Path(run_dir) if run_dir else None
         base = Path(cache_dir) if cache_dir else (self.run_dir or Path(tempfile.gettempdir())) / "oversample_cache"
         self.cache_dir = base
@@ -276,7 +321,9 @@ class OversampleStage:
 
     def _generator_name(self) -> str | None:
         method = self.hybrid["generator"] if self.method == "hybrid" else self.method
-        return {"gan": "gan", "vae": "vae_interp", "vae_interp": "vae_interp", "ldm": "ldm", "ldm_img2img": "ldm"}.get(method)
+        return {"gan": "gan", "vae": "vae_interp", "vae_interp": "vae_interp", "ldm": "ldm", "ldm_img2img": "ldm"}.get(
+            method
+        )
 
     def _output_size(self) -> tuple[int, int]:
         sizes = Counter((int(e["height"]), int(e["width"])) for e in self.data.train)
@@ -287,15 +334,32 @@ class OversampleStage:
         if name is None:
             return None
         args = {k: v for k, v in self.generator_args[name].items() if k not in SAMPLING_ONLY[name]}
-        return _hash({"v": CACHE_VERSION, "generator": name, "args": args, "image_size": self.image_size,
-                      "seed": self.seed, "channels": self.channels, "train": train_fingerprint(self.data.train)})  # fmt: skip
+        return _hash(
+            {
+                "v": CACHE_VERSION,
+                "generator": name,
+                "args": args,
+                "image_size": self.image_size,
+                "seed": self.seed,
+                "channels": self.channels,
+                "train": train_fingerprint(self.data.train),
+            }
+        )
 
     def sample_key(self) -> str:
         name = self._generator_name()
-        config = {"v": CACHE_VERSION, "method": self.method, "counts": self.counts(), "seed": self.seed,
-                  "fit": self.fit_key(), "sampling": self.generator_args[name] if name else None,
-                  "output_size": self._output_size(), "channels": self.channels, "quality": self.quality,
-                  "train": train_fingerprint(self.data.train)}  # fmt: skip
+        config = {
+            "v": CACHE_VERSION,
+            "method": self.method,
+            "counts": self.counts(),
+            "seed": self.seed,
+            "fit": self.fit_key(),
+            "sampling": self.generator_args[name] if name else None,
+            "output_size": self._output_size(),
+            "channels": self.channels,
+            "quality": self.quality,
+            "train": train_fingerprint(self.data.train),
+        }
         if self.method == "hybrid":
             config["hybrid"] = self.hybrid
             config["augmentation"] = self._augmentation_description
@@ -322,19 +386,43 @@ class OversampleStage:
             self._generate(key, folder)
         summary = json.loads((folder / "summary.json").read_text())
         template = self.data.train[0]
-        synthetic = [{**{k: _blank(k, v) for k, v in template.items()}, "modality": template.get("modality"),
-                      **self._entry(row, folder)} for row in summary["entries"] if row["kept"]]  # fmt: skip
-        result = OversampleResult(self.train + synthetic, synthetic, folder / "manifest.csv", key, hit,
-                                  {k: v for k, v in summary.items() if k != "entries"})  # fmt: skip
+        synthetic = [
+            {
+                **{k: _blank(k, v) for k, v in template.items()},
+                "modality": template.get("modality"),
+                **self._entry(row, folder),
+            }
+            for row in summary["entries"]
+            if row["kept"]
+        ]
+        result = OversampleResult(
+            self.train + synthetic,
+            synthetic,
+            folder / "manifest.csv",
+            key,
+            hit,
+            {k: v for k, v in summary.items() if k != "entries"},
+        )
         self._log(result)
         return result
 
     def _entry(self, row: Mapping, folder: Path) -> dict:
-        return {"image": str(folder / row["file"]), "label": int(row["label"]), "class_name": row["class"],
-                "patient_id": f"synthetic:{row['id']}", "split": "train", "source": f"synthetic:{row['generator']}",
-                "synthetic": True, "synthetic_id": row["id"], "generator": row["generator"], "seed": int(row["seed"]),
-                "parents": " ".join(row["parent_ids"]), "height": int(row["height"]), "width": int(row["width"]),
-                "pixel_hash": row["pixel_hash"]}  # fmt: skip
+        return {
+            "image": str(folder / row["file"]),
+            "label": int(row["label"]),
+            "class_name": row["class"],
+            "patient_id": f"synthetic:{row['id']}",
+            "split": "train",
+            "source": f"synthetic:{row['generator']}",
+            "synthetic": True,
+            "synthetic_id": row["id"],
+            "generator": row["generator"],
+            "seed": int(row["seed"]),
+            "parents": " ".join(row["parent_ids"]),
+            "height": int(row["height"]),
+            "width": int(row["width"]),
+            "pixel_hash": row["pixel_hash"],
+        }
 
     def _real_images(self, entries: Sequence[Mapping], size: Sequence[int]) -> torch.Tensor:
         """Pixels of train entries, (N, C, H, W) at ``size``; the only place images are read."""
@@ -347,8 +435,15 @@ class OversampleStage:
         return torch.stack(out) if out else torch.empty(0, self.channels, *size)
 
     def _fitted_generator(self, name: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[ImageGenerator, dict]:
-        gen = GENERATORS[name](self.channels, len(self.class_names), self.image_size, seed=self.seed,
-                               device=self.device, progress=self.progress, **self.generator_args[name])  # fmt: skip
+        gen = GENERATORS[name](
+            self.channels,
+            len(self.class_names),
+            self.image_size,
+            seed=self.seed,
+            device=self.device,
+            progress=self.progress,
+            **self.generator_args[name],
+        )
         folder = self.cache_dir / "generators" / self.fit_key()
         checkpoint, info_path = folder / "generator.pt", folder / "fit.json"
         if info_path.is_file() and checkpoint.is_file():
@@ -359,8 +454,12 @@ class OversampleStage:
         with measure(self.device) as cost, seeded(self.seed):  # any global-RNG use inside is seeded too
             gen.fit(images, labels)
         gen.save(checkpoint)
-        info = {"generator": name, "fit": cost.as_dict(), "checkpoint_sha256": file_sha256(checkpoint),
-                "final_losses": {k: v[-1] for k, v in gen.history.items() if v}}  # fmt: skip
+        info = {
+            "generator": name,
+            "fit": cost.as_dict(),
+            "checkpoint_sha256": file_sha256(checkpoint),
+            "final_losses": {k: v[-1] for k, v in gen.history.items() if v},
+        }
         write_json_atomic(info_path, info)
         info["cache_hit"] = False
         return gen, info
@@ -399,8 +498,16 @@ class OversampleStage:
                     if n_gen[c]:
                         batch = self._sample(gen, method, c, n_gen[c], native[own], own_ids)
                         images.append(batch.images)
-                        rows += [{"label": c, "generator": method, "parent_ids": p, "seed": self._class_seed(c, method),
-                                  "sha": info.get("checkpoint_sha256", "")} for p in batch.parents]  # fmt: skip
+                        rows += [
+                            {
+                                "label": c,
+                                "generator": method,
+                                "parent_ids": p,
+                                "seed": self._class_seed(c, method),
+                                "sha": info.get("checkpoint_sha256", ""),
+                            }
+                            for p in batch.parents
+                        ]
             costs["sample"] = sample_cost.as_dict()
             with measure(self.device) as copy_cost:
                 for c in range(len(self.class_names)):
@@ -410,8 +517,16 @@ class OversampleStage:
                     if n:
                         batch = self._copies(native[own], [ids[i] for i in own], c, n, augment=kind == "augmentation")
                         images.append(batch.images)
-                        rows += [{"label": c, "generator": kind, "parent_ids": p, "seed": self._class_seed(c, kind),
-                                  "sha": ""} for p in batch.parents]  # fmt: skip
+                        rows += [
+                            {
+                                "label": c,
+                                "generator": kind,
+                                "parent_ids": p,
+                                "seed": self._class_seed(c, kind),
+                                "sha": "",
+                            }
+                            for p in batch.parents
+                        ]
             if self.method in ("random", "hybrid"):
                 costs["random_copies" if self.method == "random" else "augmented_copies"] = copy_cost.as_dict()
             new = torch.cat(images) if images else torch.empty(0, self.channels, *out_size)
@@ -429,10 +544,13 @@ class OversampleStage:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _sample(self, gen: ImageGenerator, method: str, label: int, n: int, real: torch.Tensor,
-                real_ids: Sequence[str]) -> SampleBatch:  # fmt: skip
+    def _sample(
+        self, gen: ImageGenerator, method: str, label: int, n: int, real: torch.Tensor, real_ids: Sequence[str]
+    ) -> SampleBatch:
         small = resize_batch(real, self.image_size)
-        draw = {"ldm_img2img": getattr(gen, "sample_img2img", None), "vae": getattr(gen, "sample_prior", None)}.get(method, gen.sample)
+        draw = {"ldm_img2img": getattr(gen, "sample_img2img", None), "vae": getattr(gen, "sample_prior", None)}.get(
+            method, gen.sample
+        )
         with seeded(self._class_seed(label, method)):
             batch = draw(label, n, small, real_ids, seed=self._class_seed(label, method))
         if len(batch.images) != n:
@@ -456,12 +574,26 @@ class OversampleStage:
             transform = copy.deepcopy(self.augmentation)
             transform = transform if isinstance(transform, Compose) else Compose(list(transform))
             transform.set_random_state(seed=self._class_seed(label, part) % (2**32))
-            out = torch.stack([torch.as_tensor(transform({"image": MetaTensor(img)})["image"]).float().clamp(0, 1)
-                               for img in tqdm(out, desc="augmented copies", disable=not self.progress, leave=False)])  # fmt: skip
+            out = torch.stack(
+                [
+                    torch.as_tensor(transform({"image": MetaTensor(img)})["image"]).float().clamp(0, 1)
+                    for img in tqdm(out, desc="augmented copies", disable=not self.progress, leave=False)
+                ]
+            )
         return SampleBatch(out, [[str(real_ids[int(k)])] for k in order])
 
-    def _write(self, folder: Path, new: torch.Tensor, rows: list[dict], train, native: torch.Tensor, ids, costs,
-               counts, out_size) -> None:  # fmt: skip
+    def _write(
+        self,
+        folder: Path,
+        new: torch.Tensor,
+        rows: list[dict],
+        train,
+        native: torch.Tensor,
+        ids,
+        costs,
+        counts,
+        out_size,
+    ) -> None:
         """PNG files, nearest real train image per new image, quality report, manifest, summary."""
         per_class = Counter()
         for row, image in zip(tqdm(rows, desc="write synthetic images", disable=not self.progress, leave=False), new):
@@ -477,8 +609,13 @@ class OversampleStage:
             row["pixel_hash"] = hashlib.sha1((pixels.astype(np.float32) / 255.0).tobytes()).hexdigest()
             row["height"], row["width"] = out_size
             row["generator_checkpoint_sha256"] = row.pop("sha")
-        written = torch.from_numpy(np.stack([np.asarray(Image.open(folder / r["file"]), dtype=np.float32) / 255.0
-                                             for r in rows])) if rows else torch.empty(0, *out_size)  # fmt: skip
+        written = (
+            torch.from_numpy(
+                np.stack([np.asarray(Image.open(folder / r["file"]), dtype=np.float32) / 255.0 for r in rows])
+            )
+            if rows
+            else torch.empty(0, *out_size)
+        )
         if written.ndim == 3:
             written = written[:, None]
         elif written.ndim == 4 and written.shape[-1] == 3:
@@ -496,12 +633,22 @@ class OversampleStage:
         manifest_rows = [{**r, "parent_ids": " ".join(r["parent_ids"])} for r in rows]
         write_csv_atomic(folder / "manifest.csv", manifest_rows, MANIFEST_COLUMNS)
         kept = Counter(self.class_names[r["label"]] for r in rows if r["kept"])
-        summary = {"method": self.method, "target": self.target, "seed": self.seed, "image_size": list(self.image_size),
-                   "output_size": list(out_size), "requested": {self.class_names[c]: n for c, n in counts.items()},
-                   "added": {name: kept.get(name, 0) for name in self.class_names},
-                   "near_copies": len(near), "dropped_near_copies": sum(not r["kept"] for r in rows),
-                   "hybrid": self.hybrid if self.method == "hybrid" else None, "cost": costs,
-                   "quality": metrics, "train_fingerprint": train_fingerprint(train), "entries": rows}  # fmt: skip
+        summary = {
+            "method": self.method,
+            "target": self.target,
+            "seed": self.seed,
+            "image_size": list(self.image_size),
+            "output_size": list(out_size),
+            "requested": {self.class_names[c]: n for c, n in counts.items()},
+            "added": {name: kept.get(name, 0) for name in self.class_names},
+            "near_copies": len(near),
+            "dropped_near_copies": sum(not r["kept"] for r in rows),
+            "hybrid": self.hybrid if self.method == "hybrid" else None,
+            "cost": costs,
+            "quality": metrics,
+            "train_fingerprint": train_fingerprint(train),
+            "entries": rows,
+        }
         write_json_atomic(folder / "summary.json", summary)
 
     def _assess(self, folder: Path, synth: torch.Tensor, rows, native: torch.Tensor, train, ids):
@@ -509,11 +656,21 @@ class OversampleStage:
 
         q = self.quality
         report = assess_synthetic(
-            native, [e["label"] for e in train], ids, synth, [r["label"] for r in rows], [r["id"] for r in rows],
-            self.class_names, feature_network=q["feature_network_path"], near_copy_threshold=q["near_copy_threshold"],
-            seed=self.seed, feature_epochs=int(q["feature_epochs"]), device=self.device, progress=self.progress,
+            native,
+            [e["label"] for e in train],
+            ids,
+            synth,
+            [r["label"] for r in rows],
+            [r["id"] for r in rows],
+            self.class_names,
+            feature_network=q["feature_network_path"],
+            near_copy_threshold=q["near_copy_threshold"],
+            seed=self.seed,
+            feature_epochs=int(q["feature_epochs"]),
+            device=self.device,
+            progress=self.progress,
             feature_cache_dir=self.cache_dir / "feature_networks",  # one per train set, shared by all methods
-        )  # fmt: skip
+        )
         report.save(folder / "quality")
         return dict(report.metrics), set(report.near_copy_ids)
 
@@ -521,11 +678,18 @@ class OversampleStage:
     def _log(self, result: OversampleResult) -> None:
         summary = result.summary
         if self.run_dir is not None:
-            write_json_atomic(self.run_dir / "oversample.json", {**summary, "cache_key": result.cache_key,
-                                                                 "cache_hit": result.cache_hit})  # fmt: skip
+            write_json_atomic(
+                self.run_dir / "oversample.json",
+                {**summary, "cache_key": result.cache_key, "cache_hit": result.cache_hit},
+            )
         added = summary.get("added", {})
-        logger.info("oversample %s: %d synthetic train image(s) %s%s", self.method, len(result.synthetic), added,
-                    " (from cache)" if result.cache_hit else "")  # fmt: skip
+        logger.info(
+            "oversample %s: %d synthetic train image(s) %s%s",
+            self.method,
+            len(result.synthetic),
+            added,
+            " (from cache)" if result.cache_hit else "",
+        )
         if self.tracker is None or self.tracker.run_id is None:
             return
         metrics = {"oversample_synthetic_total": len(result.synthetic), "oversample_cache_hit": int(result.cache_hit)}
@@ -538,8 +702,13 @@ class OversampleStage:
             metrics["oversample_dropped_near_copies"] = summary["dropped_near_copies"]
         metrics.update(summary.get("quality") or {})
         self.tracker.log_metrics(metrics)
-        self.tracker.set_tags({"oversample_method": self.method, "oversample_cache_key": result.cache_key or "",
-                               "oversample_cache_hit": result.cache_hit})  # fmt: skip
+        self.tracker.set_tags(
+            {
+                "oversample_method": self.method,
+                "oversample_cache_key": result.cache_key or "",
+                "oversample_cache_hit": result.cache_hit,
+            }
+        )
         if result.manifest_path is not None:
             folder = result.manifest_path.parent
             for path in (folder / "manifest.csv", folder / "summary.json"):

@@ -11,5 +11,16 @@ from medaug.pipelines.study.lock import StudyLocked, StudyLockLost
 from medaug.pipelines.study.report import ReportError, write_study_report
 from medaug.pipelines.study.runner import StudyInterrupted, StudyRunner, StudySummary
 
-__all__ = ["Grid", "GridError", "ReportError", "StudyInterrupted", "StudyLockLost", "StudyLocked", "StudyRunner",
-           "StudySummary", "load_grid", "validate_grid_keys", "write_study_report"]
+__all__ = [
+    "Grid",
+    "GridError",
+    "ReportError",
+    "StudyInterrupted",
+    "StudyLockLost",
+    "StudyLocked",
+    "StudyRunner",
+    "StudySummary",
+    "load_grid",
+    "validate_grid_keys",
+    "write_study_report",
+]

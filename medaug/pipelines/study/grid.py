@@ -66,13 +66,25 @@ class Grid:
         return bool(self.strategies)
 
     def without_seeds(self) -> dict:
-        return {"axes": self.axes, "strategies": self.strategies, "strategy_key": self.strategy_key,
-                "seed_key": self.seed_key}  # fmt: skip
+        return {
+            "axes": self.axes,
+            "strategies": self.strategies,
+            "strategy_key": self.strategy_key,
+            "seed_key": self.seed_key,
+        }
 
     def as_dict(self) -> dict:
-        return {"description": self.description, "axes": self.axes, "strategies": self.strategies,
-                "strategy_key": self.strategy_key, "baseline": self.baseline, "seeds": self.seeds,
-                "seed_key": self.seed_key, "amount_key": self.amount_key, "source": self.source}  # fmt: skip
+        return {
+            "description": self.description,
+            "axes": self.axes,
+            "strategies": self.strategies,
+            "strategy_key": self.strategy_key,
+            "baseline": self.baseline,
+            "seeds": self.seeds,
+            "seed_key": self.seed_key,
+            "amount_key": self.amount_key,
+            "source": self.source,
+        }
 
 
 def _seed_list(value, where: str) -> list[int]:
@@ -92,8 +104,9 @@ def _seed_list(value, where: str) -> list[int]:
 def parse_grid(data: Mapping, source: str = "<grid>", seeds: int | None = None) -> Grid:
     """Check the structure of a grid mapping; ``seeds`` (``--seeds N``) replaces its seeds by 0..N-1."""
     if not isinstance(data, Mapping):
-        raise GridError(f"{source}: a grid must be a mapping with 'axes' (and optional 'strategies'), "
-                        f"got {type(data).__name__}")  # fmt: skip
+        raise GridError(
+            f"{source}: a grid must be a mapping with 'axes' (and optional 'strategies'), got {type(data).__name__}"
+        )
     unknown = sorted(set(data) - set(GRID_FIELDS))
     if unknown:
         raise GridError(f"{source}: unknown grid field(s) {unknown}; allowed: {list(GRID_FIELDS)}")
@@ -112,8 +125,9 @@ def parse_grid(data: Mapping, source: str = "<grid>", seeds: int | None = None) 
     if strategies:
         strategy_key = str(data.get("strategy_key", "strategy"))
         if strategy_key != "strategy":
-            raise GridError(f"{source}: with named 'strategies' the strategy is the name; drop 'strategy_key' "
-                            f"({strategy_key!r})")  # fmt: skip
+            raise GridError(
+                f"{source}: with named 'strategies' the strategy is the name; drop 'strategy_key' ({strategy_key!r})"
+            )
     else:
         if not axes:
             raise GridError(f"{source}: a grid needs 'axes' or 'strategies'")
@@ -124,11 +138,17 @@ def parse_grid(data: Mapping, source: str = "<grid>", seeds: int | None = None) 
     if amount_key is not None and amount_key not in axes:
         raise GridError(f"{source}: amount_key {amount_key!r} is not one of the axes {list(axes)}")
     seed_values = list(range(seeds)) if seeds is not None else _seed_list(data.get("seeds", 1), source)
-    grid = Grid(axes={str(k): list(v) for k, v in axes.items()},
-                strategies={str(k): dict(v) for k, v in strategies.items()}, strategy_key=strategy_key,
-                baseline=None if data.get("baseline") is None else str(data.get("baseline")), seeds=seed_values,
-                seed_key=seed_key, amount_key=amount_key, description=str(data.get("description", "")),
-                source=source)  # fmt: skip
+    grid = Grid(
+        axes={str(k): list(v) for k, v in axes.items()},
+        strategies={str(k): dict(v) for k, v in strategies.items()},
+        strategy_key=strategy_key,
+        baseline=None if data.get("baseline") is None else str(data.get("baseline")),
+        seeds=seed_values,
+        seed_key=seed_key,
+        amount_key=amount_key,
+        description=str(data.get("description", "")),
+        source=source,
+    )
     labels = [c.strategy for c in expand_grid(grid)]
     if grid.baseline is not None and grid.baseline not in labels:
         raise GridError(f"{source}: baseline {grid.baseline!r} is none of the strategies {sorted(set(labels))}")
@@ -151,8 +171,10 @@ def validate_grid_keys(grid: Grid, config: Mapping | object) -> None:
     keys = {grid.seed_key, *grid.axes, *(k for s in grid.strategies.values() for k in s)}
     bad = sorted(k for k in keys if k not in config)
     if bad:
-        raise GridError(f"{grid.source}: key(s) {bad} are not in the bundle's config; a grid may only override "
-                        f"keys that exist (sections with '#', e.g. 'rebalance#method')")  # fmt: skip
+        raise GridError(
+            f"{grid.source}: key(s) {bad} are not in the bundle's config; a grid may only override "
+            f"keys that exist (sections with '#', e.g. 'rebalance#method')"
+        )
 
 
 @dataclass
@@ -193,8 +215,11 @@ def expand_grid(grid: Grid) -> list[Child]:
             label = name if name is not None else _label(overrides[grid.strategy_key])
             other = {k: overrides[k] for k in keys if k != grid.strategy_key and k not in fixed}
             cells.append((overrides, label, other))
-    return [Child(overrides | {grid.seed_key: seed}, label, seed, other)
-            for seed in grid.seeds for overrides, label, other in cells]  # fmt: skip
+    return [
+        Child(overrides | {grid.seed_key: seed}, label, seed, other)
+        for seed in grid.seeds
+        for overrides, label, other in cells
+    ]
 
 
 def config_hash(config_contents: Sequence, overrides: Mapping) -> str:
@@ -203,5 +228,17 @@ def config_hash(config_contents: Sequence, overrides: Mapping) -> str:
     return content_sha({"configs": list(config_contents), "overrides": dict(overrides)})[:16]
 
 
-__all__ = ["GRID_FIELDS", "Child", "Grid", "GridError", "canonical", "cell_name", "config_hash", "content_sha",
-           "expand_grid", "load_grid", "parse_grid", "validate_grid_keys"]
+__all__ = [
+    "GRID_FIELDS",
+    "Child",
+    "Grid",
+    "GridError",
+    "canonical",
+    "cell_name",
+    "config_hash",
+    "content_sha",
+    "expand_grid",
+    "load_grid",
+    "parse_grid",
+    "validate_grid_keys",
+]

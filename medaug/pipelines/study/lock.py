@@ -67,7 +67,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass
@@ -86,16 +86,24 @@ class LockRecord:
     def parse(cls, text: str) -> LockRecord | None:
         try:
             data = json.loads(text)
-            return cls(owner=str(data["owner"]), host=str(data["host"]), pid=int(data["pid"]),
-                       pid_namespace=str(data.get("pid_namespace", "")), since=float(data["since"]),
-                       heartbeat=float(data["heartbeat"]), where=str(data.get("where", "")))  # fmt: skip
+            return cls(
+                owner=str(data["owner"]),
+                host=str(data["host"]),
+                pid=int(data["pid"]),
+                pid_namespace=str(data.get("pid_namespace", "")),
+                since=float(data["since"]),
+                heartbeat=float(data["heartbeat"]),
+                where=str(data.get("where", "")),
+            )
         except (ValueError, TypeError, KeyError):
             return None
 
     def describe(self, now: float) -> str:
         where = f", running from {self.where}" if self.where else ""
-        return (f"host {self.host}, pid {self.pid}, since {_when(self.since)}, last heartbeat "
-                f"{max(0.0, now - self.heartbeat):.0f} s ago{where}")  # fmt: skip
+        return (
+            f"host {self.host}, pid {self.pid}, since {_when(self.since)}, last heartbeat "
+            f"{max(0.0, now - self.heartbeat):.0f} s ago{where}"
+        )
 
 
 class StudyLock:
@@ -113,11 +121,22 @@ class StudyLock:
         label: what is locked, for messages (e.g. the study key).
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, heartbeat: float = 30.0, stale_after: float = 180.0,
-                 settle: float = 2.0, take_over: bool = False, where: str = "", label: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        heartbeat: float = 30.0,
+        stale_after: float = 180.0,
+        settle: float = 2.0,
+        take_over: bool = False,
+        where: str = "",
+        label: str = "",
+    ) -> None:
         if heartbeat <= 0 or stale_after <= heartbeat:
-            raise ValueError(f"study lock: stale_after ({stale_after} s) must exceed the heartbeat interval "
-                             f"({heartbeat} s), which must be positive")  # fmt: skip
+            raise ValueError(
+                f"study lock: stale_after ({stale_after} s) must exceed the heartbeat interval "
+                f"({heartbeat} s), which must be positive"
+            )
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self.heartbeat, self.stale_after, self.settle = heartbeat, stale_after, settle
         self.take_over, self.where, self.label = take_over, where, label
@@ -142,8 +161,9 @@ class StudyLock:
             return None
         record = LockRecord.parse(text)
         if record is None:  # not written by a runner: nothing to wait for
-            logger.warning("study lock: unreadable %s tag on run %s (%r); treating it as stale", LOCK_TAG,
-                           self.run_id, text[:200])  # fmt: skip
+            logger.warning(
+                "study lock: unreadable %s tag on run %s (%r); treating it as stale", LOCK_TAG, self.run_id, text[:200]
+            )
             return LockRecord(owner="?", host="?", pid=0, pid_namespace="", since=0.0, heartbeat=0.0)
         return record
 
@@ -164,13 +184,18 @@ class StudyLock:
     def _refusal(self, record: LockRecord, now: float, raced: bool = False) -> str:
         wait = max(0.0, self.stale_after - (now - record.heartbeat))
         what = f"study {self.label} " if self.label else "the study "
-        head = ("another runner took the lock of " + what + "at the same moment" if raced
-                else what + "is being run by another runner")  # fmt: skip
-        return (f"{head} (parent run {self.run_id} on {self.tracking_uri}): {record.describe(now)}. A second "
-                f"runner would mark its running child runs KILLED and run them again. If that runner is really "
-                f"gone (machine down, process killed), run the same command again once its heartbeat is older "
-                f"than {self.stale_after:.0f} s (in about {wait:.0f} s), or pass --take-over to take the lock "
-                f"now.")  # fmt: skip
+        head = (
+            "another runner took the lock of " + what + "at the same moment"
+            if raced
+            else what + "is being run by another runner"
+        )
+        return (
+            f"{head} (parent run {self.run_id} on {self.tracking_uri}): {record.describe(now)}. A second "
+            f"runner would mark its running child runs KILLED and run them again. If that runner is really "
+            f"gone (machine down, process killed), run the same command again once its heartbeat is older "
+            f"than {self.stale_after:.0f} s (in about {wait:.0f} s), or pass --take-over to take the lock "
+            f"now."
+        )
 
     # ---------------------------------------------------------------- protocol
     def acquire(self) -> None:
@@ -207,8 +232,10 @@ class StudyLock:
                 record = self.read(client)
                 if record is None or record.owner != self.owner:
                     self.lost = record or LockRecord("?", "?", 0, "", 0.0, 0.0)
-                    logger.error("study lock: taken over by %s; this runner stops before its next child",
-                                 self.lost.describe(time.time()))  # fmt: skip
+                    logger.error(
+                        "study lock: taken over by %s; this runner stops before its next child",
+                        self.lost.describe(time.time()),
+                    )
                     return
                 self._write(client)
             except Exception as err:  # a server hiccup: try again at the next beat
@@ -227,8 +254,10 @@ class StudyLock:
             now = time.time()
             record = self.lost or self.read()
             holder = record.describe(now) if record is not None else "nobody (the tag was removed)"
-            raise StudyLockLost(f"the lock of study {self.label} (parent run {self.run_id}) was taken over by "
-                                f"{holder}; stopping without touching its runs")  # fmt: skip
+            raise StudyLockLost(
+                f"the lock of study {self.label} (parent run {self.run_id}) was taken over by "
+                f"{holder}; stopping without touching its runs"
+            )
 
     def stop_heartbeat(self) -> None:
         """No more heartbeats; the record stays (and goes stale). ``release`` also removes it."""
@@ -248,8 +277,12 @@ class StudyLock:
             if record is not None and record.owner == self.owner:
                 self._client.delete_tag(self.run_id, LOCK_TAG)
         except Exception as err:
-            logger.warning("study lock: could not release it (%s: %s); it goes stale after %.0f s",
-                           type(err).__name__, err, self.stale_after)  # fmt: skip
+            logger.warning(
+                "study lock: could not release it (%s: %s); it goes stale after %.0f s",
+                type(err).__name__,
+                err,
+                self.stale_after,
+            )
 
     def __enter__(self) -> StudyLock:
         self.acquire()

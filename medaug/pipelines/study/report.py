@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from medaug.io.atomic import atomic_path, write_json_atomic
-from medaug.pipelines.evaluate import plots
+from medaug.pipelines.evaluate import plots, stats
 from medaug.pipelines.study import report_plots
-from medaug.pipelines.evaluate import stats
 from medaug.pipelines.study.grid import cell_name
 from medaug.pipelines.tracking.tags import (
     AMOUNT_KEY_TAG,
@@ -53,8 +52,12 @@ logger = logging.getLogger("medaug.report")
 
 MAIN_METRICS = ("balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "mcc", "kappa", "youden", "accuracy")
 TESTS = ("balanced_accuracy", "youden", "auc", "mcnemar")
-TEST_TITLES = {"balanced_accuracy": "Δ balanced accuracy (paired bootstrap)", "youden": "Δ Youden's J (paired bootstrap)",
-               "auc": "Δ AUC (DeLong)", "mcnemar": "McNemar b/c"}  # fmt: skip
+TEST_TITLES = {
+    "balanced_accuracy": "Δ balanced accuracy (paired bootstrap)",
+    "youden": "Δ Youden's J (paired bootstrap)",
+    "auc": "Δ AUC (DeLong)",
+    "mcnemar": "McNemar b/c",
+}
 
 
 class ReportError(ValueError):
@@ -97,7 +100,9 @@ class Predictions:
 # ------------------------------------------------------------------------------------ reading
 
 
-def resolve_tracking_uri(tracking_uri: str | None, runs_dir: str | os.PathLike | None, experiment: str) -> tuple[str, Path | None]:
+def resolve_tracking_uri(
+    tracking_uri: str | None, runs_dir: str | os.PathLike | None, experiment: str
+) -> tuple[str, Path | None]:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``<runs-dir>/mlflow.db``, else
     ``bundles/<experiment>/runs/mlflow.db``; the runs folder (for the default output) if local."""
     if tracking_uri:
@@ -106,8 +111,10 @@ def resolve_tracking_uri(tracking_uri: str | None, runs_dir: str | os.PathLike |
         return os.environ["MLFLOW_TRACKING_URI"], Path(runs_dir) if runs_dir else None
     folder = Path(runs_dir) if runs_dir else Path("bundles") / experiment / "runs"
     if not (folder / "mlflow.db").is_file():
-        raise ReportError(f"--runs-dir: no MLflow store at {folder / 'mlflow.db'} (give --runs-dir, --tracking-uri "
-                          f"or set MLFLOW_TRACKING_URI)")  # fmt: skip
+        raise ReportError(
+            f"--runs-dir: no MLflow store at {folder / 'mlflow.db'} (give --runs-dir, --tracking-uri "
+            f"or set MLFLOW_TRACKING_URI)"
+        )
     return f"sqlite:///{folder.resolve() / 'mlflow.db'}", folder
 
 
@@ -124,11 +131,22 @@ def _record(run) -> RunRecord:
     else:  # a bundle run outside a study: its classifier is the other axis
         axes = {"classifier": tags["classifier"]} if "classifier" in tags else {}
     overrides = json.loads(tags.get(OVERRIDES_TAG, "{}"))
-    return RunRecord(run.info.run_id, run.info.run_name, strategy, seed, axes, overrides, dict(run.data.metrics),
-                     run.info.start_time or 0, run.info.end_time or 0)  # fmt: skip
+    return RunRecord(
+        run.info.run_id,
+        run.info.run_name,
+        strategy,
+        seed,
+        axes,
+        overrides,
+        dict(run.data.metrics),
+        run.info.start_time or 0,
+        run.info.end_time or 0,
+    )
 
 
-def collect_runs(client, experiment: str, parent_run_id: str | None) -> tuple[object | None, list[RunRecord], list[str]]:
+def collect_runs(
+    client, experiment: str, parent_run_id: str | None
+) -> tuple[object | None, list[RunRecord], list[str]]:
     """The parent run (None when reporting on a plain experiment), the finished runs with test
     metrics, and notes on what was left out."""
     exp = client.get_experiment_by_name(experiment)
@@ -147,12 +165,18 @@ def collect_runs(client, experiment: str, parent_run_id: str | None) -> tuple[ob
             parent = max(studies, key=lambda r: r.info.start_time)
             runs = search_all_runs(client, exp.experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
         else:
-            runs = [r for r in search_all_runs(client, exp.experiment_id) if r.data.tags.get(ROLE_TAG) not in ("study", "report")]
+            runs = [
+                r
+                for r in search_all_runs(client, exp.experiment_id)
+                if r.data.tags.get(ROLE_TAG) not in ("study", "report")
+            ]
     notes = []
     unfinished = [r for r in runs if r.info.status != "FINISHED"]
     if unfinished:
         notes.append(f"{len(unfinished)} run(s) not FINISHED (failed, killed or running) are left out")
-    records = [_record(r) for r in runs if r.info.status == "FINISHED" and any(k.startswith("test_") for k in r.data.metrics)]
+    records = [
+        _record(r) for r in runs if r.info.status == "FINISHED" and any(k.startswith("test_") for k in r.data.metrics)
+    ]
     latest: dict[tuple, RunRecord] = {}
     for rec in sorted(records, key=lambda r: r.start_time):
         if (rec.cell, rec.seed) in latest:
@@ -172,8 +196,10 @@ def load_predictions(client, run_id: str, scratch: Path) -> Predictions:
         meta = json.loads(Path(client.download_artifacts(run_id, "metrics.json", str(folder))).read_text())
         table = Path(client.download_artifacts(run_id, "predictions.csv", str(folder)))
     except Exception as err:
-        raise ReportError(f"run {run_id} has no predictions.csv / metrics.json artifact ({type(err).__name__}); "
-                          "paired tests need the per-image predictions that TestEvaluation logs") from None  # fmt: skip
+        raise ReportError(
+            f"run {run_id} has no predictions.csv / metrics.json artifact ({type(err).__name__}); "
+            "paired tests need the per-image predictions that TestEvaluation logs"
+        ) from None
     names = list(meta["class_names"])
     positive = names.index(meta["positive_class"]) if meta.get("positive_class") in names else 1
     with open(table, newline="") as handle:
@@ -181,7 +207,9 @@ def load_predictions(client, run_id: str, scratch: Path) -> Predictions:
     keys = [(r["image"], r.get("frame", "")) for r in rows]
     y_true = np.array([names.index(r["label"]) for r in rows], dtype=np.int64)
     y_pred = np.array([names.index(r["predicted"]) for r in rows], dtype=np.int64)
-    prob = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
+    prob = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows], dtype=np.float64).reshape(
+        len(rows), len(names)
+    )
     return Predictions(keys, y_true, y_pred, prob, names, positive, {k: i for i, k in enumerate(keys)})
 
 
@@ -193,7 +221,7 @@ SIGNED_METRICS = ("mcc", "kappa", "youden")  # range [-1, 1]; the other test met
 
 def metric_range(name: str) -> tuple[float, float] | None:
     """The values a ``test_<metric>`` can take, or None for a metric medaug does not define."""
-    base = name[len("test_"):].split("_class_")[0]
+    base = name[len("test_") :].split("_class_")[0]
     if base in SIGNED_METRICS:
         return (-1.0, 1.0)
     return (0.0, 1.0) if base in MAIN_METRICS else None
@@ -206,8 +234,9 @@ def summarize(records: list[RunRecord]) -> tuple[list[str], list[str], dict, dic
     it is clipped to the metric's range, as a reader would.
     """
     cells = sorted({r.cell for r in records})
-    metric_names = sorted({k for r in records for k in r.metrics if k.startswith("test_")
-                           and not k.endswith(("_ci_low", "_ci_high"))})  # fmt: skip
+    metric_names = sorted(
+        {k for r in records for k in r.metrics if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high"))}
+    )
     main = [f"test_{m}" for m in MAIN_METRICS if f"test_{m}" in metric_names]
     ordered = main + [m for m in metric_names if m not in main]
     values: dict = defaultdict(lambda: defaultdict(list))
@@ -235,12 +264,20 @@ COST_COLUMNS = (
     ("images generated", lambda r: r.metrics.get("oversample_synthetic_total", math.nan)),
     ("generator fit (s)", lambda r: r.metrics.get("oversample_fit_seconds", math.nan)),
     ("sampling (s)", lambda r: r.metrics.get("oversample_sample_seconds", math.nan)),
-    ("geometric copies (s)", lambda r: r.metrics.get("oversample_augmented_copies_seconds",
-                                                     r.metrics.get("oversample_random_copies_seconds", math.nan))),
-    ("oversampling peak memory (MB)", lambda r: max([v for k, v in r.metrics.items()
-                                                     if k.startswith("oversample_") and k.endswith("_peak_memory_mb")],
-                                                    default=math.nan)),
-)  # fmt: skip
+    (
+        "geometric copies (s)",
+        lambda r: r.metrics.get(
+            "oversample_augmented_copies_seconds", r.metrics.get("oversample_random_copies_seconds", math.nan)
+        ),
+    ),
+    (
+        "oversampling peak memory (MB)",
+        lambda r: max(
+            [v for k, v in r.metrics.items() if k.startswith("oversample_") and k.endswith("_peak_memory_mb")],
+            default=math.nan,
+        ),
+    ),
+)
 
 
 def cost_rows(cells: list[str], by_cell: dict) -> list[list[str]]:
@@ -287,19 +324,28 @@ def _blocks(pairs: list[tuple[Predictions, Predictions]], what: str):
     def make(extract) -> list:
         if shared:
             y = aligned[0][1]
-            return [(y, np.stack([extract(a)[ia] for _, _, a, ia, _, _ in aligned]),
-                     np.stack([extract(b)[ib] for _, _, _, _, b, ib in aligned]))]  # fmt: skip
+            return [
+                (
+                    y,
+                    np.stack([extract(a)[ia] for _, _, a, ia, _, _ in aligned]),
+                    np.stack([extract(b)[ib] for _, _, _, _, b, ib in aligned]),
+                )
+            ]
         return [(y, extract(a)[ia][None], extract(b)[ib][None]) for _, y, a, ia, b, ib in aligned]
 
     return make, shared, int(round(np.mean([len(x[0]) for x in aligned])))
 
 
-def compare(a_runs: list[RunRecord], b_runs: list[RunRecord], preds: dict[str, Predictions], n_bootstrap: int,
-            what: str) -> dict:  # fmt: skip
+def compare(
+    a_runs: list[RunRecord], b_runs: list[RunRecord], preds: dict[str, Predictions], n_bootstrap: int, what: str
+) -> dict:
     """Paired tests of runs ``a`` against ``b`` over their common seeds."""
     by_seed_b = {r.seed: r for r in b_runs}
-    pairs = [(preds[r.run_id], preds[by_seed_b[r.seed].run_id]) for r in sorted(a_runs, key=lambda r: r.seed)
-             if r.seed in by_seed_b]  # fmt: skip
+    pairs = [
+        (preds[r.run_id], preds[by_seed_b[r.seed].run_id])
+        for r in sorted(a_runs, key=lambda r: r.seed)
+        if r.seed in by_seed_b
+    ]
     seeds = sorted(r.seed for r in a_runs if r.seed in by_seed_b)
     if not pairs:
         return {"seeds": [], "note": "no seed in common with the baseline"}
@@ -309,8 +355,9 @@ def compare(a_runs: list[RunRecord], b_runs: list[RunRecord], preds: dict[str, P
     labels = make(lambda p: p.y_pred)
     out = {"seeds": seeds, "images": n_images, "shared_images": shared}
     for metric in ("balanced_accuracy", "youden"):
-        out[metric] = stats.paired_bootstrap(labels, metric, num_classes=k, positive_class=positive,
-                                             n_resamples=n_bootstrap, seed=0)  # fmt: skip
+        out[metric] = stats.paired_bootstrap(
+            labels, metric, num_classes=k, positive_class=positive, n_resamples=n_bootstrap, seed=0
+        )
     correct_a = np.concatenate([(a == y[None]).ravel() for y, a, _ in labels])
     correct_b = np.concatenate([(b == y[None]).ravel() for y, _, b in labels])
     out["mcnemar"] = stats.mcnemar_test(correct_a, correct_b)
@@ -355,7 +402,10 @@ def _comparison_row(c: dict) -> list[str]:
     for test in ("balanced_accuracy", "youden", "auc"):
         t = r.get(test, {})
         if "diff" in t:
-            row += [f"{_f(t['diff'], 3)} [{_f(t['ci_low'])}, {_f(t['ci_high'])}]", f"{_p(t['p'])} ({_p(t.get('p_holm'))})"]
+            row += [
+                f"{_f(t['diff'], 3)} [{_f(t['ci_low'])}, {_f(t['ci_high'])}]",
+                f"{_p(t['p'])} ({_p(t.get('p_holm'))})",
+            ]
         else:
             row += [t.get("note", r.get("note", "n/a")), "n/a"]
     m = r.get("mcnemar", {})
@@ -363,9 +413,20 @@ def _comparison_row(c: dict) -> list[str]:
     return row
 
 
-COMPARISON_HEADER = ["strategy", "baseline", "seeds", "images", "Δ balanced accuracy [95% CI]", "p (Holm)",
-                     "Δ Youden's J [95% CI]", "p (Holm)", "Δ AUC [95% CI] (DeLong)", "p (Holm)",
-                     "McNemar b/c", "p (Holm)"]  # fmt: skip
+COMPARISON_HEADER = [
+    "strategy",
+    "baseline",
+    "seeds",
+    "images",
+    "Δ balanced accuracy [95% CI]",
+    "p (Holm)",
+    "Δ Youden's J [95% CI]",
+    "p (Holm)",
+    "Δ AUC [95% CI] (DeLong)",
+    "p (Holm)",
+    "McNemar b/c",
+    "p (Holm)",
+]
 
 METHODS = (
     "Each row is a strategy with its other grid settings (a cell), over the seeds it ran. "
@@ -403,50 +464,85 @@ def _write_text(path: Path, text: str) -> Path:
 def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
     sections = [
         ("Test metrics by strategy", "mean ± sd over seeds [95% CI]", ctx["summary_header"], ctx["summary_rows"]),
-        (f"Paired comparisons against {ctx['baseline']!r}", "difference strategy − baseline", COMPARISON_HEADER,
-         ctx["comparison_rows"]),
-        ("All test metrics", "mean ± sd over seeds [95% CI]", ["metric", "strategy", "seeds", "mean ± sd [95% CI]"],
-         ctx["all_rows"]),
-    ]  # fmt: skip
+        (
+            f"Paired comparisons against {ctx['baseline']!r}",
+            "difference strategy − baseline",
+            COMPARISON_HEADER,
+            ctx["comparison_rows"],
+        ),
+        (
+            "All test metrics",
+            "mean ± sd over seeds [95% CI]",
+            ["metric", "strategy", "seeds", "mean ± sd [95% CI]"],
+            ctx["all_rows"],
+        ),
+    ]
     if ctx.get("cost_rows"):
-        sections.insert(1, ("Compute cost", "mean over seeds; peak memory: CUDA max allocated on a GPU, the process's peak resident set on a CPU",
-                            ["strategy", "seeds", *(name for name, _ in COST_COLUMNS)], ctx["cost_rows"]))  # fmt: skip
-    intro = [f"Experiment `{ctx['experiment']}`; {ctx['source']}; {ctx['n_runs']} finished runs in "
-             f"{len(ctx['cells'])} cells; baseline `{ctx['baseline']}`; {ctx['task']}; tracking URI `{ctx['tracking_uri']}`; "
-             f"written {ctx['written']}."]  # fmt: skip
+        sections.insert(
+            1,
+            (
+                "Compute cost",
+                "mean over seeds; peak memory: CUDA max allocated on a GPU, the process's peak resident set on a CPU",
+                ["strategy", "seeds", *(name for name, _ in COST_COLUMNS)],
+                ctx["cost_rows"],
+            ),
+        )
+    intro = [
+        f"Experiment `{ctx['experiment']}`; {ctx['source']}; {ctx['n_runs']} finished runs in "
+        f"{len(ctx['cells'])} cells; baseline `{ctx['baseline']}`; {ctx['task']}; tracking URI `{ctx['tracking_uri']}`; "
+        f"written {ctx['written']}."
+    ]
     md = [f"# Study report: {ctx['experiment']}", "", *intro, ""]
     md += [f"- {n}" for n in ctx["notes"]] + ([""] if ctx["notes"] else [])
     for title, sub, header, rows in sections:
         md += [f"## {title}", "", f"_{sub}_", "", _md_table(header, rows) if rows else "(none)", ""]
-    md += ["## Figures", ""] + [f"![{cap}]({p.name})" for cap, p in ctx["figures"]] + ["", "## Methods", "", METHODS, ""]
+    md += (
+        ["## Figures", ""] + [f"![{cap}]({p.name})" for cap, p in ctx["figures"]] + ["", "## Methods", "", METHODS, ""]
+    )
     md_path = _write_text(out / "report.md", "\n".join(md))
 
     figures = "".join(
         f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-        f"<figcaption>{html.escape(cap)}</figcaption></figure>" for cap, p in ctx["figures"]
-    )  # fmt: skip
-    body = [f"<h1>Study report: {html.escape(ctx['experiment'])}</h1>", f"<p>{html.escape(intro[0].replace('`', ''))}</p>"]
+        f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+        for cap, p in ctx["figures"]
+    )
+    body = [
+        f"<h1>Study report: {html.escape(ctx['experiment'])}</h1>",
+        f"<p>{html.escape(intro[0].replace('`', ''))}</p>",
+    ]
     if ctx["notes"]:
         body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in ctx["notes"]) + "</ul>")
     for title, sub, header, rows in sections:
-        body += [f"<h2>{html.escape(title)}</h2><p><em>{html.escape(sub)}</em></p>",
-                 _html_table(header, rows) if rows else "<p>(none)</p>"]  # fmt: skip
+        body += [
+            f"<h2>{html.escape(title)}</h2><p><em>{html.escape(sub)}</em></p>",
+            _html_table(header, rows) if rows else "<p>(none)</p>",
+        ]
     body += ["<h2>Figures</h2>", figures, "<h2>Methods</h2>", f"<p>{html.escape(METHODS)}</p>"]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "th{background:#f3f3f3}figure{display:inline-block;margin:1em}img{max-width:100%}")  # fmt: skip
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Study report: {html.escape(ctx['experiment'])}"
-            f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "th{background:#f3f3f3}figure{display:inline-block;margin:1em}img{max-width:100%}"
+    )
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Study report: {html.escape(ctx['experiment'])}"
+        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
     return _write_text(out / "report.html", page), md_path
 
 
 # ------------------------------------------------------------------------------------ entry point
 
 
-def write_study_report(experiment: str, baseline: str | None = None, parent_run_id: str | None = None,
-                       out_dir: str | os.PathLike | None = None, tracking_uri: str | None = None,
-                       runs_dir: str | os.PathLike | None = None, n_bootstrap: int = 2000,
-                       log_to_mlflow: bool = True) -> dict:  # fmt: skip
+def write_study_report(
+    experiment: str,
+    baseline: str | None = None,
+    parent_run_id: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    tracking_uri: str | None = None,
+    runs_dir: str | os.PathLike | None = None,
+    n_bootstrap: int = 2000,
+    log_to_mlflow: bool = True,
+) -> dict:
     """Build the report of an experiment (or of one study in it) and log it to MLflow; returns paths
     and counts. See the module docstring for what it holds."""
     import mlflow
@@ -491,10 +587,20 @@ def write_study_report(experiment: str, baseline: str | None = None, parent_run_
             if test in c["result"]:
                 c["result"][test]["p_holm"] = adjusted
 
-    main = [m for m in metric_names if m[len("test_"):] in MAIN_METRICS]
-    figures = [("Test metrics by strategy (seeds, mean, 95% CI)",
-                report_plots.plot_metrics_by_strategy(cells, main[:6], values, summary, out / "metrics_by_strategy.png",
-                                                      baseline=next(iter(sorted(baselines)), None)))]  # fmt: skip
+    main = [m for m in metric_names if m[len("test_") :] in MAIN_METRICS]
+    figures = [
+        (
+            "Test metrics by strategy (seeds, mean, 95% CI)",
+            report_plots.plot_metrics_by_strategy(
+                cells,
+                main[:6],
+                values,
+                summary,
+                out / "metrics_by_strategy.png",
+                baseline=next(iter(sorted(baselines)), None),
+            ),
+        )
+    ]
     amount_key = parent_tags.get(AMOUNT_KEY_TAG) or None
     if amount_key:
         series: dict = defaultdict(list)
@@ -509,8 +615,14 @@ def write_study_report(experiment: str, baseline: str | None = None, parent_run_
                     if s:
                         series[f"{label}|{m}"].append((float(amount), s["mean"], s["ci_low"], s["ci_high"]))
         if series:
-            figures.append(("Amount sweep", report_plots.plot_amount_sweep(
-                series, ["test_balanced_accuracy", "test_auc"], out / "amount_sweep.png", amount_key=amount_key)))
+            figures.append(
+                (
+                    "Amount sweep",
+                    report_plots.plot_amount_sweep(
+                        series, ["test_balanced_accuracy", "test_auc"], out / "amount_sweep.png", amount_key=amount_key
+                    ),
+                )
+            )
     quality_names = sorted({k for r in records for k in r.metrics if "fid" in k.lower()})
     quality = None
     if quality_names and comparisons:
@@ -520,8 +632,9 @@ def write_study_report(experiment: str, baseline: str | None = None, parent_run_
             qs = stats.mean_sd_ci([r.metrics.get(q, math.nan) for r in by_cell[c["cell"]]])["mean"]
             gain = c["result"].get("balanced_accuracy", {}).get("diff", math.nan)
             points.append((c["cell"], qs, gain))
-        path, quality = report_plots.plot_quality_vs_gain(points, out / "quality_vs_gain.png", quality=q,
-                                                          gain="Δ balanced accuracy vs baseline")  # fmt: skip
+        path, quality = report_plots.plot_quality_vs_gain(
+            points, out / "quality_vs_gain.png", quality=q, gain="Δ balanced accuracy vs baseline"
+        )
         quality["metric"] = q
         figures.append((f"Image quality ({q}) vs gain in balanced accuracy", path))
     for i, cell in enumerate(cells):
@@ -529,35 +642,76 @@ def write_study_report(experiment: str, baseline: str | None = None, parent_run_
         p0 = preds[runs[0].run_id]
         y = np.concatenate([preds[r.run_id].y_true for r in runs])
         yp = np.concatenate([preds[r.run_id].y_pred for r in runs])
-        figures.append((f"Confusion matrix: {cell}", plots.plot_confusion_matrix(
-            y, yp, p0.class_names, out / f"confusion_{i:02d}.png", title=f"{cell}: {len(runs)} seed(s) summed")))
+        figures.append(
+            (
+                f"Confusion matrix: {cell}",
+                plots.plot_confusion_matrix(
+                    y, yp, p0.class_names, out / f"confusion_{i:02d}.png", title=f"{cell}: {len(runs)} seed(s) summed"
+                ),
+            )
+        )
 
-    summary_header = ["strategy", "seeds"] + [m[len("test_"):] for m in main]
+    summary_header = ["strategy", "seeds"] + [m[len("test_") :] for m in main]
     summary_rows = [[c, str(len(by_cell[c]))] + [_cell_text(summary[c][m]) for m in main] for c in cells]
     all_rows = [[m, c, str(summary[c][m]["n"]), _cell_text(summary[c][m])] for m in metric_names for c in cells]
-    source = (f"study parent run `{parent.info.run_id}` ({parent.info.run_name})" if parent is not None
-              else "all finished runs of the experiment")  # fmt: skip
+    source = (
+        f"study parent run `{parent.info.run_id}` ({parent.info.run_name})"
+        if parent is not None
+        else "all finished runs of the experiment"
+    )
     first = preds[records[0].run_id]
-    task = (f"classes {', '.join(first.class_names)}" + (f" (positive: {first.class_names[first.positive]})"
-            if len(first.class_names) == 2 else "") + f"; {len(first.keys)} test images per run")  # fmt: skip
-    ctx = {"experiment": experiment, "source": source, "task": task, "n_runs": len(records), "cells": cells, "baseline": baseline,
-           "tracking_uri": uri, "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "notes": notes,
-           "summary_header": summary_header, "summary_rows": summary_rows, "all_rows": all_rows,
-           "comparison_rows": [_comparison_row(c) for c in comparisons], "figures": figures,
-           "cost_rows": cost_rows(cells, by_cell)}  # fmt: skip
+    task = (
+        f"classes {', '.join(first.class_names)}"
+        + (f" (positive: {first.class_names[first.positive]})" if len(first.class_names) == 2 else "")
+        + f"; {len(first.keys)} test images per run"
+    )
+    ctx = {
+        "experiment": experiment,
+        "source": source,
+        "task": task,
+        "n_runs": len(records),
+        "cells": cells,
+        "baseline": baseline,
+        "tracking_uri": uri,
+        "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "notes": notes,
+        "summary_header": summary_header,
+        "summary_rows": summary_rows,
+        "all_rows": all_rows,
+        "comparison_rows": [_comparison_row(c) for c in comparisons],
+        "figures": figures,
+        "cost_rows": cost_rows(cells, by_cell),
+    }
     html_path, md_path = _render(ctx, out)
-    data = {"experiment": experiment, "parent_run_id": parent.info.run_id if parent is not None else None,
-            "baseline": baseline, "runs": [r.__dict__ for r in records], "summary": summary,
-            "comparisons": comparisons, "quality_vs_gain": quality, "notes": notes}  # fmt: skip
+    data = {
+        "experiment": experiment,
+        "parent_run_id": parent.info.run_id if parent is not None else None,
+        "baseline": baseline,
+        "runs": [r.__dict__ for r in records],
+        "summary": summary,
+        "comparisons": comparisons,
+        "quality_vs_gain": quality,
+        "notes": notes,
+    }
     json_path = write_json_atomic(out / "report.json", data)
-    result = {"html": html_path, "markdown": md_path, "json": json_path, "runs": len(records), "cells": len(cells),
-              "comparisons": len(comparisons), "baseline": baseline, "out": out, "logged_to": None}  # fmt: skip
+    result = {
+        "html": html_path,
+        "markdown": md_path,
+        "json": json_path,
+        "runs": len(records),
+        "cells": len(cells),
+        "comparisons": len(comparisons),
+        "baseline": baseline,
+        "out": out,
+        "logged_to": None,
+    }
     if log_to_mlflow:
         target = parent.info.run_id if parent is not None else None
         if target is None:
             exp = client.get_experiment_by_name(experiment)
-            run = client.create_run(exp.experiment_id, run_name=f"report-{tag}",
-                                    tags={ROLE_TAG: "report", STAGE_TAG: "report"})  # fmt: skip
+            run = client.create_run(
+                exp.experiment_id, run_name=f"report-{tag}", tags={ROLE_TAG: "report", STAGE_TAG: "report"}
+            )
             target = run.info.run_id
         for path in [html_path, md_path, json_path, *(p for _, p in figures)]:
             client.log_artifact(target, str(path), "report")

@@ -21,8 +21,15 @@ def _finite(values) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
-def plot_metrics_by_strategy(cells: Sequence[str], metrics: Sequence[str], values: Mapping, summary: Mapping,
-                             path, *, baseline: str | None = None) -> Path:  # fmt: skip
+def plot_metrics_by_strategy(
+    cells: Sequence[str],
+    metrics: Sequence[str],
+    values: Mapping,
+    summary: Mapping,
+    path,
+    *,
+    baseline: str | None = None,
+) -> Path:
     """One panel per metric: every seed's value as a grey dot, the mean over seeds with its 95%
     t-interval as a bar, one row per strategy (cell); the baseline's mean as a dashed line.
 
@@ -59,8 +66,9 @@ def plot_metrics_by_strategy(cells: Sequence[str], metrics: Sequence[str], value
     return save_figure(fig, path)
 
 
-def plot_amount_sweep(series: Mapping[str, Sequence[tuple[float, float, float, float]]], metrics: Sequence[str],
-                      path, *, amount_key: str) -> Path:  # fmt: skip
+def plot_amount_sweep(
+    series: Mapping[str, Sequence[tuple[float, float, float, float]]], metrics: Sequence[str], path, *, amount_key: str
+) -> Path:
     """Mean metric against the amount of synthetic data, one line per strategy (and other axes),
     with its 95% CI band. ``series[f"{label}|{metric}"]``: ``[(amount, mean, ci_low, ci_high), ...]``."""
     fig = new_figure(5.2 * len(metrics), 4.2)
@@ -87,7 +95,9 @@ def plot_amount_sweep(series: Mapping[str, Sequence[tuple[float, float, float, f
     return save_figure(fig, path)
 
 
-def plot_quality_vs_gain(points: Sequence[tuple[str, float, float]], path, *, quality: str, gain: str) -> tuple[Path, dict]:
+def plot_quality_vs_gain(
+    points: Sequence[tuple[str, float, float]], path, *, quality: str, gain: str
+) -> tuple[Path, dict]:
     """Scatter of image quality (e.g. FID, lower = better) against the gain over the baseline, with
     Spearman's rank correlation (SciPy). ``points``: ``(label, quality, gain)``."""
     pts = [(lbl, q, g) for lbl, q, g in points if math.isfinite(q) and math.isfinite(g)]
@@ -106,7 +116,10 @@ def plot_quality_vs_gain(points: Sequence[tuple[str, float, float]], path, *, qu
     ax.axhline(0.0, color="grey", lw=1, ls=":")
     ax.set_xlabel(quality)
     ax.set_ylabel(gain)
-    ax.set_title(f"image quality vs gain (Spearman rho = {rho:.2f}, p = {p:.3g})" if math.isfinite(rho)
-                 else "image quality vs gain (too few points for Spearman's rho)")  # fmt: skip
+    ax.set_title(
+        f"image quality vs gain (Spearman rho = {rho:.2f}, p = {p:.3g})"
+        if math.isfinite(rho)
+        else "image quality vs gain (too few points for Spearman's rho)"
+    )
     ax.grid(alpha=0.3)
     return save_figure(fig, path), {"spearman_rho": rho, "p": p, "n": len(pts)}

@@ -58,9 +58,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from medaug.io.atomic import write_json_atomic
-from medaug.processes import arm_parent_death_signal
 from medaug.pipelines.study.grid import (
     Child,
     Grid,
@@ -73,6 +71,7 @@ from medaug.pipelines.study.grid import (
     parse_grid,
     validate_grid_keys,
 )
+from medaug.pipelines.study.lock import StudyLock, StudyLocked, StudyLockLost
 from medaug.pipelines.tracking.tags import (
     AMOUNT_KEY_TAG,
     AXES_TAG,
@@ -94,7 +93,7 @@ from medaug.pipelines.tracking.tracker import (
     safe_key,
     search_all_runs,
 )
-from medaug.pipelines.study.lock import StudyLock, StudyLocked, StudyLockLost
+from medaug.processes import arm_parent_death_signal
 
 logger = logging.getLogger("medaug.study")
 
@@ -152,12 +151,22 @@ class StudyRunner:
             lock and reading it back (see :class:`~medaug.pipelines.study.lock.StudyLock`).
     """
 
-    def __init__(self, bundle: str | os.PathLike, grid: Grid, overlays: Sequence[str | os.PathLike] = (),
-                 output_dir: str | os.PathLike | None = None, launcher: str = DEFAULT_LAUNCHER,
-                 cache_dir: str | os.PathLike | None = None, max_children: int | None = None,
-                 progress: bool = True, stream: bool = False, take_over: bool = False,
-                 lock_heartbeat: float = 30.0, lock_stale_after: float = 180.0,
-                 lock_settle: float = 2.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        grid: Grid,
+        overlays: Sequence[str | os.PathLike] = (),
+        output_dir: str | os.PathLike | None = None,
+        launcher: str = DEFAULT_LAUNCHER,
+        cache_dir: str | os.PathLike | None = None,
+        max_children: int | None = None,
+        progress: bool = True,
+        stream: bool = False,
+        take_over: bool = False,
+        lock_heartbeat: float = 30.0,
+        lock_stale_after: float = 180.0,
+        lock_settle: float = 2.0,
+    ) -> None:
         from monai.bundle import ConfigParser
 
         self.bundle = Path(bundle).resolve()
@@ -182,8 +191,9 @@ class StudyRunner:
         self.progress = progress
         self.stream = stream
         self.tracking_uri = default_tracking_uri(self.output_dir)
-        self.study_key = content_sha({"experiment": self.experiment, "configs": self.contents,
-                               "grid": grid.without_seeds()})[:16]  # fmt: skip
+        self.study_key = content_sha(
+            {"experiment": self.experiment, "configs": self.contents, "grid": grid.without_seeds()}
+        )[:16]
         self.children = expand_grid(grid)
         self.hashes = {c.name: config_hash(self.contents, c.overrides) for c in self.children}
         self.study_dir = self.output_dir / f"study-{self.study_key}"
@@ -212,8 +222,9 @@ class StudyRunner:
             return client.get_experiment_by_name(self.experiment).experiment_id
 
     def _find_parent(self, client, experiment_id: str) -> str | None:
-        found = search_all_runs(client, experiment_id,
-                             f"tags.`{STUDY_KEY_TAG}` = '{self.study_key}' and tags.`{ROLE_TAG}` = 'study'")  # fmt: skip
+        found = search_all_runs(
+            client, experiment_id, f"tags.`{STUDY_KEY_TAG}` = '{self.study_key}' and tags.`{ROLE_TAG}` = 'study'"
+        )
         return min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if found else None
 
     def _parent(self, client, experiment_id: str) -> str:
@@ -225,31 +236,55 @@ class StudyRunner:
             return found
         grid_name = Path(self.grid.source).stem
         run_name = f"study-{self.bundle.name}-{grid_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tags = {"mlflow.runName": run_name, ROLE_TAG: "study", STUDY_KEY_TAG: self.study_key,
-                "medaug.strategy_key": self.grid.strategy_key, "medaug.baseline": self.grid.baseline or "",
-                AMOUNT_KEY_TAG: self.grid.amount_key or "", STAGE_TAG: "study"}  # fmt: skip
+        tags = {
+            "mlflow.runName": run_name,
+            ROLE_TAG: "study",
+            STUDY_KEY_TAG: self.study_key,
+            "medaug.strategy_key": self.grid.strategy_key,
+            "medaug.baseline": self.grid.baseline or "",
+            AMOUNT_KEY_TAG: self.grid.amount_key or "",
+            STAGE_TAG: "study",
+        }
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
         from mlflow.entities import Param
 
-        params = {"grid.source": self.grid.source, "grid.axes": canonical(self.grid.axes),
-                  "grid.strategies": canonical(self.grid.strategies), "grid.strategy_key": self.grid.strategy_key,
-                  "grid.baseline": str(self.grid.baseline), "grid.amount_key": str(self.grid.amount_key),
-                  "configs": canonical([str(p) for p in self.config_files]), "launcher": self.launcher}  # fmt: skip
+        params = {
+            "grid.source": self.grid.source,
+            "grid.axes": canonical(self.grid.axes),
+            "grid.strategies": canonical(self.grid.strategies),
+            "grid.strategy_key": self.grid.strategy_key,
+            "grid.baseline": str(self.grid.baseline),
+            "grid.amount_key": str(self.grid.amount_key),
+            "configs": canonical([str(p) for p in self.config_files]),
+            "launcher": self.launcher,
+        }
         client.log_batch(run_id, params=[Param(safe_key(k), str(v)[:6000]) for k, v in params.items()])
         time.sleep(self.lock_settle)
         kept = self._find_parent(client, experiment_id) or run_id
         if kept != run_id:
-            logger.info("study %s: another runner created its parent run %s at the same time; using it",
-                        self.study_key, kept)  # fmt: skip
+            logger.info(
+                "study %s: another runner created its parent run %s at the same time; using it", self.study_key, kept
+            )
             client.delete_run(run_id)
         return kept
 
     def _log_grid(self, client, run_id: str) -> None:
         """The grid as run (seeds included) and the children with their hashes, as artifacts."""
-        grid = self.grid.as_dict() | {"children": [
-            {"name": c.name, "strategy": c.strategy, "cell": c.cell, "seed": c.seed, "axes": c.axes,
-             "overrides": c.overrides, "config_hash": self.hashes[c.name]} for c in self.children]}  # fmt: skip
+        grid = self.grid.as_dict() | {
+            "children": [
+                {
+                    "name": c.name,
+                    "strategy": c.strategy,
+                    "cell": c.cell,
+                    "seed": c.seed,
+                    "axes": c.axes,
+                    "overrides": c.overrides,
+                    "config_hash": self.hashes[c.name],
+                }
+                for c in self.children
+            ]
+        }
         path = write_json_atomic(self.study_dir / "grid.json", grid)
         client.log_artifact(run_id, str(path))
 
@@ -264,19 +299,37 @@ class StudyRunner:
         override_file = self.study_dir / "children" / f"{child.name}.json"
         write_json_atomic(override_file, child.overrides)
         files = [str(p) for p in self.config_files] + [str(override_file)]
-        cmd = [*self.launch_prefix, "--config_file", json.dumps(files), "--bundle_root", str(self.bundle),
-               "--output_dir", str(self.output_dir)]  # fmt: skip
+        cmd = [
+            *self.launch_prefix,
+            "--config_file",
+            json.dumps(files),
+            "--bundle_root",
+            str(self.bundle),
+            "--output_dir",
+            str(self.output_dir),
+        ]
         if "cache_dir" in self.parser:
             cmd += ["--cache_dir", str(self.cache_dir)]
         return cmd
 
     def _environment(self, child: Child, parent: str) -> dict[str, str]:
-        tags = {HASH_TAG: self.hashes[child.name], STUDY_KEY_TAG: self.study_key, ROLE_TAG: "child",
-                STRATEGY_TAG: child.strategy, CELL_TAG: child.cell, SEED_TAG: child.seed,
-                AXES_TAG: canonical(child.axes),
-                OVERRIDES_TAG: canonical({k: v for k, v in child.overrides.items() if k != self.grid.seed_key})}  # fmt: skip
-        return {**os.environ, PARENT_RUN_ENV: parent, RUN_TAGS_ENV: canonical(tags),
-                "MLFLOW_TRACKING_URI": self.tracking_uri, CACHE_ENV: str(self.cache_dir)}  # fmt: skip
+        tags = {
+            HASH_TAG: self.hashes[child.name],
+            STUDY_KEY_TAG: self.study_key,
+            ROLE_TAG: "child",
+            STRATEGY_TAG: child.strategy,
+            CELL_TAG: child.cell,
+            SEED_TAG: child.seed,
+            AXES_TAG: canonical(child.axes),
+            OVERRIDES_TAG: canonical({k: v for k, v in child.overrides.items() if k != self.grid.seed_key}),
+        }
+        return {
+            **os.environ,
+            PARENT_RUN_ENV: parent,
+            RUN_TAGS_ENV: canonical(tags),
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            CACHE_ENV: str(self.cache_dir),
+        }
 
     def _stop_current(self) -> None:
         proc = self._current
@@ -298,8 +351,14 @@ class StudyRunner:
             log.write(f"$ {shlex.join(cmd)}\n")
             log.flush()
             out = None if self.stream else log
-            self._current = subprocess.Popen(cmd, env=self._environment(child, parent), stdout=out, stderr=out,
-                                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
+            self._current = subprocess.Popen(
+                cmd,
+                env=self._environment(child, parent),
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
             try:
                 return self._current.wait()
             finally:
@@ -335,17 +394,31 @@ class StudyRunner:
             self._mark(client, [r for runs in existing.values() for r in runs], "KILLED")
             done = {h for h, runs in existing.items() if any(r.info.status == "FINISHED" for r in runs)}
             todo = [c for c in self.children if self.hashes[c.name] not in done]
-            summary = StudySummary(parent, self.experiment, self.tracking_uri, total=len(self.children),
-                                   skipped=len(self.children) - len(todo))  # fmt: skip
+            summary = StudySummary(
+                parent,
+                self.experiment,
+                self.tracking_uri,
+                total=len(self.children),
+                skipped=len(self.children) - len(todo),
+            )
             if summary.skipped:
-                print(f"study {self.experiment}: {summary.skipped} of {len(self.children)} child runs already "
-                      f"finished with the same config hash; skipping them", file=sys.stderr)  # fmt: skip
+                print(
+                    f"study {self.experiment}: {summary.skipped} of {len(self.children)} child runs already "
+                    f"finished with the same config hash; skipping them",
+                    file=sys.stderr,
+                )
             launch = todo if self.max_children is None else todo[: self.max_children]
             previous = signal.getsignal(signal.SIGTERM)
             with contextlib.suppress(ValueError):  # not the main thread: SIGTERM keeps its handler
                 signal.signal(signal.SIGTERM, _raise_interrupted)
-            bar = tqdm(total=len(self.children), initial=summary.skipped, unit="run", desc=self.experiment,
-                       disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+            bar = tqdm(
+                total=len(self.children),
+                initial=summary.skipped,
+                unit="run",
+                desc=self.experiment,
+                disable=not self.progress,
+                dynamic_ncols=True,
+            )
             try:
                 for child in launch:
                     self._check_lock()
@@ -360,8 +433,14 @@ class StudyRunner:
                         self._mark(client, runs, "FAILED")
                         summary.failed.append(child.name)
                         tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
-                        why = f"exit code {code}" if code else ("exit code 0 but no FINISHED MLflow run tagged with its "
-                                                               "config hash: does the bundle use medaug's RunTracker?")
+                        why = (
+                            f"exit code {code}"
+                            if code
+                            else (
+                                "exit code 0 but no FINISHED MLflow run tagged with its "
+                                "config hash: does the bundle use medaug's RunTracker?"
+                            )
+                        )
                         bar.write(f"child {child.name} failed ({why}); log: {log_path}\n{tail}", file=sys.stderr)
                     bar.update(1)
             except (KeyboardInterrupt, StudyInterrupted):
@@ -396,9 +475,16 @@ class StudyRunner:
             except BlockingIOError:
                 raise StudyLocked(f"another 'medaug study run' is running this study (lock {path})") from None
             parent = self._parent(client, experiment_id)
-            lock = StudyLock(self.tracking_uri, parent, heartbeat=self.lock_heartbeat,
-                             stale_after=self.lock_stale_after, settle=self.lock_settle, take_over=self.take_over,
-                             where=str(self.output_dir), label=self.study_key)  # fmt: skip
+            lock = StudyLock(
+                self.tracking_uri,
+                parent,
+                heartbeat=self.lock_heartbeat,
+                stale_after=self.lock_stale_after,
+                settle=self.lock_settle,
+                take_over=self.take_over,
+                where=str(self.output_dir),
+                label=self.study_key,
+            )
             lock.acquire()
             self.study_lock = lock
             try:
@@ -418,11 +504,28 @@ def _summary_metrics(summary: StudySummary) -> list:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    values = {"children_total": summary.total, "children_finished": summary.skipped + summary.finished,
-              "children_failed": len(summary.failed), "children_remaining": summary.remaining}  # fmt: skip
+    values = {
+        "children_total": summary.total,
+        "children_finished": summary.skipped + summary.finished,
+        "children_failed": len(summary.failed),
+        "children_remaining": summary.remaining,
+    }
     return [Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
-__all__ = ["Grid", "GridError", "Child", "StudyRunner", "StudySummary", "StudyInterrupted", "StudyLocked",
-           "StudyLockLost", "parse_grid", "load_grid", "validate_grid_keys", "expand_grid", "config_hash",
-           "DEFAULT_LAUNCHER"]  # fmt: skip
+__all__ = [
+    "Grid",
+    "GridError",
+    "Child",
+    "StudyRunner",
+    "StudySummary",
+    "StudyInterrupted",
+    "StudyLocked",
+    "StudyLockLost",
+    "parse_grid",
+    "load_grid",
+    "validate_grid_keys",
+    "expand_grid",
+    "config_hash",
+    "DEFAULT_LAUNCHER",
+]

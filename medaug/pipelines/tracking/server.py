@@ -38,8 +38,9 @@ class LocalMlflowServer:
         startup_timeout: seconds to wait for ``/health`` (a new database is migrated first).
     """
 
-    def __init__(self, root: str | os.PathLike, port: int | None = None, workers: int = 1,
-                 startup_timeout: float = 120.0) -> None:  # fmt: skip
+    def __init__(
+        self, root: str | os.PathLike, port: int | None = None, workers: int = 1, startup_timeout: float = 120.0
+    ) -> None:
         self.root = Path(root).resolve()
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
@@ -52,10 +53,23 @@ class LocalMlflowServer:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
-                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
-                "--workers", str(self.workers)]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--serve-artifacts",
+            "--workers",
+            str(self.workers),
+        ]
 
     def start(self) -> LocalMlflowServer:
         (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -64,12 +78,15 @@ class LocalMlflowServer:
         # MLflow's background job runner (GenAI evaluation jobs) is not needed for tracking runs and
         # costs a handful of processes
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.process = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            self.command(), stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with code {self.process.returncode}; see {self.root / 'server.log'}")
+                raise RuntimeError(
+                    f"mlflow server exited with code {self.process.returncode}; see {self.root / 'server.log'}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
                     if response.status == 200:
@@ -78,7 +95,9 @@ class LocalMlflowServer:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"mlflow server on {self.uri} not up after {self.startup_timeout:.0f} s; see {self.root / 'server.log'}")
+        raise TimeoutError(
+            f"mlflow server on {self.uri} not up after {self.startup_timeout:.0f} s; see {self.root / 'server.log'}"
+        )
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -108,7 +127,8 @@ class LocalMlflowServer:
         if params:
             url += "?" + urllib.parse.urlencode(params)
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                         method="POST" if data is not None else "GET")  # fmt: skip
+        request = urllib.request.Request(
+            url, data=data, headers={"Content-Type": "application/json"}, method="POST" if data is not None else "GET"
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"{}")

@@ -25,6 +25,20 @@ AMOUNT_KEY_TAG = "medaug.amount_key"
 LOCK_TAG = "medaug.study_lock"  # the study lock record (holder, heartbeat) on the parent run
 DATA_LEAK_TAG = "data_leak"  # set when images repeat across splits
 
-__all__ = ["AMOUNT_KEY_TAG", "AXES_TAG", "CELL_TAG", "DATA_LEAK_TAG", "HASH_TAG", "LOCK_TAG", "OVERRIDES_TAG",
-           "PARENT_RUN_ENV", "PARENT_TAG", "ROLE_TAG", "RUN_TAGS_ENV", "SEED_TAG", "STAGE_TAG", "STRATEGY_TAG",
-           "STUDY_KEY_TAG"]
+__all__ = [
+    "AMOUNT_KEY_TAG",
+    "AXES_TAG",
+    "CELL_TAG",
+    "DATA_LEAK_TAG",
+    "HASH_TAG",
+    "LOCK_TAG",
+    "OVERRIDES_TAG",
+    "PARENT_RUN_ENV",
+    "PARENT_TAG",
+    "ROLE_TAG",
+    "RUN_TAGS_ENV",
+    "SEED_TAG",
+    "STAGE_TAG",
+    "STRATEGY_TAG",
+    "STUDY_KEY_TAG",
+]

@@ -29,8 +29,8 @@ from ignite.engine import Events
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from medaug.io.atomic import write_json_atomic
-from medaug.pipelines.tracking.tags import DATA_LEAK_TAG, PARENT_RUN_ENV, PARENT_TAG, RUN_TAGS_ENV
 from medaug.pipelines.distributed import on_rank0_and_share, rank0_first_context
+from medaug.pipelines.tracking.tags import DATA_LEAK_TAG, PARENT_RUN_ENV, PARENT_TAG, RUN_TAGS_ENV
 
 logger = logging.getLogger("medaug.tracking")
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
@@ -165,9 +165,16 @@ class RunTracker:
         parent_run_id: make this run a child of that run (default: ``MEDAUG_PARENT_RUN_ID``).
     """
 
-    def __init__(self, experiment_name: str, output_dir: str | os.PathLike, run_name: str,
-                 run_dir: str | os.PathLike | None = None, tags: Mapping | None = None,
-                 params: Mapping | None = None, parent_run_id: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        experiment_name: str,
+        output_dir: str | os.PathLike,
+        run_name: str,
+        run_dir: str | os.PathLike | None = None,
+        tags: Mapping | None = None,
+        params: Mapping | None = None,
+        parent_run_id: str | None = None,
+    ) -> None:
         self.experiment_name = experiment_name
         self.output_dir = Path(output_dir)
         self.run_dir = Path(run_dir) if run_dir else self.output_dir / run_name
@@ -195,8 +202,9 @@ class RunTracker:
     def start(self, study_data=None) -> str:
         """Open the run; log the bundle config, extra params, the dataset fingerprint and its reports."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        run = self.client.create_run(self._experiment_id(), run_name=self.run_name,
-                                     tags={"mlflow.runName": self.run_name, **self.tags})  # fmt: skip
+        run = self.client.create_run(
+            self._experiment_id(), run_name=self.run_name, tags={"mlflow.runName": self.run_name, **self.tags}
+        )
         self.run_id = run.info.run_id
         parser = current_bundle_parser()
         config = resolved_config(parser) if parser is not None else {}
@@ -210,17 +218,25 @@ class RunTracker:
         if study_data is not None:
             fingerprint = study_data.fingerprint()
             params.update(flatten(fingerprint, "data"))
-            self.log_metrics({"data_skipped_files": len(study_data.skipped),
-                              "data_cross_split_duplicates": len(study_data.leaks)})  # fmt: skip
+            self.log_metrics(
+                {"data_skipped_files": len(study_data.skipped), "data_cross_split_duplicates": len(study_data.leaks)}
+            )
             # Reports already written by build_study_data are logged as they are, not written again.
             reports = study_data.report_paths or study_data.write_reports(self.run_dir)
             for name, path in reports.items():
                 self.log_artifact(path)
             if study_data.leaks:
-                self.client.set_tag(self.run_id, DATA_LEAK_TAG, f"{len(study_data.leaks)} duplicate image(s) across splits")
+                self.client.set_tag(
+                    self.run_id, DATA_LEAK_TAG, f"{len(study_data.leaks)} duplicate image(s) across splits"
+                )
         self.log_params(params)
-        logger.info("MLflow run %s (%s) in experiment %r at %s", self.run_name, self.run_id, self.experiment_name,
-                    self.tracking_uri)  # fmt: skip
+        logger.info(
+            "MLflow run %s (%s) in experiment %r at %s",
+            self.run_name,
+            self.run_id,
+            self.experiment_name,
+            self.tracking_uri,
+        )
         return self.run_id
 
     def log_params(self, params: Mapping[str, str]) -> None:
@@ -230,8 +246,11 @@ class RunTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(safe_key(k), float(v), now, step) for k, v in metrics.items()
-                 if v is not None and not (isinstance(v, float) and math.isnan(v))]  # fmt: skip
+        items = [
+            Metric(safe_key(k), float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 

@@ -8,5 +8,12 @@ from medaug.pipelines.train.engine_metrics import epoch_metric
 from medaug.pipelines.train.mixing import make_prepare_batch
 from medaug.pipelines.train.rebalance import make_distributed_sampler, make_loss, make_sampler
 
-__all__ = ["AugmentationGridHandler", "epoch_metric", "make_distributed_sampler", "make_loss", "make_prepare_batch",
-           "make_sampler", "plot_augmentation_grid"]
+__all__ = [
+    "AugmentationGridHandler",
+    "epoch_metric",
+    "make_distributed_sampler",
+    "make_loss",
+    "make_prepare_batch",
+    "make_sampler",
+    "plot_augmentation_grid",
+]

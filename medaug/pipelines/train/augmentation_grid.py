@@ -34,8 +34,9 @@ def _display(image: torch.Tensor) -> np.ndarray:
     return np.moveaxis(pixels[:3], 0, -1) if pixels.shape[0] == 3 else pixels[0]
 
 
-def augmentation_rows(plan: AugmentationPlan, images: Sequence[torch.Tensor], samples: int = 3, seed: int = 0,
-                      key: str = "image") -> list[tuple[str, list[list[np.ndarray]]]]:  # fmt: skip
+def augmentation_rows(
+    plan: AugmentationPlan, images: Sequence[torch.Tensor], samples: int = 3, seed: int = 0, key: str = "image"
+) -> list[tuple[str, list[list[np.ndarray]]]]:
     """``[(row label, [[sample per column] per image])]``: the original, each step alone, the full chain."""
     rows = [("original", [[_display(img)] for img in images])]
     steps = [*plan.steps(), (f"full chain ({plan.name})", Compose(plan.transforms()))]
@@ -51,8 +52,14 @@ def augmentation_rows(plan: AugmentationPlan, images: Sequence[torch.Tensor], sa
     return rows
 
 
-def plot_augmentation_grid(plan: AugmentationPlan, images: Sequence[torch.Tensor], path: str | os.PathLike,
-                           samples: int = 3, seed: int = 0, titles: Sequence[str] | None = None) -> Path:  # fmt: skip
+def plot_augmentation_grid(
+    plan: AugmentationPlan,
+    images: Sequence[torch.Tensor],
+    path: str | os.PathLike,
+    samples: int = 3,
+    seed: int = 0,
+    titles: Sequence[str] | None = None,
+) -> Path:
     """Draw the grid (see the module docstring) to ``path`` (PNG unless the suffix says otherwise)."""
     if not images:
         raise ValueError("plot_augmentation_grid: no images to show")
@@ -76,8 +83,9 @@ def plot_augmentation_grid(plan: AugmentationPlan, images: Sequence[torch.Tensor
                 if r == 0 and s == 0 and titles:
                     ax.set_title(str(titles[i]), fontsize=7)
         axes[r][0].set_ylabel(label.replace(": ", ":\n"), fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(f"augmentation preset {plan.name!r}: each transform alone (prob 1), then the chain as trained",
-                 fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"augmentation preset {plan.name!r}: each transform alone (prob 1), then the chain as trained", fontsize=9
+    )
     return save_figure(fig, path)
 
 
@@ -108,9 +116,18 @@ class AugmentationGridHandler:
         class_names: names of the labels, for the column titles.
     """
 
-    def __init__(self, plan: AugmentationPlan, data: Sequence[Mapping], preprocessing: Sequence[Callable] | Callable,
-                 output_dir: str | os.PathLike, tracker=None, num_images: int = 4, samples: int = 2,
-                 seed: int = 0, class_names: Sequence[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        plan: AugmentationPlan,
+        data: Sequence[Mapping],
+        preprocessing: Sequence[Callable] | Callable,
+        output_dir: str | os.PathLike,
+        tracker=None,
+        num_images: int = 4,
+        samples: int = 2,
+        seed: int = 0,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         self.plan = plan
         self.data = data
         self.preprocessing = preprocessing if isinstance(preprocessing, Compose) else Compose(list(preprocessing))
@@ -133,8 +150,14 @@ class AugmentationGridHandler:
         entries = _pick(self.data, self.num_images)
         images = [self.preprocessing(dict(e))["image"] for e in entries]
         titles = [self._title(e.get("label")) for e in entries]
-        grid = plot_augmentation_grid(self.plan, images, self.output_dir / "augmentation_grid.png",
-                                      samples=self.samples, seed=self.seed, titles=titles)  # fmt: skip
+        grid = plot_augmentation_grid(
+            self.plan,
+            images,
+            self.output_dir / "augmentation_grid.png",
+            samples=self.samples,
+            seed=self.seed,
+            titles=titles,
+        )
         preset = self.output_dir / "augmentation.yaml"
         with atomic_path(preset) as tmp:
             tmp.write_text(self.plan.to_yaml())

@@ -60,5 +60,6 @@ def epoch_metric(name: str = "balanced_accuracy", positive_class: int = 1) -> Ep
     """An Ignite metric computing ``name`` (one of ``metrics.METRIC_NAMES``) over a whole epoch."""
     if name not in M.METRIC_NAMES:
         raise ValueError(f"unknown metric {name!r}; choose one of {M.METRIC_NAMES}")
-    return GatheredEpochMetric(_array_metric(name, positive_class), output_transform=stack_pred_label,
-                               check_compute_fn=False)
+    return GatheredEpochMetric(
+        _array_metric(name, positive_class), output_transform=stack_pred_label, check_compute_fn=False
+    )

@@ -37,8 +37,10 @@ def last_linear_layer(network: torch.nn.Module) -> torch.nn.Linear:
     """The classifier's last ``nn.Linear``: its input is the penultimate feature vector."""
     linears = [m for m in network.modules() if isinstance(m, torch.nn.Linear)]
     if not linears:
-        raise ValueError(f"augment#mix#method: manifold_mixup needs a network ending in a linear layer; "
-                         f"{type(network).__name__} has none")  # fmt: skip
+        raise ValueError(
+            f"augment#mix#method: manifold_mixup needs a network ending in a linear layer; "
+            f"{type(network).__name__} has none"
+        )
     return linears[-1]
 
 
@@ -62,8 +64,15 @@ class MixingPrepareBatch(PrepareBatch):
     own seeded ``RandomState``, so a seed fixes the mixing.
     """
 
-    def __init__(self, method: str, num_classes: int, alpha: float = 0.4, prob: float = 1.0,
-                 network: torch.nn.Module | None = None, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        method: str,
+        num_classes: int,
+        alpha: float = 0.4,
+        prob: float = 1.0,
+        network: torch.nn.Module | None = None,
+        seed: int = 0,
+    ) -> None:
         if method not in MIX_METHODS or method == "none":
             raise ValueError(f"augment#mix#method: {method!r} is not one of {MIX_METHODS[1:]}")
         if not alpha > 0:
@@ -112,8 +121,11 @@ class MixingPrepareBatch(PrepareBatch):
             with warnings.catch_warnings():  # MONAI's CutMix indexes with a list; torch warns on every batch
                 warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
                 if self.method == "cutmix":
-                    ids = torch.arange(batch, dtype=torch.float32).view(-1, *([1] * (images.ndim - 1))).expand(
-                        batch, 1, *images.shape[2:])  # fmt: skip
+                    ids = (
+                        torch.arange(batch, dtype=torch.float32)
+                        .view(-1, *([1] * (images.ndim - 1)))
+                        .expand(batch, 1, *images.shape[2:])
+                    )
                     kept = (mixer.apply(ids) == ids).float().flatten(1).mean(1)
                 else:
                     kept = lam
@@ -124,8 +136,9 @@ class MixingPrepareBatch(PrepareBatch):
         return images, targets.to(device=images.device)
 
 
-def make_prepare_batch(mix: Mapping | None, num_classes: int, network: torch.nn.Module | None = None,
-                       seed: int = 0) -> PrepareBatch:  # fmt: skip
+def make_prepare_batch(
+    mix: Mapping | None, num_classes: int, network: torch.nn.Module | None = None, seed: int = 0
+) -> PrepareBatch:
     """The trainer's ``prepare_batch`` for the bundle's ``augment#mix`` section
     (``{"method": "none" | "mixup" | "cutmix" | "manifold_mixup", "alpha": 0.4, "prob": 1.0}``)."""
     mix = dict(mix or {})
@@ -137,5 +150,6 @@ def make_prepare_batch(mix: Mapping | None, num_classes: int, network: torch.nn.
         raise ValueError(f"augment#mix#method: {method!r} is not one of {MIX_METHODS}")
     if method == "none":
         return PrepareBatchDefault()
-    return MixingPrepareBatch(method, num_classes, alpha=mix.get("alpha", 0.4), prob=mix.get("prob", 1.0),
-                              network=network, seed=seed)  # fmt: skip
+    return MixingPrepareBatch(
+        method, num_classes, alpha=mix.get("alpha", 0.4), prob=mix.get("prob", 1.0), network=network, seed=seed
+    )

@@ -33,7 +33,9 @@ def class_weights(labels: Sequence[int], num_classes: int) -> np.ndarray:
     return weights
 
 
-def make_loss(method: str, labels: Sequence[int], num_classes: int, device: str | torch.device = "cpu") -> torch.nn.Module:
+def make_loss(
+    method: str, labels: Sequence[int], num_classes: int, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
     """Cross-entropy, class-weighted when ``method == "class_weight"``."""
     weight = None
     if _check(method) == "class_weight":
@@ -49,12 +51,14 @@ def make_sampler(method: str, labels: Sequence[int], seed: int = 0) -> WeightedR
     counts = np.bincount(labels)
     per_sample = 1.0 / counts[labels]
     generator = torch.Generator().manual_seed(int(seed))
-    return WeightedRandomSampler(torch.as_tensor(per_sample, dtype=torch.double), num_samples=len(labels),
-                                 replacement=True, generator=generator)  # fmt: skip
+    return WeightedRandomSampler(
+        torch.as_tensor(per_sample, dtype=torch.double), num_samples=len(labels), replacement=True, generator=generator
+    )
 
 
-def make_distributed_sampler(method: str, dataset, labels: Sequence[int], seed: int = 0,
-                             num_replicas: int | None = None, rank: int | None = None):  # fmt: skip
+def make_distributed_sampler(
+    method: str, dataset, labels: Sequence[int], seed: int = 0, num_replicas: int | None = None, rank: int | None = None
+):
     """The DDP counterpart of :func:`make_sampler`: each rank draws from its own shard of the
     training set (MONAI's ``DistributedSampler``, shuffled every epoch with ``seed + epoch``), so the
     ranks see disjoint parts of the data; ``oversample`` draws each rank's shard with the same

@@ -11,5 +11,12 @@ from medaug.transforms.presets.plan import (
     load_preset,
 )
 
-__all__ = ["PRESET_DIR", "AnatomyRuleError", "AugmentationPlan", "PresetError", "available_presets",
-           "build_augmentation", "load_preset"]
+__all__ = [
+    "PRESET_DIR",
+    "AnatomyRuleError",
+    "AugmentationPlan",
+    "PresetError",
+    "available_presets",
+    "build_augmentation",
+    "load_preset",
+]

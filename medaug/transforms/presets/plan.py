@@ -40,8 +40,15 @@ from pathlib import Path
 import yaml
 from monai.bundle import ConfigParser
 
-__all__ = ["AnatomyRuleError", "AugmentationPlan", "PresetError", "available_presets", "build_augmentation",
-           "load_preset", "PRESET_DIR"]  # fmt: skip
+__all__ = [
+    "AnatomyRuleError",
+    "AugmentationPlan",
+    "PresetError",
+    "available_presets",
+    "build_augmentation",
+    "load_preset",
+    "PRESET_DIR",
+]
 
 PRESET_DIR = Path(__file__).resolve().parent
 PRESET_KEYS = {"name", "description", "modalities", "anatomy", "transforms"}
@@ -50,9 +57,14 @@ RULE_VALUES = {"never", "if_allowed", "allowed"}
 CONTAINERS = {"OneOf", "SomeOf", "Compose", "RandomOrder"}
 # where each MONAI transform keeps its flips and rotations (radians), by argument name
 FLIPS = {"RandFlipd": "spatial_axis", "Flipd": "spatial_axis", "RandAxisFlipd": None}
-ROTATIONS = {"RandAffined": ("rotate_range",), "Affined": ("rotate_params",), "Rand2DElasticd": ("rotate_range",),
-             "Rand3DElasticd": ("rotate_range",), "RandRotated": ("range_x", "range_y", "range_z"),
-             "Rotated": ("angle",)}  # fmt: skip
+ROTATIONS = {
+    "RandAffined": ("rotate_range",),
+    "Affined": ("rotate_params",),
+    "Rand2DElasticd": ("rotate_range",),
+    "Rand3DElasticd": ("rotate_range",),
+    "RandRotated": ("range_x", "range_y", "range_z"),
+    "Rotated": ("angle",),
+}
 QUARTER_TURNS = {"RandRotate90d", "Rotate90d"}
 AXIS_RULES = {0: "vertical_flip", 1: "left_right_flip"}
 
@@ -77,8 +89,9 @@ def load_preset(preset: str | os.PathLike) -> tuple[dict, str]:
     if not (text.endswith((".yaml", ".yml")) or path.is_file()):
         path = PRESET_DIR / f"{text}.yaml"
         if not path.is_file():
-            raise PresetError(f"augment#preset: {text!r} is neither a preset ({', '.join(available_presets())}) "
-                              "nor a YAML file")  # fmt: skip
+            raise PresetError(
+                f"augment#preset: {text!r} is neither a preset ({', '.join(available_presets())}) nor a YAML file"
+            )
     if not path.is_file():
         raise PresetError(f"augment#preset: preset file {text!r} not found")
     try:
@@ -142,10 +155,16 @@ class AugmentationPlan:
             (the bundle keys by default; the CLI passes its option names).
     """
 
-    def __init__(self, preset: str | os.PathLike = "generic", overrides: Mapping | None = None,
-                 allow: Sequence[str] | None = None, image_size: Sequence[int] | None = (64, 64),
-                 keys: str | Sequence[str] = "image", overrides_key: str = "augment#overrides",
-                 allow_key: str = "augment#allow") -> None:  # fmt: skip
+    def __init__(
+        self,
+        preset: str | os.PathLike = "generic",
+        overrides: Mapping | None = None,
+        allow: Sequence[str] | None = None,
+        image_size: Sequence[int] | None = (64, 64),
+        keys: str | Sequence[str] = "image",
+        overrides_key: str = "augment#overrides",
+        allow_key: str = "augment#allow",
+    ) -> None:
         self.overrides_key, self.allow_key = overrides_key, allow_key
         base, self.source = load_preset(preset)
         self.name = str(base["name"])
@@ -182,8 +201,10 @@ class AugmentationPlan:
             if isinstance(change, Mapping):
                 change = self.overrides[tid] = _targets_from_bundle(change)
             if tid == "anatomy":
-                raise PresetError(f"{key}: anatomy rules cannot be overridden; lift an 'if_allowed' rule with "
-                                  f"{self.allow_key}, or write your own preset file")  # fmt: skip
+                raise PresetError(
+                    f"{key}: anatomy rules cannot be overridden; lift an 'if_allowed' rule with "
+                    f"{self.allow_key}, or write your own preset file"
+                )
             if change is None:
                 merged.pop(tid, None)
             elif not isinstance(change, Mapping):
@@ -193,8 +214,10 @@ class AugmentationPlan:
             elif "_target_" in change:
                 merged[tid] = copy.deepcopy(dict(change))
             else:
-                raise PresetError(f"{key}: preset {self.name!r} has no transform {tid!r} (it has "
-                                  f"{', '.join(merged)}); a new transform needs '_target_'")  # fmt: skip
+                raise PresetError(
+                    f"{key}: preset {self.name!r} has no transform {tid!r} (it has "
+                    f"{', '.join(merged)}); a new transform needs '_target_'"
+                )
         for tid, entry in merged.items():
             if not isinstance(entry, Mapping) or "_target_" not in entry:
                 raise PresetError(f"{self._where(tid, [])}: a transform entry needs '_target_'")
@@ -210,7 +233,9 @@ class AugmentationPlan:
         return entry
 
     def _parser(self, transforms: Mapping) -> ConfigParser:
-        return ConfigParser({"image_size": self.image_size, "keys": self.keys, "transforms": copy.deepcopy(dict(transforms))})
+        return ConfigParser(
+            {"image_size": self.image_size, "keys": self.keys, "transforms": copy.deepcopy(dict(transforms))}
+        )
 
     # ----- anatomy ---------------------------------------------------------------------------------
     def _where(self, tid: str, path: list) -> str:
@@ -236,21 +261,29 @@ class AugmentationPlan:
     def _check_allow(self) -> None:
         for rule in self.allow:
             if rule not in self.anatomy:
-                raise PresetError(f"{self.allow_key}: preset {self.name!r} has no rule {rule!r} to lift "
-                                  f"(its rules: {', '.join(self.anatomy) or 'none'})")  # fmt: skip
+                raise PresetError(
+                    f"{self.allow_key}: preset {self.name!r} has no rule {rule!r} to lift "
+                    f"(its rules: {', '.join(self.anatomy) or 'none'})"
+                )
             if self.anatomy[rule]["rule"] == "never":
-                raise AnatomyRuleError(f"{self.allow_key}: rule {rule!r} of preset {self.name!r} is 'never' and cannot "
-                                       f"be lifted ({self.anatomy[rule]['why']}); write your own preset file if your "
-                                       "images really need it")  # fmt: skip
+                raise AnatomyRuleError(
+                    f"{self.allow_key}: rule {rule!r} of preset {self.name!r} is 'never' and cannot "
+                    f"be lifted ({self.anatomy[rule]['why']}); write your own preset file if your "
+                    "images really need it"
+                )
 
     def _forbidden(self, rule: str) -> bool:
         entry = self.anatomy.get(rule)
-        return entry is not None and (entry["rule"] == "never" or (entry["rule"] == "if_allowed" and rule not in self.allow))
+        return entry is not None and (
+            entry["rule"] == "never" or (entry["rule"] == "if_allowed" and rule not in self.allow)
+        )
 
     def _fail(self, tid: str, path: list, rule: str, what: str) -> None:
         entry = self.anatomy[rule]
-        raise AnatomyRuleError(f"{self._where(tid, path)}: {what} breaks the anatomy rule '{rule}: {entry['rule']}' "
-                               f"of preset {self.name!r} ({entry['why']})")  # fmt: skip
+        raise AnatomyRuleError(
+            f"{self._where(tid, path)}: {what} breaks the anatomy rule '{rule}: {entry['rule']}' "
+            f"of preset {self.name!r} ({entry['why']})"
+        )
 
     def _check_anatomy(self) -> None:
         parser = self._parser(self.config["transforms"])
@@ -269,7 +302,9 @@ class AugmentationPlan:
                 for axis in sorted(axes):
                     rule = AXIS_RULES.get(axis)
                     if rule and self._forbidden(rule):
-                        what = f"{name} flips spatial axis {axis}" + ("" if arg and arg in entry else " (all axes by default)")
+                        what = f"{name} flips spatial axis {axis}" + (
+                            "" if arg and arg in entry else " (all axes by default)"
+                        )
                         self._fail(tid, [*path, arg] if arg and arg in entry else path, rule, what)
             if name in QUARTER_TURNS and self._forbidden("rotate90"):
                 self._fail(tid, path, "rotate90", f"{name} turns the image by quarter turns")
@@ -307,8 +342,12 @@ class AugmentationPlan:
         return yaml.safe_dump(doc, sort_keys=False)
 
 
-def build_augmentation(preset: str | os.PathLike = "generic", overrides: Mapping | None = None,
-                       allow: Sequence[str] | None = None, image_size: Sequence[int] | None = (64, 64),
-                       keys: str | Sequence[str] = "image") -> list:  # fmt: skip
+def build_augmentation(
+    preset: str | os.PathLike = "generic",
+    overrides: Mapping | None = None,
+    allow: Sequence[str] | None = None,
+    image_size: Sequence[int] | None = (64, 64),
+    keys: str | Sequence[str] = "image",
+) -> list:
     """The list of train-only dictionary transforms of a preset (see :class:`AugmentationPlan`)."""
     return AugmentationPlan(preset, overrides, allow, image_size, keys).transforms()

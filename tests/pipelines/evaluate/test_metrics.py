@@ -306,7 +306,13 @@ def _sklearn_reference(y, prob, positive_class=1):
     if k > 2 and np.allclose(prob.sum(1), 1.0):  # sklearn's ovr wants rows summing to 1
         ref_ovr = skm.roc_auc_score(y, prob, multi_class="ovr")
         assert ref["auc"] == approx(ref_ovr, abs=1e-12)
-    for name, arr in (("sensitivity", sens), ("specificity", spec), ("f1", f1_), ("auc", auc_), ("youden", sens + spec - 1)):
+    for name, arr in (
+        ("sensitivity", sens),
+        ("specificity", spec),
+        ("f1", f1_),
+        ("auc", auc_),
+        ("youden", sens + spec - 1),
+    ):
         for c in range(k):
             ref[f"{name}_class_{c}"] = arr[c]
     return ref

@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from medaug.pipelines.evaluate.stats import delong_auc_covariance, delong_test, holm, mcnemar_test, mean_sd_ci, paired_bootstrap
+from medaug.pipelines.evaluate.stats import (
+    delong_auc_covariance,
+    delong_test,
+    holm,
+    mcnemar_test,
+    mean_sd_ci,
+    paired_bootstrap,
+)
 from tests.conftest import REPO
 
 

@@ -22,12 +22,22 @@ TINY = {
     "image_size": [16, 16],
     "gan": {"iterations": 2, "batch_size": 8, "channels": [16, 8], "latent_size": 8},
     "vae_interp": {"iterations": 2, "batch_size": 8, "channels": [8, 16], "latent_size": 4},
-    "ldm": {"ae_iterations": 2, "unet_iterations": 2, "batch_size": 8, "ae_channels": [16, 16],
-            "unet_channels": [16, 32], "ddim_steps": 3, "num_train_timesteps": 100},
+    "ldm": {
+        "ae_iterations": 2,
+        "unet_iterations": 2,
+        "batch_size": 8,
+        "ae_channels": [16, 16],
+        "unet_channels": [16, 32],
+        "ddim_steps": 3,
+        "num_train_timesteps": 100,
+    },
     "quality": {"enabled": False},  # quality has its own tests; one test below runs it through the stage
     "progress": False,
-}  # fmt: skip
-AUGMENTATION = [RandFlipd(keys="image", prob=0.5, spatial_axis=1), RandAffined(keys="image", prob=1.0, rotate_range=0.3)]
+}
+AUGMENTATION = [
+    RandFlipd(keys="image", prob=0.5, spatial_axis=1),
+    RandAffined(keys="image", prob=1.0, rotate_range=0.3),
+]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +145,9 @@ def test_identical_rerun_hits_the_cache_and_a_changed_config_or_train_set_misses
 def test_no_val_or_test_image_reaches_a_generator_or_the_train_set(study, tmp_path, monkeypatch, method):
     read = []
     original = oversample_module.read_entry_image
-    monkeypatch.setattr(oversample_module, "read_entry_image", lambda ref, **kw: read.append(ref) or original(ref, **kw))
+    monkeypatch.setattr(
+        oversample_module, "read_entry_image", lambda ref, **kw: read.append(ref) or original(ref, **kw)
+    )
     result = stage(study, tmp_path, method, hybrid={"generator": "vae_interp", "fraction": 0.5}).run()
 
     train_refs = {e["image"] for e in study.train}
@@ -187,9 +199,20 @@ def test_ldm_context_hook_feeds_the_unets_cross_attention():
         seen.append(labels.clone())
         return torch.nn.functional.one_hot(labels, 2).float()[:, None, :].repeat(1, 1, 4)
 
-    ldm = ClassConditionalLDM(1, 2, (16, 16), ae_channels=(16, 16), unet_channels=(16, 32), ae_iterations=1,
-                              unet_iterations=1, ddim_steps=2, num_train_timesteps=50, context_dim=8,
-                              context_fn=context_fn, progress=False)  # fmt: skip
+    ldm = ClassConditionalLDM(
+        1,
+        2,
+        (16, 16),
+        ae_channels=(16, 16),
+        unet_channels=(16, 32),
+        ae_iterations=1,
+        unet_iterations=1,
+        ddim_steps=2,
+        num_train_timesteps=50,
+        context_dim=8,
+        context_fn=context_fn,
+        progress=False,
+    )
     ldm.fit(torch.rand(6, 1, 16, 16), torch.tensor([0, 1, 0, 1, 0, 1]))
     batch = ldm.sample(1, 3, torch.empty(0), [], seed=0)
     assert batch.images.shape == (3, 1, 16, 16) and seen and (seen[-1] == 1).all()

@@ -35,8 +35,10 @@ def as_batch(images: np.ndarray) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def breast(breast_arrays):
     """BreastMNIST 64 px train (546) and val (78) images as (N, 1, 64, 64) in [0, 1]."""
-    return {split: (as_batch(breast_arrays[f"{split}_images"]), breast_arrays[f"{split}_labels"][:, 0])
-            for split in ("train", "val")}  # fmt: skip
+    return {
+        split: (as_batch(breast_arrays[f"{split}_images"]), breast_arrays[f"{split}_labels"][:, 0])
+        for split in ("train", "val")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +215,12 @@ def planted_set(breast):
     distinct = distance_to_train > 0.05
     sources = torch.tensor([3, 40, 101, 250, 399, 500])
     exact = train[sources[:3]]
-    near = torch.cat([noisy(train[sources[3:5]], 0.01, seed=2),  # sensor noise
-                      (train[sources[5:]] * 0.98 + 0.01)])  # a 2% contrast change  # fmt: skip
+    near = torch.cat(
+        [
+            noisy(train[sources[3:5]], 0.01, seed=2),  # sensor noise
+            (train[sources[5:]] * 0.98 + 0.01),
+        ]
+    )  # a 2% contrast change
     images = torch.cat([val[distinct], exact, near])
     labels = np.concatenate([val_y[distinct.numpy()], train_y[sources.numpy()]])
     synth_ids = ids("val", int(distinct.sum())) + [f"copy_of_{i}" for i in sources.tolist()]
@@ -225,8 +231,17 @@ def test_memorization_check_flags_exact_and_near_copies_planted_among_synthetic_
     train, train_y = breast["train"]
     images, labels, synth_ids, sources = planted_set(breast)
     before = images.clone()
-    report = assess_synthetic(train, train_y, ids("train", len(train)), images, labels, synth_ids, CLASSES,
-                              feature_network=feature_net, seed=0)  # fmt: skip
+    report = assess_synthetic(
+        train,
+        train_y,
+        ids("train", len(train)),
+        images,
+        labels,
+        synth_ids,
+        CLASSES,
+        feature_network=feature_net,
+        seed=0,
+    )
     planted = {f"copy_of_{i}" for i in sources.tolist()}
     assert set(report.near_copy_ids) == planted
     assert report.metrics["synthetic_near_copies"] == 6
@@ -243,20 +258,47 @@ def test_copies_saved_smaller_or_in_colour_are_still_copies(breast, feature_net)
     flagged, and no synthetic images at all is a report of NaNs, not an error."""
     train, train_y = breast["train"]
     copies = torch.nn.functional.interpolate(train[:4], size=(32, 32), mode="bilinear", antialias=True)
-    report = assess_synthetic(train, train_y, ids("t", len(train)), copies.repeat(1, 3, 1, 1), train_y[:4],
-                              ids("s", 4), CLASSES, feature_network=feature_net, near_copy_threshold=0.01)  # fmt: skip
+    report = assess_synthetic(
+        train,
+        train_y,
+        ids("t", len(train)),
+        copies.repeat(1, 3, 1, 1),
+        train_y[:4],
+        ids("s", 4),
+        CLASSES,
+        feature_network=feature_net,
+        near_copy_threshold=0.01,
+    )
     assert report.near_copy_ids == ids("s", 4)
     assert [row["nearest_real_id"] for row in report.memorization] == ids("t", 4)
-    empty = assess_synthetic(train, train_y, ids("t", len(train)), torch.zeros((0, 1, 64, 64)), [], [], CLASSES,
-                             feature_network=feature_net, near_copy_threshold=0.01)  # fmt: skip
+    empty = assess_synthetic(
+        train,
+        train_y,
+        ids("t", len(train)),
+        torch.zeros((0, 1, 64, 64)),
+        [],
+        [],
+        CLASSES,
+        feature_network=feature_net,
+        near_copy_threshold=0.01,
+    )
     assert empty.metrics["synthetic_count"] == 0 and math.isnan(empty.metrics["synthetic_fid"])
 
 
 def test_a_given_threshold_replaces_the_derived_one(breast, feature_net):
     train, train_y = breast["train"]
     images, labels, synth_ids, _ = planted_set(breast)
-    report = assess_synthetic(train, train_y, ids("train", len(train)), images, labels, synth_ids, CLASSES,
-                              feature_network=feature_net, near_copy_threshold=0.0)  # fmt: skip
+    report = assess_synthetic(
+        train,
+        train_y,
+        ids("train", len(train)),
+        images,
+        labels,
+        synth_ids,
+        CLASSES,
+        feature_network=feature_net,
+        near_copy_threshold=0.0,
+    )
     assert sorted(report.near_copy_ids) == ["copy_of_101", "copy_of_3", "copy_of_40"]  # the exact copies only
     assert report.metrics["synthetic_near_copy_threshold"] == 0.0
 
@@ -267,8 +309,9 @@ def test_a_given_threshold_replaces_the_derived_one(breast, feature_net):
 def test_report_metrics_and_files(breast, feature_net, tmp_path):
     train, train_y = breast["train"]
     images, labels, synth_ids, _ = planted_set(breast)
-    report = assess_synthetic(train, train_y, ids("train", len(train)), images, labels, synth_ids, CLASSES,
-                              feature_network=feature_net)  # fmt: skip
+    report = assess_synthetic(
+        train, train_y, ids("train", len(train)), images, labels, synth_ids, CLASSES, feature_network=feature_net
+    )
     for key in ("fid", "precision", "recall", "ms_ssim", "ms_ssim_real", "count", "near_copies"):
         for name in CLASSES:
             assert math.isfinite(report.metrics[f"synthetic_{key}_{name}"])
@@ -354,7 +397,10 @@ def test_a_fitted_network_is_cached_by_data_and_settings(breast, tmp_path):
     probe = breast["val"][0][:8]
     assert torch.allclose(again.features(probe), first.features(probe), atol=1e-5)
     assert list(tmp_path.glob("feature_network_*.ts")) == cached
-    assert (cached[0].stat().st_ino, cached[0].stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not rewritten
+    assert (cached[0].stat().st_ino, cached[0].stat().st_mtime_ns) == (
+        written.st_ino,
+        written.st_mtime_ns,
+    )  # not rewritten
     fit_feature_network(images[:99], labels[:99], num_classes=2, epochs=1, progress=False, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("feature_network_*.ts"))) == 2  # other train images, other network
 
@@ -364,7 +410,9 @@ def test_a_users_state_dict_loads_by_classifier_name(breast, feature_net, tmp_pa
 
     model = build_classifier("small_cnn", in_channels=1, num_classes=2, spatial_size=(32, 32))
     torch.save({"state_dict": model.state_dict()}, tmp_path / "mine.pt")
-    net = load_feature_network(tmp_path / "mine.pt", name="small_cnn", num_classes=2, in_channels=1, image_size=(32, 32))
+    net = load_feature_network(
+        tmp_path / "mine.pt", name="small_cnn", num_classes=2, in_channels=1, image_size=(32, 32)
+    )
     assert net.features(breast["val"][0][:4]).shape == (4, 512)  # the input of small_cnn's linear layer at 32 px
     with pytest.raises(ValueError, match="not a TorchScript file"):
         load_feature_network(tmp_path / "mine.pt")

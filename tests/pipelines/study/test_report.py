@@ -7,9 +7,9 @@ import csv
 import json
 
 import mlflow
-from mlflow.entities import Metric
 import numpy as np
 import pytest
+from mlflow.entities import Metric
 
 from medaug.pipelines.evaluate import stats
 from medaug.pipelines.evaluate.metrics import compute_metrics
@@ -32,9 +32,16 @@ def _log_run(client, experiment_id, tmp_path, name, tags, prob, class_names, met
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     folder = tmp_path / "artifacts" / name
     folder.mkdir(parents=True)
-    rows = [{"image": f"data.npz#test/{i}", "frame": "", "label": class_names[Y[i]],
-             "predicted": class_names[int(np.argmax(prob[i]))],
-             **{f"prob_{c}": f"{p:.6f}" for c, p in zip(class_names, prob[i])}} for i in range(N)]  # fmt: skip
+    rows = [
+        {
+            "image": f"data.npz#test/{i}",
+            "frame": "",
+            "label": class_names[Y[i]],
+            "predicted": class_names[int(np.argmax(prob[i]))],
+            **{f"prob_{c}": f"{p:.6f}" for c, p in zip(class_names, prob[i])},
+        }
+        for i in range(N)
+    ]
     with open(folder / "predictions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -61,22 +68,46 @@ def amount_study(store, tmp_path):
     """none (amount fixed at 0) and gan at three amounts, three seeds, a synthetic_fid per gan run."""
     client, folder = store
     experiment_id = client.create_experiment("amounts", (tmp_path / "mlruns").as_uri())
-    parent = client.create_run(experiment_id, run_name="study", tags={
-        "medaug.role": "study", "medaug.baseline": "none", "medaug.amount_key": "oversample#amount"}).info.run_id
+    parent = client.create_run(
+        experiment_id,
+        run_name="study",
+        tags={"medaug.role": "study", "medaug.baseline": "none", "medaug.amount_key": "oversample#amount"},
+    ).info.run_id
     rng = np.random.default_rng(0)
     probs = {}
     for seed in range(3):
         for strategy, amount, accuracy in [("none", 0, 0.6), ("gan", 0.5, 0.65), ("gan", 1.0, 0.75), ("gan", 2.0, 0.7)]:
             axes = {} if strategy == "none" else {"oversample#amount": amount}
-            tags = {"mlflow.parentRunId": parent, "medaug.strategy": strategy, "medaug.seed": str(seed),
-                    "medaug.axes": json.dumps(axes), "medaug.overrides": json.dumps({"oversample#amount": amount})}  # fmt: skip
-            extra = {"synthetic_fid": 40.0 / (1 + amount), "oversample_synthetic_total": 20 * amount,
-                     "oversample_fit_seconds": 30.0 + seed, "oversample_sample_seconds": 2.0,
-                     "oversample_fit_peak_memory_mb": 900.0, "oversample_sample_peak_memory_mb": 700.0 + seed,
-                     } if strategy == "gan" else None  # fmt: skip
+            tags = {
+                "mlflow.parentRunId": parent,
+                "medaug.strategy": strategy,
+                "medaug.seed": str(seed),
+                "medaug.axes": json.dumps(axes),
+                "medaug.overrides": json.dumps({"oversample#amount": amount}),
+            }
+            extra = (
+                {
+                    "synthetic_fid": 40.0 / (1 + amount),
+                    "oversample_synthetic_total": 20 * amount,
+                    "oversample_fit_seconds": 30.0 + seed,
+                    "oversample_sample_seconds": 2.0,
+                    "oversample_fit_peak_memory_mb": 900.0,
+                    "oversample_sample_peak_memory_mb": 700.0 + seed,
+                }
+                if strategy == "gan"
+                else None
+            )
             probs[(strategy, amount, seed)] = _log_run(
-                client, experiment_id, tmp_path, f"{strategy}-{amount}-{seed}", tags, _predictions(rng, accuracy),
-                ["minority", "majority"], extra, reverse=strategy == "none")  # fmt: skip
+                client,
+                experiment_id,
+                tmp_path,
+                f"{strategy}-{amount}-{seed}",
+                tags,
+                _predictions(rng, accuracy),
+                ["minority", "majority"],
+                extra,
+                reverse=strategy == "none",
+            )
     return client, parent, probs, folder
 
 
@@ -90,8 +121,15 @@ def test_amount_sweep_report_pairs_by_image_and_matches_the_baseline_across_amou
     one = by_cell["gan (oversample#amount=1.0)"]["result"]
     assert one["seeds"] == [0, 1, 2] and one["images"] == N and one["shared_images"]
     # The baseline's predictions.csv lists the images in reverse order: the report joins on the image.
-    expected = stats.delong_test([((Y == 0).astype(int), np.stack([probs[("gan", 1.0, s)][:, 0] for s in range(3)]),
-                                   np.stack([probs[("none", 0, s)][:, 0] for s in range(3)]))])  # fmt: skip
+    expected = stats.delong_test(
+        [
+            (
+                (Y == 0).astype(int),
+                np.stack([probs[("gan", 1.0, s)][:, 0] for s in range(3)]),
+                np.stack([probs[("none", 0, s)][:, 0] for s in range(3)]),
+            )
+        ]
+    )
     assert one["auc"]["diff"] == pytest.approx(expected["diff"], abs=1e-5)
     assert one["auc"]["p"] == pytest.approx(expected["p"], rel=1e-3)
     raw = [by_cell[c]["result"]["mcnemar"]["p"] for c in sorted(by_cell)]
@@ -105,10 +143,15 @@ def test_amount_sweep_report_pairs_by_image_and_matches_the_baseline_across_amou
     section = markdown.split("## Compute cost")[1].split("\n## ")[0].splitlines()
     cost = next(line for line in section if line.startswith("| gan (oversample#amount=2.0) | 3 |"))
     cells = [c.strip() for c in cost.strip("|").split("|")]
-    assert cells[3:7] == ["40.0", "31.0", "2.0", "–"] and cells[7] == "900.0"  # images, fit s (30..32), sampling, no copies, peak MB
+    assert (
+        cells[3:7] == ["40.0", "31.0", "2.0", "–"] and cells[7] == "900.0"
+    )  # images, fit s (30..32), sampling, no copies, peak MB
     none_row = next(line for line in section if line.startswith("| none | 3 |"))
     assert none_row.count("–") == 5  # nothing oversampled: only the wall time
-    assert {a.path for a in client.list_artifacts(parent, "report")} >= {"report/report.html", "report/amount_sweep.png"}
+    assert {a.path for a in client.list_artifacts(parent, "report")} >= {
+        "report/report.html",
+        "report/amount_sweep.png",
+    }
     with pytest.raises(ReportError, match="--baseline: 'vae' is none of the strategies"):
         write_study_report("amounts", baseline="vae", runs_dir=folder, out_dir=tmp_path / "r2", log_to_mlflow=False)
 
@@ -120,11 +163,26 @@ def test_plain_runs_of_an_experiment_with_three_classes(store, tmp_path):
     for seed in range(2):
         for strategy, accuracy in [("none", 0.5), ("class_weight", 0.7)]:
             tags = {"strategy": strategy, "seed": str(seed), "classifier": "small_cnn"}
-            _log_run(client, experiment_id, tmp_path, f"{strategy}-{seed}", tags, _predictions(rng, accuracy, k=3),
-                     ["a", "b", "c"])  # fmt: skip
+            _log_run(
+                client,
+                experiment_id,
+                tmp_path,
+                f"{strategy}-{seed}",
+                tags,
+                _predictions(rng, accuracy, k=3),
+                ["a", "b", "c"],
+            )
     single = {"strategy": "oversample", "seed": "0", "classifier": "small_cnn"}  # one seed only
-    _log_run(client, experiment_id, tmp_path, "oversample-0", single, _predictions(rng, 0.6, k=3), ["a", "b", "c"],
-             {"test_balanced_accuracy_ci_low": 0.41, "test_balanced_accuracy_ci_high": 0.72})  # fmt: skip
+    _log_run(
+        client,
+        experiment_id,
+        tmp_path,
+        "oversample-0",
+        single,
+        _predictions(rng, 0.6, k=3),
+        ["a", "b", "c"],
+        {"test_balanced_accuracy_ci_low": 0.41, "test_balanced_accuracy_ci_high": 0.72},
+    )
     result = write_study_report("plain", runs_dir=folder, out_dir=tmp_path / "report", n_bootstrap=200)
     assert result["baseline"] == "none" and result["comparisons"] == 2
     data = json.loads((tmp_path / "report" / "report.json").read_text())

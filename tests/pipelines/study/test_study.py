@@ -14,8 +14,8 @@ import mlflow
 import pytest
 import yaml
 
-from medaug.pipelines.study import lock as study_lock
 from medaug.pipelines.study import GridError, StudyLocked, StudyLockLost, StudyRunner, load_grid
+from medaug.pipelines.study import lock as study_lock
 from medaug.pipelines.study.grid import config_hash, expand_grid, parse_grid
 from medaug.pipelines.tracking.tracker import RunTracker, environment_tags
 from tests.conftest import BUNDLE
@@ -34,11 +34,18 @@ def test_the_default_bundle_grid_is_three_baselines_times_five_seeds():
 
 
 def test_named_strategies_fix_their_keys_so_the_baseline_is_not_swept_over_amounts():
-    grid = parse_grid({
-        "strategies": {"none": {"oversample#method": "none", "oversample#amount": 0},
-                       "gan": {"oversample#method": "gan", "oversample#target": "multiplier"}},
-        "axes": {"oversample#amount": [0.5, 1.0, 2.0], "classifier": ["vgg16", "inception_v3"]},
-        "seeds": [0, 7], "baseline": "none", "amount_key": "oversample#amount"})  # fmt: skip
+    grid = parse_grid(
+        {
+            "strategies": {
+                "none": {"oversample#method": "none", "oversample#amount": 0},
+                "gan": {"oversample#method": "gan", "oversample#target": "multiplier"},
+            },
+            "axes": {"oversample#amount": [0.5, 1.0, 2.0], "classifier": ["vgg16", "inception_v3"]},
+            "seeds": [0, 7],
+            "baseline": "none",
+            "amount_key": "oversample#amount",
+        }
+    )
     children = expand_grid(grid)
     none = [c for c in children if c.strategy == "none"]
     gan = [c for c in children if c.strategy == "gan"]
@@ -48,18 +55,23 @@ def test_named_strategies_fix_their_keys_so_the_baseline_is_not_swept_over_amoun
     assert {c.seed for c in children} == {0, 7}
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"axes": {"seed": [0, 1]}}, "the seed key 'seed' is set by 'seeds'"),
-    ({"axes": {"classifier": []}}, "axis 'classifier' must be a non-empty list"),
-    ({"axes": {"a": [1]}, "stratgy_key": "a"}, "unknown grid field(s) ['stratgy_key']"),
-    ({"axes": {"a": [1]}, "strategy_key": "b"}, "strategy_key 'b' is not one of the axes"),
-    ({"axes": {"a": [1]}, "baseline": "zero"}, "baseline 'zero' is none of the strategies"),
-    ({"axes": {"a": [1]}, "seeds": 0}, "'seeds' must be at least 1"),
-    ({"axes": {"a": [1]}, "amount_key": "amount"}, "amount_key 'amount' is not one of the axes"),
-    ({}, "needs 'axes' or 'strategies'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"axes": {"seed": [0, 1]}}, "the seed key 'seed' is set by 'seeds'"),
+        ({"axes": {"classifier": []}}, "axis 'classifier' must be a non-empty list"),
+        ({"axes": {"a": [1]}, "stratgy_key": "a"}, "unknown grid field(s) ['stratgy_key']"),
+        ({"axes": {"a": [1]}, "strategy_key": "b"}, "strategy_key 'b' is not one of the axes"),
+        ({"axes": {"a": [1]}, "baseline": "zero"}, "baseline 'zero' is none of the strategies"),
+        ({"axes": {"a": [1]}, "seeds": 0}, "'seeds' must be at least 1"),
+        ({"axes": {"a": [1]}, "amount_key": "amount"}, "amount_key 'amount' is not one of the axes"),
+        ({}, "needs 'axes' or 'strategies'"),
+    ],
+)
 def test_bad_grids_are_told_what_is_wrong(data, message):
-    with pytest.raises(GridError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        GridError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         parse_grid(data, "grid.yaml")
 
 
@@ -77,7 +89,9 @@ def test_the_config_hash_covers_the_configs_and_the_overrides_not_the_output_fol
     smoke = StudyRunner(bundle_copy, grid, overlays=[bundle_copy / "configs" / "smoke.json"], output_dir=tmp_path / "a")
     assert a.hashes == b.hashes and a.study_key == b.study_key
     assert set(a.hashes.values()).isdisjoint(smoke.hashes.values()) and a.study_key != smoke.study_key
-    more_seeds = StudyRunner(bundle_copy, load_grid(BUNDLE / "configs" / "grid.yaml", seeds=7), output_dir=tmp_path / "a")
+    more_seeds = StudyRunner(
+        bundle_copy, load_grid(BUNDLE / "configs" / "grid.yaml", seeds=7), output_dir=tmp_path / "a"
+    )
     assert more_seeds.study_key == a.study_key, "--seeds 7 after 5 continues the same study"
     assert set(a.hashes.values()) < set(more_seeds.hashes.values())
     assert config_hash([{"x": 1}], {"seed": 0}) != config_hash([{"x": 1}], {"seed": 1})
@@ -100,8 +114,22 @@ def test_a_launcher_makes_the_bundle_run_a_tagged_child_of_the_parent(tmp_path, 
 
 
 def _study_cli(bundle, out, launcher, *extra):
-    return [sys.executable, "-m", "medaug.cli", "study", "run", str(bundle), "--output-dir", str(out), "--no-progress",
-            "--seeds", "1", "--launcher", launcher, *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "medaug.cli",
+        "study",
+        "run",
+        str(bundle),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        "--seeds",
+        "1",
+        "--launcher",
+        launcher,
+        *extra,
+    ]
 
 
 def _parent(out):
@@ -118,16 +146,22 @@ def test_a_failing_child_is_reported_and_sigterm_stops_a_running_one(bundle_copy
     env = {**os.environ}
     env.pop("MLFLOW_TRACKING_URI", None)
     failing = '{python} -c "import sys; print(sys.argv[1:3]); sys.exit(3)"'
-    result = subprocess.run(_study_cli(bundle_copy, out, failing, "--max-children", "1"), capture_output=True,
-                            text=True, timeout=300, env=env)  # fmt: skip
+    result = subprocess.run(
+        _study_cli(bundle_copy, out, failing, "--max-children", "1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "0 finished now, 1 failed, 2 not started" in result.stdout
     assert "failed (exit code 3)" in result.stderr and "--config_file" in result.stderr  # the child's log tail
     assert _parent(out).info.status == "FAILED"
 
     sleeping = '{python} -c "import time; time.sleep(120)"'
-    runner = subprocess.Popen(_study_cli(bundle_copy, out, sleeping), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    runner = subprocess.Popen(
+        _study_cli(bundle_copy, out, sleeping), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     logs = next(out.glob("study-*")) / "logs"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # until the failed child runs again, now as the sleeping one
@@ -158,8 +192,14 @@ class FakeChild:
     def __call__(self, child, parent, log_path):
         client = mlflow.MlflowClient(self.runner.tracking_uri)
         experiment = client.get_experiment_by_name(self.runner.experiment).experiment_id
-        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "medaug.role": "child",
-                                                  "medaug.config_hash": self.runner.hashes[child.name]})  # fmt: skip
+        run = client.create_run(
+            experiment,
+            tags={
+                "mlflow.parentRunId": parent,
+                "medaug.role": "child",
+                "medaug.config_hash": self.runner.hashes[child.name],
+            },
+        )
         self.started.set()
         self.finish.wait(60)
         if self.status:
@@ -169,8 +209,13 @@ class FakeChild:
 
 def _runner(bundle, out, **kwargs):
     grid = load_grid(BUNDLE / "configs" / "grid.yaml", seeds=1)  # 3 children
-    options = {"max_children": 1, "progress": False, "lock_heartbeat": 0.05, "lock_stale_after": 60.0,
-               "lock_settle": 0.05}  # fmt: skip
+    options = {
+        "max_children": 1,
+        "progress": False,
+        "lock_heartbeat": 0.05,
+        "lock_stale_after": 60.0,
+        "lock_settle": 0.05,
+    }
     return StudyRunner(bundle, grid, output_dir=out, **{**options, **kwargs})
 
 
@@ -219,8 +264,11 @@ def test_a_second_runner_on_a_shared_store_is_refused_while_the_first_runs(bundl
     assert alice_child.started.wait(60), outcome
     bob = _runner(bundle_copy, tmp_path / "bob")  # another output folder (or machine), the same server
     FakeChild(bob)
-    with pytest.raises(StudyLocked, match=rf"is being run by another runner .*host \S+, pid {os.getpid()}, since "
-                       rf".*running from {tmp_path / 'alice'}.*--take-over"):  # fmt: skip
+    with pytest.raises(
+        StudyLocked,
+        match=rf"is being run by another runner .*host \S+, pid {os.getpid()}, since "
+        rf".*running from {tmp_path / 'alice'}.*--take-over",
+    ):
         bob.run()
     parent, children = _study_runs(alice)
     assert [c.info.status for c in children] == ["RUNNING"], "bob marked none of alice's children KILLED"
@@ -239,7 +287,8 @@ def test_a_second_runner_on_a_shared_store_is_refused_while_the_first_runs(bundl
 
 
 def test_a_runner_whose_heartbeat_went_stale_is_taken_over_and_then_touches_nothing(
-        bundle_copy, tmp_path, shared_store, monkeypatch):  # fmt: skip
+    bundle_copy, tmp_path, shared_store, monkeypatch
+):
     with monkeypatch.context() as elsewhere:  # alice runs on another machine
         elsewhere.setattr(study_lock.socket, "gethostname", lambda: "gpu-node-7")
         alice = _runner(bundle_copy, tmp_path / "alice")

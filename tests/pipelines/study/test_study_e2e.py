@@ -46,13 +46,29 @@ def test_a_killed_study_resumes_with_each_child_finished_once_and_the_report_tes
     grid, fast, out = tmp_path / "grid.yaml", tmp_path / "fast.json", tmp_path / "out"
     grid.write_text(GRID)
     fast.write_text(json.dumps(FAST))
-    cmd = [sys.executable, "-m", "medaug.cli", "study", "run", str(bundle_copy), "--grid", str(grid),
-           "--config", "smoke.json", "--config", str(fast), "--output-dir", str(out), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "medaug.cli",
+        "study",
+        "run",
+        str(bundle_copy),
+        "--grid",
+        str(grid),
+        "--config",
+        "smoke.json",
+        "--config",
+        str(fast),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
 
     # First attempt: killed hard (runner and its child, as a scheduler or OOM killer would) while
     # the second child is training.
-    first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)  # fmt: skip
+    first = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         time.sleep(1.0)
@@ -83,7 +99,11 @@ def test_a_killed_study_resumes_with_each_child_finished_once_and_the_report_tes
     assert len(hashes) == 4 and set(hashes.values()) == {1}, "each child exactly once FINISHED"
     assert Counter(r.info.status for r in children) == {"FINISHED": 4, "KILLED": 1}
     assert sorted((r.data.tags["medaug.strategy"], r.data.tags["medaug.seed"]) for r in finished) == [
-        ("class_weight", "0"), ("class_weight", "1"), ("none", "0"), ("none", "1")]
+        ("class_weight", "0"),
+        ("class_weight", "1"),
+        ("none", "0"),
+        ("none", "1"),
+    ]
     assert all(r.data.params["max_epochs"] == "1" for r in finished)
 
     # A third run has nothing left to do.
@@ -91,9 +111,27 @@ def test_a_killed_study_resumes_with_each_child_finished_once_and_the_report_tes
     assert third.returncode == 0 and "4 skipped" in third.stdout, third.stdout + third.stderr[-2000:]
 
     report_dir = tmp_path / "report"
-    rep = subprocess.run([sys.executable, "-m", "medaug.cli", "report", "--experiment", "imbalance_baselines",
-                          "--runs-dir", str(out), "--out", str(report_dir), "--n-bootstrap", "500"],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    rep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medaug.cli",
+            "report",
+            "--experiment",
+            "imbalance_baselines",
+            "--runs-dir",
+            str(out),
+            "--out",
+            str(report_dir),
+            "--n-bootstrap",
+            "500",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stdout + rep.stderr[-3000:]
     data = json.loads((report_dir / "report.json").read_text())
     assert data["parent_run_id"] == parent_id and data["baseline"] == "none"

@@ -42,8 +42,11 @@ def test_a_held_lock_is_refused_naming_its_owner_and_released_at_the_end(parent)
     first = _lock(parent, where="/home/alice/runs", label="abc123")
     with first:
         assert first.held()
-        with pytest.raises(StudyLocked, match=r"study abc123 is being run by another runner .*host \S+, pid \d+, "
-                           r"since \d{4}-\d\d-\d\d .*running from /home/alice/runs.*--take-over"):  # fmt: skip
+        with pytest.raises(
+            StudyLocked,
+            match=r"study abc123 is being run by another runner .*host \S+, pid \d+, "
+            r"since \d{4}-\d\d-\d\d .*running from /home/alice/runs.*--take-over",
+        ):
             _lock(parent, label="abc123").acquire()
         assert first.held(), "a refused runner leaves the owner's record alone"
     assert first.read() is None

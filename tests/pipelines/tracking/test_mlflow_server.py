@@ -12,7 +12,9 @@ pytestmark = pytest.mark.slow
 
 def listed_artifacts(server, run_id, path=""):
     found = set()
-    for item in server.api("artifacts/list", {"run_id": run_id, "path": path} if path else {"run_id": run_id}).get("files", []):
+    for item in server.api("artifacts/list", {"run_id": run_id, "path": path} if path else {"run_id": run_id}).get(
+        "files", []
+    ):
         found |= listed_artifacts(server, run_id, item["path"]) if item["is_dir"] else {item["path"]}
     return found
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from medaug.pipelines.train.engine_metrics import epoch_metric, stack_pred_label
 from medaug.pipelines.tracking.tracker import RunTracker, artifact_location_for, default_tracking_uri, flatten, safe_key
+from medaug.pipelines.train.engine_metrics import epoch_metric, stack_pred_label
 
 
 def test_embedded_store_under_output_dir_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
@@ -21,10 +21,18 @@ def test_embedded_store_under_output_dir_unless_the_environment_says_otherwise(t
 
 
 def test_flatten_turns_bundle_sections_into_parameter_names():
-    config = {"rebalance": {"method": "oversample"}, "image_size": [64, 64], "augmentation": [{"prob": 0.5}],
-              "imbalance": None}  # fmt: skip
-    assert flatten(config) == {"rebalance.method": "oversample", "image_size": "[64, 64]",
-                               "augmentation.0.prob": "0.5", "imbalance": "null"}  # fmt: skip
+    config = {
+        "rebalance": {"method": "oversample"},
+        "image_size": [64, 64],
+        "augmentation": [{"prob": 0.5}],
+        "imbalance": None,
+    }
+    assert flatten(config) == {
+        "rebalance.method": "oversample",
+        "image_size": "[64, 64]",
+        "augmentation.0.prob": "0.5",
+        "imbalance": "null",
+    }
     assert safe_key("train#trainer#max_epochs") == "train.trainer.max_epochs"
     assert safe_key("test_f1_class_normal (benign)") == "test_f1_class_normal _benign_"
 
@@ -42,9 +50,13 @@ def test_a_run_that_raises_is_marked_failed(tmp_path, monkeypatch):
 
 
 def test_epoch_metric_scores_a_whole_epoch_of_decollated_outputs():
-    outputs = [[{"pred": torch.tensor([0.9, 0.1]), "label": torch.tensor(0)},
-                {"pred": torch.tensor([0.2, 0.8]), "label": torch.tensor(1)}],
-               [{"pred": torch.tensor([0.6, 0.4]), "label": torch.tensor(1)}]]  # fmt: skip
+    outputs = [
+        [
+            {"pred": torch.tensor([0.9, 0.1]), "label": torch.tensor(0)},
+            {"pred": torch.tensor([0.2, 0.8]), "label": torch.tensor(1)},
+        ],
+        [{"pred": torch.tensor([0.6, 0.4]), "label": torch.tensor(1)}],
+    ]
     probs, labels = stack_pred_label(outputs[0])
     assert probs.shape == (2, 2) and labels.tolist() == [0, 1]
     engine = Engine(lambda e, batch: batch)
