@@ -8,7 +8,7 @@ RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 MLFLOW_DIR ?= mlflow-server
 
-.PHONY: install demo test docker-test bench bench-oversampling bench-predict bench-augment bench-data bench-bootstrap study study-bundles report \
+.PHONY: install demo test lint format docker-test bench bench-oversampling bench-predict bench-augment bench-data bench-bootstrap study study-bundles report \
 	mlflow-ui mlflow-server mlflow-screenshot clean
 
 install: $(STAMP)
@@ -27,8 +27,17 @@ demo: install
 	@echo
 	@echo "Runs are tracked in MLflow at $(RUNS)/mlflow.db; open the UI with: make mlflow-ui"
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q
+
+# ruff (configured in pyproject.toml): formatting, lint and import order; `make format` fixes what it can.
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # Builds docker/Dockerfile with podman (installed from Debian's packages if missing; needs root) and runs
 # it with --network none on a messy DICOM folder; minutes, not part of `make test`. See docker/README.md.

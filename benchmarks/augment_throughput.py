@@ -172,7 +172,7 @@ def main(argv=None) -> dict:
                 "torchio": (torchio_chain(preset, args.size, always), time_torchio),
             }
             times = {lib: [] for lib in chains}
-            for lib, (chain, timer) in chains.items():
+            for chain, timer in chains.values():
                 timer(chain, image, 5)  # warm-up
             for _ in range(args.repeats):
                 for lib, (chain, timer) in chains.items():

@@ -153,7 +153,8 @@ def main(argv=None) -> int:
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
-        "transforms": "train#transforms of bundles/imbalance_baselines/configs/train.json (64 px, flips, affine, contrast)",
+        "transforms": "train#transforms of bundles/imbalance_baselines/configs/train.json"
+        " (64 px, flips, affine, contrast)",
     }
     lines = [
         f"# Data loading: one training epoch over {n} DICOM files",
@@ -163,7 +164,8 @@ def main(argv=None) -> int:
         f"{torch.get_num_threads()} CPU threads. First epoch includes building the dataset (CacheDataset fills its "
         "memory cache then). Ratios against `Dataset`, same run.",
         "",
-        "| dataset | first epoch s | first epoch images/s | x Dataset | later epoch s | later epoch images/s | x Dataset |",
+        "| dataset | first epoch s | first epoch images/s | x Dataset "
+        "| later epoch s | later epoch images/s | x Dataset |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

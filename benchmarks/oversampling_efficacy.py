@@ -228,7 +228,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "# Generative oversampling vs honest baselines (default bundle, CPU)",
         "",
         f"Minority class cut to 25% of its train images (seeded); val/test untouched. Classifier `{s['classifier']}`, "
-        f"up to {s['max_epochs']} epochs ({s['max_epochs_pneumonia']} on PneumoniaMNIST; patience {s['patience']}), the same for every method. Generators at "
+        f"up to {s['max_epochs']} epochs ({s['max_epochs_pneumonia']} on PneumoniaMNIST; patience {s['patience']}), "
+        "the same for every method. Generators at "
         f"{s['gen_size']} px: GAN {s['gan_iterations']} it., VAE {s['vae_iterations']} it./class, LDM "
         f"{s['ldm_ae_iterations']} + {s['ldm_unet_iterations']} it., DDIM {s['ddim_steps']} steps; oversampled to "
         f"balance. Seeds: {meta['seeds_per_dataset']}. Mean ± sd [95% t-interval] over seeds, official test split. "

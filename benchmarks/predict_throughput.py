@@ -284,11 +284,11 @@ def cost_breakdown(bundle: Path, repeats: int = 7) -> dict:
             loaded = loader({"image": str(path)})
             ms = cpu_ms(
                 {
-                    "header": lambda: read_dicom_header(path),
-                    "read": lambda: read_image_with_meta(path),
-                    "transforms": lambda: rest(dict(loaded)),
-                    "whole": lambda: decoder((path, name)),
-                    "plain": lambda: plain_pre({"image": str(path)}),
+                    "header": lambda path=path: read_dicom_header(path),
+                    "read": lambda path=path: read_image_with_meta(path),
+                    "transforms": lambda loaded=loaded: rest(dict(loaded)),
+                    "whole": lambda path=path, name=name: decoder((path, name)),
+                    "plain": lambda path=path: plain_pre({"image": str(path)}),
                 }
             )
             per_sample[name] = {
@@ -494,9 +494,11 @@ def main() -> None:
             "Header checks: the header parse with the pixel-data and size checks; decode and display (the whole read "
             "less the header checks): pixels (MONAI "
             "`LoadImage(PydicomReader)`, pydicom for frames of multi-frame files), modality LUT, VOI window, "
-            "MONOCHROME1; bundle transforms: the bundle's `Resized` and `EnsureTyped` on the loaded image; medaug total: "
+            "MONOCHROME1; bundle transforms: the bundle's `Resized` and `EnsureTyped` on the loaded image; "
+            "medaug total: "
             "all of it as a prediction worker runs it. Identifier scrubbing does not "
-            "show: rows carry only the UIDs (HMAC-hashed with `--hash-uids`, microseconds). Both paths decode JPEG 2000 "
+            "show: rows carry only the UIDs (HMAC-hashed with `--hash-uids`, microseconds). "
+            "Both paths decode JPEG 2000 "
             "with the same OpenJPEG, which bounds the ratio.",
             "",
         ]
@@ -505,12 +507,14 @@ def main() -> None:
         table += "\n".join(
             [
                 "",
-                f"## Multi-frame ({result['multi_frame']['file']}; `medaug predict` in a fresh process, {args.workers} workers)",
+                f"## Multi-frame ({result['multi_frame']['file']}; "
+                f"`medaug predict` in a fresh process, {args.workers} workers)",
                 "",
                 "| path | images | s | max RSS of one process MiB | peak PSS of all its processes MiB |",
                 "|---|---|---|---|---|",
                 *[
-                    f"| multi-frame `--frames {r['frames']}` | {r['images']} | {r['seconds']:.1f} | {r['max_rss_mib']:.0f} | "
+                    f"| multi-frame `--frames {r['frames']}` | {r['images']} | {r['seconds']:.1f} "
+                    f"| {r['max_rss_mib']:.0f} | "
                     f"{r['peak_pss_sum_mib']:.0f} |"
                     for r in multi_frame
                 ],

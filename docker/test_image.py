@@ -375,7 +375,7 @@ def make_messy_input(root: Path) -> tuple[set[str], set[str]]:
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(data)
         broken.add(relative)
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             os.chmod(Path(dirpath) / name, 0o644)

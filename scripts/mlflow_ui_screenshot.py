@@ -148,7 +148,8 @@ SHOW_DIFF_ONLY = """(() => {
 })()"""
 CLOSE_ASSISTANT = """(() => {
   const closers = [...document.querySelectorAll('button[aria-label]')]
-    .filter(b => /close/i.test(b.getAttribute('aria-label')) && b.getBoundingClientRect().left > window.innerWidth * 0.6);
+    .filter(b => /close/i.test(b.getAttribute('aria-label'))
+              && b.getBoundingClientRect().left > window.innerWidth * 0.6);
   closers.forEach(b => b.click());
   return closers.length;
 })()"""

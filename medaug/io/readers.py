@@ -490,7 +490,7 @@ def _dicom_failure_reason(ds: Dataset | None) -> str:
     """Why ``LoadImage`` failed: the pixels (usual), or MONAI's metadata step on decodable pixels."""
     if ds is not None:
         try:
-            ds.pixel_array  # cached by pydicom if MONAI got that far
+            _ = ds.pixel_array  # cached by pydicom if MONAI got that far
         except Exception:
             return "truncated or corrupt pixel data"
         return "invalid DICOM header values (MONAI cannot build its metadata)"

@@ -126,7 +126,8 @@ def build_classifier(
 
     Args:
         name: one of :data:`CLASSIFIERS` (``resnet18``, ``resnet50``, ``densenet121``, ``efficientnet-b0``,
-            ``efficientnet_v2_s``, ``vgg16_bn``, ``inception_v3``, ``small_cnn``, ...); ``_`` and ``-`` are interchangeable.
+            ``efficientnet_v2_s``, ``vgg16_bn``, ``inception_v3``, ``small_cnn``, ...); ``_`` and ``-`` are
+            interchangeable.
         in_channels: 1 for grayscale images, 3 for RGB.
         num_classes: number of output classes.
         spatial_size: (H, W) the network will see; sizes the ResNet stem and the small CNN's head.
@@ -142,7 +143,8 @@ def build_classifier(
     if spatial is not None and min(spatial) < smallest:
         raise ValueError(
             f"{name} needs images of at least {smallest} px per side, got image_size {list(spatial)}; "
-            f"set image_size to [{smallest}, {smallest}] or larger (preprocessing resizes the images), or use resnet18 or small_cnn"
+            f"set image_size to [{smallest}, {smallest}] or larger (preprocessing resizes the images), "
+            "or use resnet18 or small_cnn"
         )
     model = CLASSIFIERS[key](in_channels, num_classes, spatial, **kwargs)
     if pretrained_path:

@@ -138,9 +138,10 @@ def test_the_default_key_file_lives_in_the_user_config_folder(monkeypatch, tmp_p
 
 def test_another_key_builds_another_index_never_reuses_old_pseudonyms(png_tree, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    patients = lambda: sorted(
-        e["patient_id"] for e in build_study_data(png_tree, index_cache=cache, progress=False).entries
-    )  # noqa: E731
+
+    def patients():
+        return sorted(e["patient_id"] for e in build_study_data(png_tree, index_cache=cache, progress=False).entries)
+
     first = patients()
     monkeypatch.setenv("MEDAUG_PSEUDONYM_KEY", "a new key")
     assert set(patients()).isdisjoint(first)

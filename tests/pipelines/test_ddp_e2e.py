@@ -56,7 +56,9 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
         json.dumps(
             {
                 "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
-                "train#trainer#train_handlers": "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]",
+                "train#trainer#train_handlers": (
+                    "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]"
+                ),
             }
         )
     )
@@ -105,7 +107,9 @@ def test_torchrun_oversamples_once_on_rank0_and_both_ranks_train_on_its_images(b
             {
                 "oversample#method": "vae_interp",
                 "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
-                "train#trainer#train_handlers": "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]",
+                "train#trainer#train_handlers": (
+                    "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]"
+                ),
             }
         )
     )

@@ -489,7 +489,8 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
         )
     intro = [
         f"Experiment `{ctx['experiment']}`; {ctx['source']}; {ctx['n_runs']} finished runs in "
-        f"{len(ctx['cells'])} cells; baseline `{ctx['baseline']}`; {ctx['task']}; tracking URI `{ctx['tracking_uri']}`; "
+        f"{len(ctx['cells'])} cells; baseline `{ctx['baseline']}`; {ctx['task']}; "
+        f"tracking URI `{ctx['tracking_uri']}`; "
         f"written {ctx['written']}."
     ]
     md = [f"# Study report: {ctx['experiment']}", "", *intro, ""]
@@ -502,7 +503,8 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
     md_path = _write_text(out / "report.md", "\n".join(md))
 
     figures = "".join(
-        f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+        f"<figure><img alt='{html.escape(cap)}' "
+        f"src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
         f"<figcaption>{html.escape(cap)}</figcaption></figure>"
         for cap, p in ctx["figures"]
     )

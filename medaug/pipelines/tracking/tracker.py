@@ -223,7 +223,7 @@ class RunTracker:
             )
             # Reports already written by build_study_data are logged as they are, not written again.
             reports = study_data.report_paths or study_data.write_reports(self.run_dir)
-            for name, path in reports.items():
+            for path in reports.values():
                 self.log_artifact(path)
             if study_data.leaks:
                 self.client.set_tag(

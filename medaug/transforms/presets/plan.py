@@ -291,7 +291,7 @@ class AugmentationPlan:
             name = _short(entry["_target_"])
             base = "#".join(["transforms", tid, *[str(p) for p in path]])
 
-            def value(arg, default=None):
+            def value(arg, default=None, base=base, entry=entry):
                 return parser.get_parsed_content(f"{base}#{arg}") if arg in entry else default
 
             if float(value("prob", 1.0)) == 0.0:
