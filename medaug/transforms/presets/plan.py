@@ -40,15 +40,7 @@ from pathlib import Path
 import yaml
 from monai.bundle import ConfigParser
 
-__all__ = [
-    "AnatomyRuleError",
-    "AugmentationPlan",
-    "PresetError",
-    "available_presets",
-    "build_augmentation",
-    "load_preset",
-    "PRESET_DIR",
-]
+# The public names are re-exported (and listed in __all__) by the presets package's face.
 
 PRESET_DIR = Path(__file__).resolve().parent
 PRESET_KEYS = {"name", "description", "modalities", "anatomy", "transforms"}
