@@ -15,7 +15,8 @@ those libraries do not offer as one call:
 * :func:`on_rank0_and_share`: rank 0 computes a value, every rank receives it (the run name's
   timestamp, see :func:`medaug.pipelines.tracking.tracker.timestamp`);
 * :func:`rank0_handlers`: the handler lists of the single-process config, minus the handlers that
-  write (checkpoints, MLflow, reports, console) on ranks other than 0.
+  write (checkpoints, MLflow, reports, figures, console) on ranks other than 0: those that declare
+  ``rank0_only = True`` and MONAI's and Ignite's writers.
 
 Outside a distributed run every helper is a no-op that behaves as rank 0 of 1.
 """
@@ -174,8 +175,13 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
-def _writer_types() -> tuple[type, ...]:
-    """Handler classes that write files, MLflow runs or console output: rank 0's job alone."""
+def _library_writer_types() -> tuple[type, ...]:
+    """MONAI's and Ignite's handler classes that write files, MLflow runs or console output.
+
+    Classes of other libraries cannot declare ``rank0_only``, so they are named here; medaug's own
+    writers declare it themselves, so this module knows none of them and imports nothing of
+    medaug (the run tracker imports this module: naming it here made an import circle).
+    """
     from ignite.handlers import ProgressBar
     from monai.handlers import (
         CheckpointSaver,
@@ -186,8 +192,6 @@ def _writer_types() -> tuple[type, ...]:
         TensorBoardStatsHandler,
     )
 
-    from medaug.pipelines.tracking.tracker import RunTracker
-
     return (
         CheckpointSaver,
         ClassificationSaver,
@@ -196,23 +200,27 @@ def _writer_types() -> tuple[type, ...]:
         StatsHandler,
         TensorBoardStatsHandler,
         ProgressBar,
-        RunTracker,
     )
 
 
 def is_writer(handler: Any) -> bool:
-    """True for a handler that only rank 0 may run (see :func:`rank0_handlers`)."""
-    return isinstance(handler, _writer_types())
+    """True for a handler that only rank 0 may run (see :func:`rank0_handlers`).
+
+    A handler that writes (files in the run folder, the MLflow run, console output) says so with the
+    class attribute ``rank0_only = True``; MONAI's and Ignite's writers are known by their types.
+    """
+    return bool(getattr(handler, "rank0_only", False)) or isinstance(handler, _library_writer_types())
 
 
 def rank0_handlers(handlers: Sequence[Any] | None) -> list[Any] | None:
     """The handler list for this rank: all of them on rank 0; on the other ranks only those that
     take part in training (learning-rate schedule, validation, early stopping, checkpoint loading).
 
-    Filtering by type rather than by position keeps ``multi_gpu_train.json`` valid when a bundle
-    adds or reorders handlers. Validation and early stopping must stay on every rank: validation
-    metrics are gathered from all ranks (Ignite's ``EpochMetric``), and every rank must stop at the
-    same epoch or the others would wait for it forever.
+    Filtering by what a handler is rather than by its position keeps ``multi_gpu_train.json`` valid
+    when a bundle adds or reorders handlers; a new handler that writes declares ``rank0_only = True``.
+    Validation and early stopping must stay on every rank: validation metrics are gathered from all
+    ranks (Ignite's ``EpochMetric``), and every rank must stop at the same epoch or the others would
+    wait for it forever.
     """
     if handlers is None or is_rank0():
         return None if handlers is None else list(handlers)

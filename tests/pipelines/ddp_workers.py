@@ -11,6 +11,7 @@ import torch.distributed as dist
 from ignite.engine import Engine
 
 from medaug.pipelines import distributed as D
+from medaug.pipelines.train import AugmentationGridHandler
 from medaug.pipelines.train.engine_metrics import epoch_metric
 
 
@@ -69,3 +70,18 @@ class SeenImages:
     def write(self, engine) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"seen-rank{D.get_rank()}.json").write_text(json.dumps(self.seen))
+
+
+class GridDrawnBy(AugmentationGridHandler):
+    """The bundle's augmentation-grid handler, noting which rank drew the grid (``grid-rank<r>.json``
+    in ``probe_dir``: the run folder it wrote to), so a test can tell whether other ranks drew it too."""
+
+    def __init__(self, *args, probe_dir: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.probe_dir = Path(probe_dir)
+
+    def __call__(self, engine=None) -> Path:
+        grid = super().__call__(engine)
+        self.probe_dir.mkdir(parents=True, exist_ok=True)
+        (self.probe_dir / f"grid-rank{D.get_rank()}.json").write_text(json.dumps(str(grid.parent)))
+        return grid

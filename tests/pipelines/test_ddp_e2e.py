@@ -1,7 +1,7 @@
 """The default bundle under ``torchrun`` on CPU: two Gloo processes, the model-zoo
 ``multi_gpu_train.json`` overlay, the smoke config. Each rank trains on its own half of the data,
-rank 0 alone writes the checkpoint, the MLflow run and the reports, and its test metrics are those
-a single process gets from the same checkpoint."""
+rank 0 alone writes the checkpoint, the MLflow run, the augmentation grid and the reports, and its
+test metrics are those a single process gets from the same checkpoint."""
 
 import json
 import os
@@ -51,7 +51,8 @@ def run_torchrun(bundle: Path, out: Path, *configs: str) -> subprocess.Completed
 
 def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bundle_copy, tmp_path):
     out = tmp_path / "out"
-    probe = tmp_path / "probe.json"  # records what each rank trained on, next to the bundle's own handlers
+    # records what each rank trained on, next to the bundle's own handlers, and which ranks drew the grid
+    probe = tmp_path / "probe.json"
     probe.write_text(
         json.dumps(
             {
@@ -59,6 +60,8 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
                 "train#trainer#train_handlers": (
                     "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]"
                 ),
+                "augment#grid#_target_": "tests.pipelines.ddp_workers.GridDrawnBy",
+                "augment#grid#probe_dir": str(tmp_path / "grid"),
             }
         )
     )
@@ -72,6 +75,14 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
     assert [p.parent.name for p in checkpoints] == [run.info.run_name], "one checkpoint, in rank 0's run folder"
     assert result.stdout.count("test metrics on 156 real test images") == 1
     assert len(client.get_metric_history(run.info.run_id, "val_balanced_accuracy")) == 2
+
+    run_dir = out / run.info.run_name
+    drawn = {p.name: Path(json.loads(p.read_text())).resolve() for p in (tmp_path / "grid").glob("grid-rank*.json")}
+    assert drawn == {"grid-rank0.json": run_dir.resolve()}, "the augmentation grid is drawn once, by rank 0"
+    for name in ("augmentation_grid.png", "augmentation.yaml"):
+        written = [p for p in out.rglob(name) if "mlruns" not in p.parts]
+        assert written == [run_dir / name]
+        assert name in {a.path for a in client.list_artifacts(run.info.run_id)}
 
     seen = [json.loads((tmp_path / "seen" / f"seen-rank{r}.json").read_text()) for r in (0, 1)]
     train = {

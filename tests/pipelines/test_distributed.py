@@ -9,11 +9,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ignite.handlers import ProgressBar
 from monai.handlers import CheckpointSaver, EarlyStopHandler, MLFlowHandler, StatsHandler, ValidationHandler
 
 from medaug.pipelines import distributed as D
+from medaug.pipelines.tracking import RunTracker
 from medaug.pipelines.tracking.server import free_port
+from medaug.pipelines.train import AugmentationGridHandler
 from medaug.pipelines.train.rebalance import make_distributed_sampler
+from medaug.transforms.presets import AugmentationPlan
 from tests.pipelines.ddp_workers import two_ranks
 
 
@@ -34,12 +38,25 @@ def test_outside_torchrun_every_helper_is_rank0_of_one(monkeypatch):
     D.destroy_process_group()  # nothing to leave
 
 
+class WritesAFigure:
+    """A handler of a bundle's own: it writes, so it declares itself rank 0's alone."""
+
+    rank0_only = True
+
+    def attach(self, engine) -> None: ...
+
+
 def test_other_ranks_keep_the_training_handlers_and_drop_the_writers(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # never contacted: no run is started
     handlers = [
+        RunTracker("experiment", tmp_path, run_name="run"),
+        AugmentationGridHandler(AugmentationPlan("generic"), data=[], preprocessing=[], output_dir=tmp_path),
         ValidationHandler(interval=1),
         StatsHandler(),
         MLFlowHandler(tracking_uri="http://127.0.0.1:9"),
         CheckpointSaver(str(tmp_path), {"m": torch.nn.Linear(1, 1)}, save_final=True),
+        ProgressBar(),
+        WritesAFigure(),
         EarlyStopHandler(patience=1, score_function=lambda e: 0.0),
     ]
     monkeypatch.setenv("RANK", "0")

@@ -165,6 +165,8 @@ class RunTracker:
         parent_run_id: make this run a child of that run (default: ``MEDAUG_PARENT_RUN_ID``).
     """
 
+    rank0_only = True  # one MLflow run: under DDP only rank 0 keeps it in its handler lists
+
     def __init__(
         self,
         experiment_name: str,

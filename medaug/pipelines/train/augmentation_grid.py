@@ -116,6 +116,8 @@ class AugmentationGridHandler:
         class_names: names of the labels, for the column titles.
     """
 
+    rank0_only = True  # one grid per run folder: under DDP the other ranks drop it (rank0_handlers)
+
     def __init__(
         self,
         plan: AugmentationPlan,
