@@ -182,23 +182,13 @@ def _library_writer_types() -> tuple[type, ...]:
     writers declare it themselves, so this module knows none of them and imports nothing of
     medaug (the run tracker imports this module: naming it here made an import circle).
     """
+    import monai.handlers
     from ignite.handlers import ProgressBar
-    from monai.handlers import (
-        CheckpointSaver,
-        ClassificationSaver,
-        MetricsSaver,
-        MLFlowHandler,
-        StatsHandler,
-        TensorBoardStatsHandler,
-    )
 
+    monai_writers = ("CheckpointSaver", "ClassificationSaver", "MetricsSaver", "MLFlowHandler", "StatsHandler")
     return (
-        CheckpointSaver,
-        ClassificationSaver,
-        MetricsSaver,
-        MLFlowHandler,
-        StatsHandler,
-        TensorBoardStatsHandler,
+        *(getattr(monai.handlers, name) for name in monai_writers),
+        monai.handlers.TensorBoardStatsHandler,
         ProgressBar,
     )
 
