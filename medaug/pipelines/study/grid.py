@@ -66,12 +66,8 @@ class Grid:
         return bool(self.strategies)
 
     def without_seeds(self) -> dict:
-        return {
-            "axes": self.axes,
-            "strategies": self.strategies,
-            "strategy_key": self.strategy_key,
-            "seed_key": self.seed_key,
-        }
+        """What identifies the study across ``--seeds N``: the cells, not the seeds or the description."""
+        return {k: v for k, v in self.as_dict().items() if k in ("axes", "strategies", "strategy_key", "seed_key")}
 
     def as_dict(self) -> dict:
         return {
