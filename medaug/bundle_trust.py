@@ -2,16 +2,16 @@
 
 MONAI's ``ConfigParser`` runs a ``$`` expression through ``eval`` and imports and calls any
 ``_target_``, so a bundle's ``configs/inference.json`` can run code: MONAI's own runner only warns
-(GHSA-873f-pvrv-4x83). ``medaug predict`` reads a few keys of that config (class names, settings,
-the preprocessing chain, the network for a ``.pt`` checkpoint); unless the user passes
-``--trust-bundle`` it refuses, before anything is evaluated, every part that those keys reach,
-directly or through ``@`` references, which could run code:
+(GHSA-873f-pvrv-4x83). ``medaug predict`` evaluates that config's ``prediction`` (the model, the
+network for a ``.pt`` checkpoint, the preprocessing, inferer and postprocessing, the settings);
+unless the user passes ``--trust-bundle`` it refuses, before anything is evaluated, every part that
+this reaches, directly or through ``@`` references, which could run code:
 
 * a ``$`` expression, except two shapes that cannot: ``$torch.<dtype>`` (e.g. ``$torch.float32``)
   and ``$len(@<id>)``, whose reference is checked like everything else;
 * a ``_target_`` outside ``monai.*`` / ``medaug.*``, or one that is neither a MONAI transform, a
-  ``torch.nn.Module`` nor one of :data:`SAFE_FACTORIES` (modules outside those packages are never
-  imported to find out);
+  MONAI inferer, a ``torch.nn.Module`` nor one of :data:`SAFE_FACTORIES` (modules outside those
+  packages are never imported to find out);
 * a ``_mode_`` other than the default (``callable`` hands out a function, ``debug`` starts pdb).
 
 ``%`` macros are expanded first (they only read other JSON/YAML files), so what they bring in is
@@ -24,7 +24,15 @@ import re
 from collections.abc import Iterable
 
 SAFE_PREFIXES = ("monai.", "medaug.")
-SAFE_FACTORIES = ("medaug.models.build_classifier", "medaug.models.classifiers.build_classifier")
+#: medaug callables a config may name: they build a network, load the model file (weights only, or
+#: TorchScript), read the bundle's metadata, or run the prediction into the folders the caller names
+SAFE_FACTORIES = (
+    "medaug.models.build_classifier",
+    "medaug.models.classifiers.build_classifier",
+    "medaug.pipelines.predict.load_model",
+    "medaug.pipelines.predict.model_info",
+    "medaug.pipelines.predict.FolderPrediction",
+)
 _DTYPE_EXPRESSION = re.compile(r"\$\s*torch\.(\w+)\s*")
 _LEN_EXPRESSION = re.compile(r"\$\s*len\(\s*@[\w:#]+\s*\)\s*")
 
@@ -40,6 +48,7 @@ def _harmless_expression(text: str) -> bool:
 
 def _target_problem(item) -> str | None:
     """Why the ``_target_`` of a ``ConfigComponent`` may run code, or None."""
+    from monai.inferers import Inferer
     from monai.transforms import Transform
     from monai.utils import optional_import
     from torch import nn
@@ -57,9 +66,9 @@ def _target_problem(item) -> str | None:
     component, found = optional_import(module, name=attribute)
     if not found:
         return f"_target_ {target!r} ({name}) cannot be found"
-    if name in SAFE_FACTORIES or isinstance(component, type) and issubclass(component, (Transform, nn.Module)):
+    if name in SAFE_FACTORIES or isinstance(component, type) and issubclass(component, (Transform, Inferer, nn.Module)):
         return None
-    return f"_target_ {target!r} ({name}) is neither a transform nor a network"
+    return f"_target_ {target!r} ({name}) is neither a transform, an inferer nor a network"
 
 
 def untrusted_parts(parser, keys: Iterable[str]) -> list[str]:

@@ -119,14 +119,16 @@ def resolve_checkpoint(bundle: Path, checkpoint: str | None) -> Path:
     )
 
 
-def _inference_parser(bundle: Path, overrides: dict):
-    """The bundle's inference config, without its ``imports`` (which would import the network and
-    training code; the parts ``predict`` uses locate their own modules)."""
+def _inference_parser(bundle: Path, overrides: dict, *, keep_imports: bool = False):
+    """The bundle's inference config with ``overrides`` applied; its ``imports`` (which would import the
+    network and training code; the parts ``predict`` uses locate their own modules) are dropped unless
+    ``keep_imports`` (a trusted bundle, evaluated as MONAI's runner would)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.config.pop("imports", None)  # type: ignore[union-attr]
+    if not keep_imports:
+        parser.config.pop("imports", None)  # type: ignore[union-attr]
     for key, value in overrides.items():
         parser[key] = value
     return parser
@@ -149,6 +151,9 @@ def _check_baked_bundle_only(args: argparse.Namespace) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
+    """Build the bundle's ``configs/inference.json`` with the flags as overrides of its keys
+    (:func:`predict_overrides`), evaluate its ``prediction`` (a ``FolderPrediction``, as
+    ``python -m monai.bundle run`` does) and run it into the --output set held from the start."""
     from medaug.io.phi import quiet_header_libraries, uid_salt
 
     quiet_header_libraries()
@@ -175,32 +180,76 @@ def predict(args: argparse.Namespace) -> int:
     salt = uid_salt(args.salt) if args.hash_uids else None
     if args.hash_uids and not salt:
         raise UsageError("--hash-uids: needs a salt (--salt or the MEDAUG_UID_SALT environment variable)")
+    device = _predict_device(args.device)
 
     from medaug.io.output_set import OutputFolderError
     from medaug.pipelines import predict as P
 
-    parser = _checked_inference_parser(args, bundle, checkpoint)  # read only, nothing evaluated yet
+    overrides = predict_overrides(args, bundle, checkpoint, device, salt, torchscript=P.is_torchscript(checkpoint))
+    parser = _checked_inference_parser(args, bundle, overrides)  # read only, nothing evaluated yet
     try:  # before any work: an unwritable or busy --output is found now, not after the predictions
         outputs = P.prediction_outputs(target).open()
     except OutputFolderError as err:
         raise UsageError(f"--output: {err}") from None
     try:
-        return _predict_into(outputs, parser, args, bundle, checkpoint, salt)
+        return _predict_into(outputs, parser, args, checkpoint)
     finally:
         outputs.close()  # releases the lock; a set not committed is discarded, the previous one kept
 
 
-def _checked_inference_parser(args: argparse.Namespace, bundle: Path, checkpoint: Path):
-    """The bundle's inference config, refused (exit 2, naming --trust-bundle) when a part predict
-    reads could run code; nothing of it is evaluated here."""
-    from medaug.bundle_trust import untrusted_parts
-    from medaug.pipelines import predict as P
+def _predict_device(name: str | None) -> str:
+    import torch
 
-    used = ["class_names", "frames", "modalities", "batch_size", "parallel", "preprocessing"]
-    used += [] if P.is_torchscript(checkpoint) else ["network_def"]
     try:
-        parser = _inference_parser(bundle, {"bundle_root": str(bundle), "ckpt_path": str(checkpoint)})
-        untrusted = [] if args.trust_bundle else untrusted_parts(parser, used)
+        device = torch.device(name or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise UsageError(f"--device: {name!r} is not a torch device") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device: {name!r} asked for, but no CUDA device is available")
+    return str(device)
+
+
+#: ``medaug predict``'s flags and the inference config keys they override when given
+PREDICT_FLAG_KEYS = {
+    "batch_size": "batch_size",
+    "workers": "num_workers",
+    "parallel": "parallel",
+    "frames": "frames",
+    "modalities": "modalities",
+}
+
+
+def predict_overrides(
+    args: argparse.Namespace, bundle: Path, checkpoint: Path, device: str, salt: str | None, *, torchscript: bool
+) -> dict:
+    """The inference config's keys that ``medaug predict`` sets: the folders, checkpoint and device always
+    (``device`` is an expression in the config), the flags of :data:`PREDICT_FLAG_KEYS` and the salt of
+    --hash-uids when given, ``network`` to null for a TorchScript checkpoint (``torch.jit.load`` needs no
+    network code), and ``prediction#progress``."""
+    overrides = {
+        "bundle_root": str(bundle),
+        "ckpt_path": str(checkpoint),
+        "input_dir": str(args.input),
+        "output_dir": str(args.output),
+        "device": device,
+        **{key: getattr(args, flag) for flag, key in PREDICT_FLAG_KEYS.items() if getattr(args, flag) is not None},
+        "prediction#progress": not args.no_progress,
+    }
+    if salt:
+        overrides["uid_salt"] = salt
+    if torchscript:
+        overrides["network"] = None
+    return overrides
+
+
+def _checked_inference_parser(args: argparse.Namespace, bundle: Path, overrides: dict):
+    """The bundle's inference config with ``overrides``, refused (exit 2, naming --trust-bundle) when its
+    ``prediction`` could run code when evaluated; nothing of it is evaluated here."""
+    from medaug.bundle_trust import untrusted_parts
+
+    try:
+        parser = _inference_parser(bundle, overrides, keep_imports=args.trust_bundle)
+        untrusted = [] if args.trust_bundle else untrusted_parts(parser, ["prediction"])
     except Exception as err:
         raise UsageError(f"--bundle: configs/inference.json cannot be used ({type(err).__name__}: {err})") from err
     if untrusted:
@@ -218,64 +267,42 @@ def _checked_inference_parser(args: argparse.Namespace, bundle: Path, checkpoint
     return parser
 
 
-def _predict_into(outputs, parser, args: argparse.Namespace, bundle: Path, checkpoint: Path, salt: str | None) -> int:
-    """``predict`` once its arguments and bundle are checked and ``outputs`` (the --output set) is held."""
-    import torch
-
+def _predict_into(outputs, parser, args: argparse.Namespace, checkpoint: Path) -> int:
+    """``predict`` once its arguments and bundle are checked and ``outputs`` (the --output set) is held:
+    the config's ``prediction`` evaluated (the model loaded) and run into ``outputs``."""
     from medaug.pipelines import predict as P
 
-    source, target = Path(args.input), outputs.folder
     try:
-        class_names = list(parser.get_parsed_content("class_names"))
-        frames = args.frames or parser.get_parsed_content("frames", default="middle")
-        modalities = args.modalities or parser.get_parsed_content("modalities", default=None)
-        batch_size = args.batch_size or int(parser.get_parsed_content("batch_size", default=32))
-        parallel = args.parallel or parser.get_parsed_content("parallel", default="thread")
-        preprocessing = parser.get_parsed_content("preprocessing")
+        prediction = parser.get_parsed_content("prediction")
     except Exception as err:
-        raise UsageError(f"--bundle: configs/inference.json cannot be used ({type(err).__name__}: {err})") from err
-    try:
-        device = torch.device(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as err:
-        raise UsageError(f"--device: {args.device!r} is not a torch device") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device: {args.device!r} asked for, but no CUDA device is available")
-    try:
-        if P.is_torchscript(checkpoint):
-            model = P.load_model(checkpoint, None, device)  # no network code: torch.jit.load only
-        else:
-            model = P.load_model(checkpoint, parser.get_parsed_content("network_def"), device)
-    except P.CheckpointMismatchError as err:
-        raise UsageError(f"--checkpoint: {err}") from err
-    info = P.model_info(bundle, checkpoint)
+        if mismatch := P.error_in_chain(err, P.CheckpointMismatchError):
+            raise UsageError(f"--checkpoint: {mismatch}") from err
+        root = err
+        while root.__cause__ is not None:  # the component's own error, not MONAI's "Failed to instantiate"
+            root = root.__cause__
+        raise UsageError(f"--bundle: configs/inference.json cannot be used ({type(root).__name__}: {root})") from err
+    if not isinstance(prediction, P.FolderPrediction):
+        raise UsageError(
+            f"--bundle: configs/inference.json's prediction is a {type(prediction).__name__}, not a FolderPrediction"
+        )
+    for key, wanted in (("input_dir", args.input), ("output_dir", args.output)):
+        if Path(getattr(prediction, key)).resolve() != Path(wanted).resolve():  # else the flag would be ignored
+            raise UsageError(f"--bundle: configs/inference.json's prediction does not take @{key}")
+    info = prediction.model_info or {}
     print(
-        f"model: {info['model_name']} {info['model_version']} ({checkpoint.name}, sha256 "
-        f"{info['checkpoint_sha256'][:12]}); classes: {', '.join(class_names)}",
+        f"model: {info.get('model_name', '')} {info.get('model_version', '')} ({checkpoint.name}, sha256 "
+        f"{info.get('checkpoint_sha256', '')[:12]}); classes: {', '.join(prediction.class_names)}",
         file=sys.stderr,
     )
     try:
-        summary = P.predict_folder(
-            source,
-            outputs,
-            model=model,
-            preprocessing=preprocessing,
-            class_names=class_names,
-            frames=frames,
-            modalities=modalities,
-            batch_size=batch_size,
-            workers=args.workers,
-            device=device,
-            model_info=info,
-            uid_salt=salt,
-            parallel=parallel,
-            progress=not args.no_progress,
-        )
+        summary = prediction.run(outputs)  # prints its summary line
     except P.CheckpointMismatchError as err:  # e.g. a TorchScript model with another number of classes
         raise UsageError(f"--checkpoint: {err}") from err
-    print(summary.line())
+    except P.PostprocessingError as err:
+        raise UsageError(f"--bundle: configs/inference.json: {err}") from err
     print(f"run {summary.run_id}, finished {summary.finished_at} (named in summary.json)")
     if summary.skipped:
-        print(f"{summary.skipped} file(s) not used: see {target / 'skipped.csv'} for the reasons")
+        print(f"{summary.skipped} file(s) not used: see {outputs.folder / 'skipped.csv'} for the reasons")
     return summary.exit_code
 
 
@@ -452,6 +479,16 @@ launcher: the command that runs one child, followed by --config_file/--bundle_ro
 
 
 PREDICT_EPILOG = """\
+the bundle's configs/inference.json is what runs: predict builds it with MONAI's ConfigParser, the flags given
+overriding its keys (--bundle bundle_root, --checkpoint ckpt_path, --input input_dir, --output output_dir,
+--device device, --batch-size batch_size, --workers num_workers, --parallel parallel, --frames frames,
+--modalities modalities, --hash-uids uid_salt; a flag not given leaves the bundle's value), and runs its
+'prediction' (medaug.pipelines.predict.FolderPrediction), as 'python -m monai.bundle run --config_file
+<bundle>/configs/inference.json --bundle_root <bundle> --input_dir ... --output_dir ...' does: the bundle's
+preprocessing on every image (decoded in worker processes with "parallel": "process"), its inferer on each batch,
+and its postprocessing (MONAI post transforms, e.g. Activationsd softmax) on each image's network output, in
+this process: the prob_<class> columns are what the postprocessing gives, predicted is their argmax.
+
 checkpoint: --checkpoint, else <bundle>/models/model.ts (TorchScript, from MONAI's ckpt_export; runs
 without the network code), else <bundle>/models/model.pt (a training checkpoint, loaded into the network
 that configs/inference.json describes). The bundle may also come from the MEDAUG_BUNDLE environment variable;
@@ -474,11 +511,13 @@ The input folder is only read. Patient names, IDs, birth dates and the other ide
 DICOM PS3.15 Basic Profile never appear in outputs or messages; --hash-uids replaces the UIDs too.
 
 untrusted bundles: MONAI evaluates '$' expressions and imports any '_target_' of a config, so a bundle can run
-code. Without --trust-bundle, predict first checks the parts of configs/inference.json it reads (class_names,
-frames, modalities, batch_size, parallel, preprocessing, network_def for a .pt checkpoint, and whatever they
+code. Without --trust-bundle, predict first checks what evaluating the config's 'prediction' reaches (model,
+network_def for a .pt checkpoint, preprocessing, inferer, postprocessing, the settings, and whatever they
 reference) and stops with exit 2 if one could run code: a '$' expression other than $torch.<dtype> or
-$len(@<id>), a _target_ that is not a MONAI/medaug transform or network, or a _mode_ other than the default.
-The shipped bundles and the Docker image's baked bundle pass this check.
+$len(@<id>), a _target_ that is not a MONAI/medaug transform, inferer or network (or medaug's load_model,
+model_info, FolderPrediction), or a _mode_ other than the default. The config's imports are not run then, and
+'device' (an expression) is always set by --device. The shipped bundles and the Docker image's baked bundle pass
+this check.
 
 exit codes:
   0  every file was used
@@ -552,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict a folder of DICOM (and PNG/JPEG/NIfTI) files with a trained bundle",
         description="Walk --input recursively (DICOM with or without extension, PNG, JPEG, NIfTI), read every image "
         "the way the bundle's training read it, predict in batches, and write predictions.csv/.json and skipped.csv "
-        "to --output.",
+        "to --output, all as the bundle's configs/inference.json says (see below).",
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -563,7 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", help="folder for the outputs (created; must not be inside --input; one run at a time)"
     )
     pred.add_argument("--batch-size", type=_positive_int, help="images per model call (default: the bundle's)")
-    pred.add_argument("--workers", type=_positive_int, help="parallel decoders (default: min(4, CPU count))")
+    pred.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="parallel decoders (default: the bundle's 'num_workers', null = min(4, CPU count))",
+    )
     pred.add_argument(
         "--parallel",
         choices=["thread", "process"],
@@ -578,7 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
         "'modalities', null = any)",
     )
     pred.add_argument(
-        "--hash-uids", action="store_true", help="replace SOP/Study Instance UIDs by salted hashes (HMAC-SHA256)"
+        "--hash-uids",
+        action="store_true",
+        help="replace SOP/Study Instance UIDs by salted hashes (HMAC-SHA256; default: the bundle's uid_salt, "
+        "null = UIDs kept)",
     )
     pred.add_argument("--salt", help="salt for --hash-uids (prefer the MEDAUG_UID_SALT environment variable)")
     pred.add_argument(

@@ -1,15 +1,17 @@
 """Predictions of a trained bundle on a folder of unlabelled images (DICOM with or without
 extension, PNG/JPEG, NIfTI), read through the same ``medaug.io`` path as training.
 
-One path serves ``medaug predict`` and the bundle's ``configs/inference.json``
-(:class:`FolderPrediction`): :func:`predict_folder` walks the input, decodes each file once in a
-pool of threads through the bundle's ``preprocessing`` (``LoadDatalistImaged`` + resize, the
-validation transforms), batches what decodes and runs the model on each batch as soon as it is
-full, and writes ``predictions.csv``, ``predictions.json``, ``skipped.csv`` and ``summary.json`` as one
-set: the output folder is locked and checked writable before any work, the files go to a temporary
-folder beside them and are swapped in at the end, ``summary.json`` (run id, times, the other files'
-sha256) last (:func:`prediction_outputs`). A file that cannot be used is a row in ``skipped.csv``,
-never a crash.
+The bundle's ``configs/inference.json`` is the one description of a prediction run: its ``prediction``
+is a :class:`FolderPrediction`, which ``python -m monai.bundle run --config_file configs/inference.json``
+runs and which ``medaug predict`` builds from the same config (its flags become overrides of the
+config's keys). :func:`predict_folder` walks the input, decodes each file once in a pool of workers
+through the bundle's ``preprocessing`` (``LoadDatalistImaged`` + resize, the validation transforms),
+batches what decodes, runs the bundle's ``inferer`` on each batch as soon as it is full and the bundle's
+``postprocessing`` (MONAI post transforms, e.g. ``Activationsd`` softmax) on its outputs, and writes
+``predictions.csv``, ``predictions.json``, ``skipped.csv`` and ``summary.json`` as one set: the output
+folder is locked and checked writable before any work, the files go to a temporary folder beside them
+and are swapped in at the end, ``summary.json`` (run id, times, the other files' sha256) last
+(:func:`prediction_outputs`). A file that cannot be used is a row in ``skipped.csv``, never a crash.
 
 The model is either a checkpoint (``{"model": state_dict}``) loaded into the bundle's network, or a
 TorchScript export (``ckpt_export``) loaded with ``torch.jit.load``; the TorchScript path imports no
@@ -42,7 +44,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Compose
+from monai.data import decollate_batch
+from monai.inferers import SimpleInferer
+from monai.transforms import Activationsd, Compose
+from monai.utils import convert_to_tensor
 from tqdm.auto import tqdm
 
 from medaug.io.hashing import file_sha256
@@ -112,6 +117,10 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the network the bundle's inference config describes."""
 
 
+class PostprocessingError(ValueError):
+    """The bundle's ``postprocessing`` failed on a network output or did not give one value per class."""
+
+
 def load_model(
     ckpt_path: str | os.PathLike, network: torch.nn.Module | None = None, device: str | torch.device = "cpu"
 ) -> torch.nn.Module:
@@ -142,6 +151,7 @@ def load_model(
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
         try:
+            network = network.to(device)
             network.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as err:
             raise CheckpointMismatchError(
@@ -166,17 +176,23 @@ def model_info(bundle_root: str | os.PathLike, ckpt_path: str | os.PathLike | No
 # ---------------------------------------------------------------------------------------- decoding
 
 
-def unusable_reason(err: BaseException) -> str:
-    """The reason of an :class:`UnusableImageError` anywhere in ``err``'s chain (MONAI's ``Compose``
-    wraps transform errors in ``RuntimeError``); otherwise the exception type only, since decoder
-    messages may quote header values."""
+def error_in_chain(err: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` in ``err``'s chain of causes, or None: MONAI's ``Compose`` wraps transform errors
+    in ``RuntimeError``, its ``ConfigParser`` what a component raises."""
     seen, current = set(), err
     while current is not None and id(current) not in seen:
-        if isinstance(current, UnusableImageError):
-            return current.reason
+        if isinstance(current, kind):
+            return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return f"could not be read ({type(err).__name__})"
+    return None
+
+
+def unusable_reason(err: BaseException) -> str:
+    """The reason of an :class:`UnusableImageError` anywhere in ``err``'s chain; otherwise the exception
+    type only, since decoder messages may quote header values."""
+    unusable = error_in_chain(err, UnusableImageError)
+    return unusable.reason if unusable is not None else f"could not be read ({type(err).__name__})"
 
 
 @dataclass
@@ -279,6 +295,44 @@ class _Decoder:
         }
         # numpy, not torch: crosses a process boundary as plain bytes
         return fields, np.ascontiguousarray(torch.as_tensor(image).float().numpy())
+
+
+# ----------------------------------------------------------------------------------- postprocessing
+
+
+def default_postprocessing() -> Callable:
+    """What the bundles' ``postprocessing`` says, for a caller that gives none: softmax over the classes."""
+    return Compose([Activationsd(keys="pred", softmax=True)])
+
+
+def postprocess(outputs: torch.Tensor, postprocessing: Callable, num_classes: int) -> np.ndarray:
+    """``(images, num_classes)`` values of ``postprocessing`` on a batch of network ``outputs``.
+
+    As MONAI's engines apply a bundle's ``postprocessing`` (``decollate_batch``, then the transforms on each
+    item), each image's output is handed over as ``{"pred": tensor of shape (classes,)}`` (channel first, so
+    ``Activationsd(softmax=True)`` and ``AsDiscreted`` act over the classes); the item's ``pred`` afterwards
+    must hold one value per class.
+
+    Raises:
+        PostprocessingError: a transform failed, or its ``pred`` is missing or not one value per class.
+    """
+    values = []
+    for pred in decollate_batch(outputs, detach=True):
+        try:
+            item = postprocessing({"pred": pred})
+        except Exception as err:
+            raise PostprocessingError(f"the bundle's postprocessing failed on a network output: {err}") from err
+        result = item.get("pred") if isinstance(item, dict) else None
+        if result is None:
+            raise PostprocessingError("the bundle's postprocessing gave no 'pred' (it must return the item's dict)")
+        result = convert_to_tensor(result, track_meta=False).float().reshape(-1)
+        if result.numel() != num_classes:
+            raise PostprocessingError(
+                f"the bundle's postprocessing gives {result.numel()} value(s) per image, not one per class "
+                f"({num_classes})"
+            )
+        values.append(result)
+    return torch.stack(values).numpy() if values else np.zeros((0, num_classes), np.float32)
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -408,6 +462,8 @@ def predict_folder(
     exclude: Sequence[str] = (),
     parallel: str = "thread",
     progress: bool = True,
+    inferer: Callable | None = None,
+    postprocessing: Callable | None = None,
 ) -> PredictionSummary:
     """Predict every usable image below ``input_dir``; write the outputs to ``output_dir``.
 
@@ -416,8 +472,7 @@ def predict_folder(
     previous set. An open :class:`OutputSet` from :func:`prediction_outputs` may be given instead.
 
     Args:
-        model: from :func:`load_model`; its output are logits, one per class (softmax applied here,
-            as the bundle's ``postprocessing``).
+        model: from :func:`load_model`; it gives one output per class (logits for the bundles here).
         preprocessing: the bundle's validation transforms, called on ``{"image": path, "frame": f}``.
         frames: ``"middle"`` frame of multi-frame files, or ``"all"`` (one prediction per frame, the
             frames decoded ``batch_size`` per task).
@@ -429,12 +484,18 @@ def predict_folder(
         parallel: ``"thread"`` (decoding threads in this process) or ``"process"`` (worker processes,
             one torch thread each: no GIL contention, at the cost of starting them; the model then
             gets the CPU cores they leave, at least one; the bundles' default).
+        inferer: the bundle's ``inferer``, called as ``inferer(batch, model)`` (default ``SimpleInferer``).
+        postprocessing: the bundle's ``postprocessing``, run in this process on each batch's outputs by
+            :func:`postprocess`; what it gives are the ``prob_<class>`` columns, ``predicted`` their argmax
+            (default :func:`default_postprocessing`, the bundles' softmax).
 
     Returns:
         a :class:`PredictionSummary`; ``exit_code`` is 0 when every file was used, 3 when some were skipped.
 
     Raises:
         OutputFolderError: ``output_dir`` cannot be written, or another run holds it (before any work).
+        CheckpointMismatchError: the model does not give one output per class.
+        PostprocessingError: see :func:`postprocess`.
     """
     output, output_dir = output_dir, output_dir.folder  # opened by _holding_outputs
     class_names = [str(n) for n in class_names]
@@ -443,6 +504,8 @@ def predict_folder(
     files, skipped = walk_input(input_dir, exclude)
     decoder = _Decoder(preprocessing, frames, modalities, chunk=batch_size)
     workers = max(1, workers or min(4, os.cpu_count() or 1))
+    inferer = SimpleInferer() if inferer is None else inferer
+    postprocessing = default_postprocessing() if postprocessing is None else postprocessing
 
     rows: list[dict] = []
     pending_fields, pending_images = [], []
@@ -452,11 +515,13 @@ def predict_folder(
             return
         batch = torch.stack(pending_images).to(device)
         with torch.inference_mode():
-            probs = torch.softmax(model(batch).float(), dim=1).cpu().numpy()
-        if probs.shape[1] != len(class_names):
-            raise CheckpointMismatchError(
-                f"the model gives {probs.shape[1]} outputs but the bundle names {len(class_names)} classes"
-            )
+            logits = convert_to_tensor(inferer(batch, model), track_meta=False).float().cpu()
+            if logits.ndim != 2 or logits.shape[1] != len(class_names):
+                given = logits.shape[1] if logits.ndim == 2 else tuple(logits.shape[1:])
+                raise CheckpointMismatchError(
+                    f"the model gives {given} outputs but the bundle names {len(class_names)} classes"
+                )
+            probs = postprocess(logits, postprocessing, len(class_names))
         for fields, prob in zip(pending_fields, probs):
             row = dict(fields)
             if uid_salt:
@@ -572,13 +637,15 @@ def predict_folder(
 
 
 class FolderPrediction:
-    """``inference.json``'s ``prediction``: :func:`predict_folder` with the bundle's parts.
+    """``inference.json``'s ``prediction``: :func:`predict_folder` with the bundle's parts, the component that
+    both ``python -m monai.bundle run`` (its ``run``) and ``medaug predict`` build from the config and run.
 
     Args:
         model: from :func:`load_model` (checkpoint or TorchScript).
         preprocessing: the bundle's validation transforms.
         input_dir, output_dir: the folder to predict and where the outputs go (locked, replaced as a set).
         class_names: output classes in order.
+        inferer, postprocessing: the bundle's ``inferer`` and ``postprocessing`` (see :func:`predict_folder`).
         others: as :func:`predict_folder`.
     """
 
@@ -599,11 +666,14 @@ class FolderPrediction:
         uid_salt: str | None = None,
         parallel: str = "thread",
         progress: bool = True,
+        inferer: Callable | None = None,
+        postprocessing: Callable | None = None,
     ) -> None:
         self.model = model
         self.preprocessing = preprocessing
         self.input_dir, self.output_dir = input_dir, output_dir
         self.class_names = list(class_names)
+        self.model_info = model_info
         self.kwargs = dict(
             frames=frames,
             modalities=modalities,
@@ -614,12 +684,18 @@ class FolderPrediction:
             uid_salt=uid_salt,
             parallel=parallel,
             progress=progress,
+            inferer=inferer,
+            postprocessing=postprocessing,
         )
 
-    def run(self) -> PredictionSummary:
+    def run(self, output: OutputSet | None = None) -> PredictionSummary:
+        """Predict; ``output``: the output set of ``output_dir`` already open (``medaug predict`` opens it
+        before the model is loaded), else it is opened here."""
+        if output is not None and output.folder.resolve() != Path(self.output_dir).resolve():
+            raise ValueError(f"the open output set is {str(output.folder)!r}, not output_dir {str(self.output_dir)!r}")
         summary = predict_folder(
             self.input_dir,
-            self.output_dir,
+            self.output_dir if output is None else output,
             model=self.model,
             preprocessing=self.preprocessing,
             class_names=self.class_names,

@@ -491,6 +491,89 @@ def test_inference_config_runs_the_same_path(bundle, tmp_path):
     )
     b, c = read_csv(tmp_path / "b" / "predictions.csv"), read_csv(tmp_path / "c" / "predictions.csv")
     assert [(r["path"], r["prob_malignant"]) for r in b] == [(r["path"], r["prob_malignant"]) for r in c]
+    assert (tmp_path / "b" / "predictions.csv").read_text() == (tmp_path / "c" / "predictions.csv").read_text()
+
+
+FEW = ("CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm")
+#: logits times (1 - 2) before the softmax: each image's two probabilities swap, its predicted class flips
+REVERSED_LOGITS = [
+    {"_target_": "ScaleIntensityd", "keys": "pred", "minv": None, "maxv": None, "factor": -2.0},
+    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+]
+
+
+def _few_images(root: Path) -> Path:
+    root.mkdir()
+    for name in FEW:
+        shutil.copyfile(DICOM_DIR / name, root / name)
+    return root
+
+
+def _with_postprocessing(bundle: Path, root: Path, transforms: list[dict]) -> Path:
+    """A copy of ``bundle`` whose inference.json has ``transforms`` as its ``postprocessing``."""
+    copy = Path(shutil.copytree(bundle, root))
+    config_file = copy / "configs" / "inference.json"
+    config = json.loads(config_file.read_text())
+    config["postprocessing"]["transforms"] = transforms
+    config_file.write_text(json.dumps(config, indent=4))
+    return copy
+
+
+def _monai_bundle_run(bundle: Path, source: Path, out: Path) -> None:
+    """``python -m monai.bundle run --config_file <bundle>/configs/inference.json --bundle_root ...``, in this
+    process (its logging.conf left out: it would reconfigure the test run's logging)."""
+    from monai.bundle import run
+
+    run(
+        config_file=str(bundle / "configs" / "inference.json"),
+        logging_file=False,
+        bundle_root=str(bundle),
+        input_dir=str(source),
+        output_dir=str(out),
+        ckpt_path=str(bundle / "models" / "model.pt"),
+        **{"prediction#progress": False},
+    )
+
+
+def _medaug_predict(bundle: Path, source: Path, out: Path) -> int:
+    return main(["predict", "--bundle", str(bundle), "--input", str(source), "--output", str(out), "--no-progress"])
+
+
+def test_the_postprocessing_of_inference_json_makes_the_predictions_of_both_paths(bundle, tmp_path):
+    """inference.json's ``postprocessing`` is what turns the network's outputs into the probabilities and the
+    predicted class, through ``monai.bundle run`` and ``medaug predict`` alike: reversing the logits before
+    the softmax swaps every image's probabilities and flips its prediction, in both."""
+    source = _few_images(tmp_path / "in")
+    assert _medaug_predict(bundle, source, tmp_path / "softmax") == 0
+    default = {r["path"]: r for r in read_csv(tmp_path / "softmax" / "predictions.csv")}
+    assert sorted(default) == sorted(FEW)
+
+    reversed_bundle = _with_postprocessing(bundle, tmp_path / "reversed", REVERSED_LOGITS)
+    _monai_bundle_run(reversed_bundle, source, tmp_path / "by_monai")
+    assert _medaug_predict(reversed_bundle, source, tmp_path / "by_medaug") == 0
+    for out in ("by_monai", "by_medaug"):
+        rows = read_csv(tmp_path / out / "predictions.csv")
+        assert sorted(r["path"] for r in rows) == sorted(FEW), out
+        for row in rows:
+            before = default[row["path"]]
+            assert float(row["prob_malignant"]) == pytest.approx(float(before["prob_normal_benign"]), abs=2e-6), out
+            assert float(row["prob_normal_benign"]) == pytest.approx(float(before["prob_malignant"]), abs=2e-6), out
+            assert {row["predicted"], before["predicted"]} == set(CLASSES), (out, row["path"])
+    by_monai, by_medaug = (read_csv(tmp_path / out / "predictions.csv") for out in ("by_monai", "by_medaug"))
+    assert by_monai == by_medaug
+
+
+def test_a_postprocessing_that_gives_no_value_per_class_is_a_bundle_error(bundle, tmp_path, capsys):
+    """``AsDiscreted(argmax=True)`` leaves one class index per image, not the per-class values the
+    ``prob_<class>`` columns need: exit 2 naming the bundle, and no output set."""
+    source = _few_images(tmp_path / "in")
+    argmax = _with_postprocessing(
+        bundle, tmp_path / "argmax", [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
+    )
+    assert _medaug_predict(argmax, source, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "error: --bundle:" in err and "postprocessing gives 1 value(s) per image, not one per class (2)" in err
+    assert not (tmp_path / "out" / "predictions.csv").exists()
 
 
 def test_walk_input_follows_folder_links_once_and_reports_the_rest(tmp_path):
