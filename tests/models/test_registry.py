@@ -4,7 +4,6 @@ methods that share a section share one fitted generator. Unknown names are liste
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
 from pathlib import Path
@@ -60,12 +59,3 @@ def test_a_spec_must_name_a_generator_class_and_a_method_it_has():
         GeneratorSpec(dict, section="gan")
     with pytest.raises(TypeError, match="ConditionalGAN has no method 'sample_prior'"):
         GeneratorSpec(ConditionalGAN, section="gan", draw="sample_prior")
-
-
-def test_models_import_nothing_from_pipelines_or_cli():
-    for path in sorted((REPO / "medaug" / "models").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            bad = [n for n in names if n.startswith(("medaug.pipelines", "medaug.cli"))]
-            assert not bad, f"{path.name} imports {bad}"
