@@ -36,6 +36,7 @@ class ClassVAEInterpolation(ImageGenerator):
     """
 
     name = "vae_interp"
+    sampling_only = frozenset({"alpha_range"})
 
     def __init__(
         self,

@@ -48,10 +48,13 @@ class ImageGenerator:
     (given ``in_channels``, ``num_classes``, ``image_size``) and implement ``fit`` and ``sample``.
 
     ``modules()`` names the ``torch.nn.Module`` attributes whose weights make up the fitted model
-    (what ``save``/``load`` and the checkpoint hash cover).
+    (what ``save``/``load`` and the checkpoint hash cover). ``sampling_only`` names the keyword
+    arguments that change how the fitted model is sampled, not the model: the oversampling stage
+    leaves them out of the fit's cache key, so changing one reuses the fitted generator.
     """
 
     name = "generator"
+    sampling_only: frozenset[str] = frozenset()
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class ClassConditionalLDM(ImageGenerator):
     """
 
     name = "ldm"
+    sampling_only = frozenset({"ddim_steps", "img2img_strength"})
 
     def __init__(
         self,

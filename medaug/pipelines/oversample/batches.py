@@ -1,8 +1,10 @@
-"""Batches of 2D images as the quality metrics take them: float tensors (N, C, H, W) in [0, 1].
+"""Batches of 2D images as the oversampling stage and the quality metrics take them: float tensors
+(N, C, H, W) in [0, 1].
 
-Small helpers shared by the feature network and the synthetic-image metrics: checking what a caller
-passed (with an error that names the problem), and bringing two batches to the same channel count
-and size before they are compared.
+Small helpers shared by the stage, the feature network and the synthetic-image metrics: checking
+what a caller passed (with an error that names the problem), bringing two batches to the same
+channel count and size before they are compared, the one resize (with a named mode per use) and
+the conversion of an image to the uint8 array a PNG holds.
 """
 
 from __future__ import annotations
@@ -54,12 +56,42 @@ def match_channels(images: torch.Tensor, channels: int, name: str = "images") ->
     raise ValueError(f"{name} have {have} channels, which cannot be converted to the {channels} expected")
 
 
-def resize_batch(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize with antialiasing (so shrinking averages pixels instead of skipping them)."""
+RESIZE_MODES = ("area", "antialias")
+
+
+def resize_batch(images: torch.Tensor, size: Sequence[int], *, mode: str) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1] to ``size`` (H, W) as float32, clamped to [0, 1]; returned as they
+    are when already that size. ``mode`` (one of :data:`RESIZE_MODES`, no default: each caller says
+    which it needs, and a cache or a metric depends on it staying the same):
+
+    - ``"area"``: area averaging when shrinking both sides (each output pixel the mean of the input
+      pixels it covers, as MONAI's ``Resize`` does by default), bilinear when enlarging. The
+      oversampling stage's mode for the images it reads, hands to generators and writes.
+    - ``"antialias"``: bilinear with antialiasing either way (shrinking averages a neighbourhood
+      instead of skipping pixels). The mode of the quality metrics and their feature network.
+
+    Both are ``torch.nn.functional.interpolate`` on the whole batch (MONAI's ``Resize`` takes one
+    image at a time).
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
     size = tuple(int(s) for s in size)
     if tuple(images.shape[-2:]) == size or len(images) == 0:
         return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+    if mode == "antialias":
+        how = {"mode": "bilinear", "align_corners": False, "antialias": True}
+    elif all(s <= h for s, h in zip(size, images.shape[-2:])):
+        how = {"mode": "area"}
+    else:
+        how = {"mode": "bilinear", "align_corners": False}
+    return F.interpolate(images.float(), size=size, **how).clamp(0, 1)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """One image (C, H, W) in [0, 1] as the uint8 array of a PNG: (H, W) for 1 channel, (H, W, 3)
+    for 3; values rounded to the nearest of the 256 levels."""
+    array = (image.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
 
 
 def common_size(*batches: torch.Tensor) -> tuple[int, int]:

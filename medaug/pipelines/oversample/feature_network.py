@@ -116,7 +116,7 @@ class FeatureNetwork:
     def prepare(self, images) -> torch.Tensor:
         """Images as the network takes them: checked, channels matched and resized (on the CPU)."""
         batch = as_image_batch(images)
-        return resize_batch(match_channels(batch, self.in_channels), self.image_size)
+        return resize_batch(match_channels(batch, self.in_channels), self.image_size, mode="antialias")
 
     @torch.no_grad()
     def features(self, images) -> torch.Tensor:
@@ -232,7 +232,7 @@ def fit_feature_network(
     if cached is not None and cached.is_file():
         logger.info("feature network from cache %s", cached)
         return load_feature_network(cached, device=device)
-    batch = resize_batch(batch, image_size)
+    batch = resize_batch(batch, image_size, mode="antialias")
 
     device = torch.device(device)
     # a private RNG stream: seeded weights and dropout without reseeding the caller's global state

@@ -352,7 +352,7 @@ def _tile(images: torch.Tensor, size: tuple[int, int], columns: int, pad: int) -
     height, width = size
     row = np.ones((height, columns * (width + pad) - pad, 3), dtype=np.float32)
     if len(images):
-        images = resize_batch(images, size)
+        images = resize_batch(images, size, mode="antialias")
         if images.shape[1] != 3:  # grey-scale (other channel counts: the first channel)
             images = images[:, :1].expand(-1, 3, -1, -1)
         for col, image in enumerate(images.numpy()):

@@ -162,7 +162,10 @@ def _flat_pair(synth_images, real_images) -> tuple[torch.Tensor, torch.Tensor]:
     synth = as_image_batch(synth_images, "synth_images")
     real = as_image_batch(real_images, "real_images", allow_empty=False)
     channels, size = common_channels(synth, real), common_size(synth, real)
-    flat = [resize_batch(match_channels(b, channels), size).reshape(len(b), -1).double() for b in (synth, real)]
+    flat = [
+        resize_batch(match_channels(b, channels), size, mode="antialias").reshape(len(b), -1).double()
+        for b in (synth, real)
+    ]
     return flat[0], flat[1]
 
 

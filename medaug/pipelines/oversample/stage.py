@@ -6,13 +6,19 @@ and the labels the loss and the sampler balance on. Methods:
 
 - ``none``: the train split as it is;
 - ``random``: copies of randomly drawn real train images of the class (random oversampling);
-- ``gan``: :class:`medaug.models.cgan.ConditionalGAN`;
-- ``vae_interp``: :class:`medaug.models.class_vae.ClassVAEInterpolation` (latent interpolation of
+- a generator of :data:`medaug.models.GENERATORS` (:mod:`medaug.models.registry`), its settings in
+  the section the registry names: ``gan``: :class:`medaug.models.cgan.ConditionalGAN`;
+  ``vae_interp``: :class:`medaug.models.class_vae.ClassVAEInterpolation` (latent interpolation of
   same-class pairs); ``vae``: the same fitted VAEs decoding draws from their prior N(0, I);
-- ``ldm`` / ``ldm_img2img``: :class:`medaug.models.latent_diffusion.ClassConditionalLDM`, DDIM from
+  ``ldm`` / ``ldm_img2img``: :class:`medaug.models.latent_diffusion.ClassConditionalLDM`, DDIM from
   noise or SDEdit from real images (both share one fitted model);
 - ``hybrid``: a ``fraction`` of the new images from ``hybrid.generator``, the rest copies of real
   images passed through the bundle's train ``augmentation``; the cost of each part is reported.
+
+The stage only orchestrates: it looks the method up in the registry (class, settings section,
+sampling call; which settings are sampling-only the class says), fits, samples, resizes, writes and
+caches. Adding a generator is one file in :mod:`medaug.models` plus one line in
+:data:`medaug.models.GENERATORS`, and its settings section in the bundle's ``oversample``; nothing here.
 
 How many (``target``): ``balance`` tops every class up to the largest; ``multiplier`` makes each
 oversampled class ``multiplier`` times its train count; ``count`` adds ``count`` images per
@@ -46,7 +52,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import Compose
 from PIL import Image
@@ -56,24 +61,25 @@ from medaug.io.atomic import write_csv_atomic, write_json_atomic
 from medaug.io.hashing import file_sha256
 from medaug.io.loader import read_entry_image
 from medaug.io.npz import parse_npz_ref
-from medaug.models.cgan import ConditionalGAN
-from medaug.models.class_vae import ClassVAEInterpolation
 from medaug.models.generator_base import ImageGenerator, SampleBatch, seeded
-from medaug.models.latent_diffusion import ClassConditionalLDM
+from medaug.models.registry import GENERATORS, GeneratorSpec, generator_sections, generator_spec
+from medaug.pipelines.oversample.batches import resize_batch, to_uint8
 from medaug.pipelines.oversample.cost import measure
 from medaug.pipelines.oversample.quality_metrics import nearest_real
 
 logger = logging.getLogger("medaug.oversample")
 
-METHODS = ("none", "random", "gan", "vae", "vae_interp", "ldm", "ldm_img2img", "hybrid")
+# The methods that need no generator; every other one but "hybrid" is a registered generator.
+COPY_METHODS = ("none", "random")
+
+
+def known_methods() -> tuple[str, ...]:
+    """Every ``oversample#method``: ``none``, ``random``, the registered generators, ``hybrid``."""
+    return (*COPY_METHODS, *GENERATORS, "hybrid")
+
+
+METHODS = known_methods()  # as registered at import: none random gan vae vae_interp ldm ldm_img2img hybrid
 TARGETS = ("balance", "multiplier", "count")
-GENERATORS: dict[str, type[ImageGenerator]] = {
-    "gan": ConditionalGAN,
-    "vae_interp": ClassVAEInterpolation,
-    "ldm": ClassConditionalLDM,
-}
-# Settings that change how a fitted model is sampled, not the model: left out of the fit cache key.
-SAMPLING_ONLY = {"ldm": {"ddim_steps", "img2img_strength"}, "vae_interp": {"alpha_range"}, "gan": set()}
 MANIFEST_COLUMNS = (
     "id",
     "class",
@@ -160,23 +166,6 @@ def requested_counts(
     return out
 
 
-def resize_batch(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(N, C, H, W) to ``size``: area averaging when shrinking, bilinear when enlarging (what MONAI's
-    ``Resize`` does per image, here on a batch)."""
-    size = tuple(int(s) for s in size)
-    if tuple(images.shape[-2:]) == size or len(images) == 0:
-        return images
-    shrink = all(s <= h for s, h in zip(size, images.shape[-2:]))
-    mode = {"mode": "area"} if shrink else {"mode": "bilinear", "align_corners": False}
-    return F.interpolate(images.float(), size=size, **mode).clamp(0, 1)
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (H, W) or (H, W, 3) uint8 for PNG."""
-    array = (image.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-    return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-
-
 def describe_transforms(augmentation, depth: int = 3):
     """A stable description of a list/Compose of transforms for the cache key of ``hybrid``: class
     names and plain settings, recursing into the array transforms a dictionary transform wraps
@@ -221,14 +210,13 @@ class OversampleStage:
 
     Args:
         study_data: the :class:`medaug.io.StudyData` of the run; only its train split is used.
-        method: one of :data:`METHODS`.
+        method: one of :data:`METHODS` (or a generator registered later: :func:`known_methods`).
         target: one of :data:`TARGETS`; ``multiplier``, ``count``, ``classes`` as described above.
         image_size: (H, W) the generators are trained at; new images are written at the train
             images' own (most common) size.
         seed: seeds fitting and sampling.
-        gan, vae_interp, ldm: keyword arguments of the generator classes (``vae_interp`` also serves
-            ``vae``, ``ldm`` also ``ldm_img2img``).
-        hybrid: ``{"generator": "gan" | "vae" | "vae_interp" | "ldm" | "ldm_img2img", "fraction": 0.5}``.
+        hybrid: ``{"generator": "gan" | "vae" | "vae_interp" | "ldm" | "ldm_img2img", "fraction": 0.5}``
+            (any registered generator).
         augmentation: the bundle's train augmentation (dictionary transforms on ``"image"``), used
             by ``hybrid`` for its augmented copies.
         quality: ``{"enabled": bool, "feature_epochs": int, "feature_network_path": str | None,
@@ -240,6 +228,10 @@ class OversampleStage:
         channels: image channels (1 or 3, as the bundle's ``channels``).
         device: where generators run.
         progress: tqdm bars for fitting and sampling.
+        **generator_settings: one section per registered generator, named as the registry's
+            ``section`` (:func:`medaug.models.generator_sections`: ``gan``, ``vae_interp``, ``ldm``), with
+            the keyword arguments of its class; ``vae_interp`` also serves ``vae``, ``ldm`` also
+            ``ldm_img2img``. A missing section means the class's defaults.
     """
 
     def __init__(
@@ -252,9 +244,6 @@ class OversampleStage:
         classes: Sequence[str] | None = None,
         image_size: Sequence[int] = (32, 32),
         seed: int = 0,
-        gan: Mapping | None = None,
-        vae_interp: Mapping | None = None,
-        ldm: Mapping | None = None,
         hybrid: Mapping | None = None,
         augmentation=None,
         quality: Mapping | None = None,
@@ -264,9 +253,16 @@ class OversampleStage:
         channels: int = 1,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        **generator_settings: Mapping | None,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"oversample method {method!r} is not one of {METHODS}")
+        if method not in known_methods():
+            raise ValueError(f"oversample method {method!r} is not one of {known_methods()}")
+        sections = generator_sections()
+        unknown_sections = sorted(set(generator_settings) - set(sections))
+        if unknown_sections:
+            raise ValueError(
+                f"oversample settings {unknown_sections} are no generator's section: the sections are {sections}"
+            )
         if target not in TARGETS:
             raise ValueError(f"oversample target {target!r} is not one of {TARGETS}")
         if channels not in (1, 3):
@@ -280,11 +276,14 @@ class OversampleStage:
         self.classes = None if classes is None else [self.class_names.index(c) for c in classes]
         self.image_size = tuple(int(s) for s in image_size)
         self.seed = int(seed)
-        self.generator_args = {"gan": dict(gan or {}), "vae_interp": dict(vae_interp or {}), "ldm": dict(ldm or {})}
+        self.generator_args = {section: dict(generator_settings.get(section) or {}) for section in sections}
         self.hybrid = {"generator": "vae_interp", "fraction": 0.5, **dict(hybrid or {})}
         if method == "hybrid":
-            if self.hybrid["generator"] not in ("gan", "vae", "vae_interp", "ldm", "ldm_img2img"):
-                raise ValueError(f"hybrid generator {self.hybrid['generator']!r} is not a generative method")
+            if self.hybrid["generator"] not in GENERATORS:
+                raise ValueError(
+                    f"hybrid generator {self.hybrid['generator']!r} is not a generative method: "
+                    f"one of {tuple(GENERATORS)}"
+                )
             if not 0.0 <= float(self.hybrid["fraction"]) <= 1.0:
                 raise ValueError(f"hybrid fraction must be in [0, 1], got {self.hybrid['fraction']}")
         self.augmentation = augmentation
@@ -319,25 +318,28 @@ class OversampleStage:
         train_counts = {c: tally.get(c, 0) for c in range(len(self.class_names))}
         return requested_counts(train_counts, self.target, self.multiplier, self.count, self.classes, self.class_names)
 
-    def _generator_name(self) -> str | None:
-        method = self.hybrid["generator"] if self.method == "hybrid" else self.method
-        return {"gan": "gan", "vae": "vae_interp", "vae_interp": "vae_interp", "ldm": "ldm", "ldm_img2img": "ldm"}.get(
-            method
-        )
+    @property
+    def _generative_method(self) -> str:
+        """The method that makes the generated images (``hybrid``: its ``generator``)."""
+        return self.hybrid["generator"] if self.method == "hybrid" else self.method
+
+    def _generator(self) -> GeneratorSpec | None:
+        """The registry entry of this run's generator; None for ``none`` and ``random``."""
+        return None if self.method in COPY_METHODS else generator_spec(self._generative_method)
 
     def _output_size(self) -> tuple[int, int]:
         sizes = Counter((int(e["height"]), int(e["width"])) for e in self.data.train)
         return sizes.most_common(1)[0][0]
 
     def fit_key(self) -> str | None:
-        name = self._generator_name()
-        if name is None:
+        spec = self._generator()
+        if spec is None:
             return None
-        args = {k: v for k, v in self.generator_args[name].items() if k not in SAMPLING_ONLY[name]}
+        args = {k: v for k, v in self.generator_args[spec.section].items() if k not in spec.sampling_only}
         return _hash(
             {
                 "v": CACHE_VERSION,
-                "generator": name,
+                "generator": spec.section,  # methods with one section share one fitted generator
                 "args": args,
                 "image_size": self.image_size,
                 "seed": self.seed,
@@ -347,14 +349,14 @@ class OversampleStage:
         )
 
     def sample_key(self) -> str:
-        name = self._generator_name()
+        spec = self._generator()
         config = {
             "v": CACHE_VERSION,
             "method": self.method,
             "counts": self.counts(),
             "seed": self.seed,
             "fit": self.fit_key(),
-            "sampling": self.generator_args[name] if name else None,
+            "sampling": self.generator_args[spec.section] if spec else None,
             "output_size": self._output_size(),
             "channels": self.channels,
             "quality": self.quality,
@@ -431,18 +433,20 @@ class OversampleStage:
             if e["split"] != "train" or e.get("synthetic"):
                 raise AssertionError(f"oversample read a non-train or synthetic entry: {e['image']}")
             pixels, _ = read_entry_image(str(e["image"]), channels=self.channels, frame=e.get("frame"))
-            out.append(resize_batch(torch.from_numpy(pixels)[None], size)[0])
+            out.append(resize_batch(torch.from_numpy(pixels)[None], size, mode="area")[0])
         return torch.stack(out) if out else torch.empty(0, self.channels, *size)
 
-    def _fitted_generator(self, name: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[ImageGenerator, dict]:
-        gen = GENERATORS[name](
+    def _fitted_generator(
+        self, spec: GeneratorSpec, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[ImageGenerator, dict]:
+        gen = spec.generator(
             self.channels,
             len(self.class_names),
             self.image_size,
             seed=self.seed,
             device=self.device,
             progress=self.progress,
-            **self.generator_args[name],
+            **self.generator_args[spec.section],
         )
         folder = self.cache_dir / "generators" / self.fit_key()
         checkpoint, info_path = folder / "generator.pt", folder / "fit.json"
@@ -455,7 +459,7 @@ class OversampleStage:
             gen.fit(images, labels)
         gen.save(checkpoint)
         info = {
-            "generator": name,
+            "generator": spec.section,
             "fit": cost.as_dict(),
             "checkpoint_sha256": file_sha256(checkpoint),
             "final_losses": {k: v[-1] for k, v in gen.history.items() if v},
@@ -474,18 +478,18 @@ class OversampleStage:
         ids = [real_id(e, self.data.dataset_dir) for e in train]
         native = self._real_images(train, out_size)
         counts = self.counts()
-        method = self.hybrid["generator"] if self.method == "hybrid" else self.method
-        n_gen = {c: (n if self._generator_name() else 0) for c, n in counts.items()}
+        method = self._generative_method
+        spec = self._generator()
+        n_gen = {c: (n if spec else 0) for c, n in counts.items()}
         n_aug = {c: 0 for c in counts}
         if self.method == "hybrid":
             n_gen = {c: int(round(float(self.hybrid["fraction"]) * n)) for c, n in counts.items()}
             n_aug = {c: counts[c] - n_gen[c] for c in counts}
         costs: dict[str, dict] = {}
         gen, info = None, {}
-        name = self._generator_name()
-        if name is not None and any(n_gen.values()):
-            small = resize_batch(native, self.image_size)
-            gen, info = self._fitted_generator(name, small, labels)
+        if spec is not None and any(n_gen.values()):
+            small = resize_batch(native, self.image_size, mode="area")
+            gen, info = self._fitted_generator(spec, small, labels)
             costs["fit"] = {**info["fit"], "cached": info["cache_hit"]}
         tmp = Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir / "samples"), prefix=f".{key}."))
         rows: list[dict] = []
@@ -547,15 +551,13 @@ class OversampleStage:
     def _sample(
         self, gen: ImageGenerator, method: str, label: int, n: int, real: torch.Tensor, real_ids: Sequence[str]
     ) -> SampleBatch:
-        small = resize_batch(real, self.image_size)
-        draw = {"ldm_img2img": getattr(gen, "sample_img2img", None), "vae": getattr(gen, "sample_prior", None)}.get(
-            method, gen.sample
-        )
+        small = resize_batch(real, self.image_size, mode="area")
+        draw = getattr(gen, generator_spec(method).draw)
         with seeded(self._class_seed(label, method)):
             batch = draw(label, n, small, real_ids, seed=self._class_seed(label, method))
         if len(batch.images) != n:
             raise RuntimeError(f"{method} returned {len(batch.images)} images for class {label}, {n} requested")
-        return SampleBatch(resize_batch(batch.images, real.shape[-2:]), batch.parents)
+        return SampleBatch(resize_batch(batch.images, real.shape[-2:], mode="area"), batch.parents)
 
     def _copies(self, real: torch.Tensor, real_ids: Sequence[str], label: int, n: int, augment: bool) -> SampleBatch:
         """``n`` copies of real images of one class, each real image used about equally often;

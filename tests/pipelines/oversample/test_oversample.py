@@ -14,7 +14,9 @@ from PIL import Image
 
 import medaug.pipelines.oversample.stage as oversample_module
 from medaug.io import build_study_data
+from medaug.models import GENERATORS, GeneratorSpec
 from medaug.models.diff_augment import diff_augment
+from medaug.models.generator_base import ImageGenerator, SampleBatch
 from medaug.models.latent_diffusion import ClassConditionalLDM
 from medaug.pipelines.oversample.stage import MANIFEST_COLUMNS, METHODS, OversampleStage, real_id, requested_counts
 
@@ -113,9 +115,19 @@ def test_targets_balance_multiplier_count_and_chosen_classes():
         requested_counts(counts, "double")
 
 
+def test_the_method_names_are_the_bundles_contract():
+    assert METHODS == ("none", "random", "gan", "vae", "vae_interp", "ldm", "ldm_img2img", "hybrid")
+
+
 def test_bad_settings_are_named(study, tmp_path):
-    with pytest.raises(ValueError, match="method 'diffusion' is not one of"):
+    with pytest.raises(ValueError, match=r"method 'diffusion' is not one of \('none', 'random', 'gan', 'vae'"):
         stage(study, tmp_path, "diffusion")
+    with pytest.raises(ValueError, match=r"hybrid generator 'random' is not a generative method: one of \('gan'"):
+        stage(study, tmp_path, "hybrid", hybrid={"generator": "random"})
+    with pytest.raises(
+        ValueError, match=r"settings \['gann'\] are no generator's section: .*'gan', 'vae_interp', 'ldm'"
+    ):
+        stage(study, tmp_path, "gan", gann={"iterations": 1})
     with pytest.raises(ValueError, match=r"classes \['benign'\] are not among"):
         stage(study, tmp_path, "random", classes=["benign"])
     with pytest.raises(ValueError, match="hybrid fraction"):
@@ -239,3 +251,45 @@ def test_vae_samples_the_prior_of_the_vae_that_vae_interp_fitted(study, tmp_path
     assert [r["parent_ids"] for r in manifest(prior)] == [""] * 12
     assert all(len(r["parent_ids"].split()) == 2 for r in manifest(interp))
     assert prior.cache_key != interp.cache_key
+
+
+class MeanImage(ImageGenerator):
+    """A toy generator for the registry test: the mean train image of the class, plus seeded noise."""
+
+    name = "mean_image"
+    sampling_only = frozenset({"noise"})
+
+    def __init__(self, in_channels, num_classes, image_size, seed=0, device="cpu", progress=True, noise=0.0):
+        super().__init__(in_channels, num_classes, image_size, seed, device, progress)
+        self.noise = float(noise)
+        self.state = torch.nn.Module()
+        self.state.register_buffer("means", torch.zeros(num_classes, in_channels, *self.image_size))
+
+    def modules(self):
+        return {"state": self.state}
+
+    def fit(self, images, labels):
+        self.check_fit_inputs(images, labels)
+        for c in labels.unique():
+            self.state.means[c] = images[labels == c].mean(dim=0)
+        return self
+
+    def sample(self, label, n, real_images, real_ids, seed):
+        noise = torch.randn(n, *self.state.means.shape[1:], generator=torch.Generator().manual_seed(seed))
+        return SampleBatch((self.state.means[label] + self.noise * noise).clamp(0, 1), [[] for _ in range(n)])
+
+
+def test_a_generator_registered_with_one_line_runs_in_the_stage(study, tmp_path, monkeypatch):
+    monkeypatch.setitem(GENERATORS, "mean_image", GeneratorSpec(MeanImage, section="mean_image"))
+
+    result = stage(study, tmp_path, "mean_image", mean_image={"noise": 0.0}).run()
+    rows = manifest(result)
+    assert len(result.synthetic) == 12 and {r["generator"] for r in rows} == {"mean_image"}
+    assert all(r["generator_checkpoint_sha256"] and not r["parent_ids"] for r in rows)
+    images = [np.asarray(Image.open(e["image"])) for e in result.synthetic]
+    assert images[0].shape == (64, 64) and all(np.array_equal(images[0], other) for other in images)
+    # its sampling-only setting reuses the fitted generator; it also serves as hybrid#generator
+    noisier = stage(study, tmp_path, "mean_image", mean_image={"noise": 0.1}).run()
+    assert not noisier.cache_hit and noisier.summary["cost"]["fit"]["cached"] is True
+    hybrid = stage(study, tmp_path, "hybrid", hybrid={"generator": "mean_image"}, mean_image={"noise": 0.0}).run()
+    assert sorted({r["generator"] for r in manifest(hybrid)}) == ["augmentation", "mean_image"]
