@@ -21,6 +21,7 @@ with the image only, leaving no place for the class condition, the R1 gradient o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +65,7 @@ class ConditionalGAN(ImageGenerator):
         in_channels: int,
         num_classes: int,
         image_size: Sequence[int],
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        progress: bool = True,
+        *,
         latent_size: int = 64,
         channels: Sequence[int] = (64, 32),
         iterations: int = 1000,
@@ -75,8 +74,10 @@ class ConditionalGAN(ImageGenerator):
         r1_gamma: float = 1.0,
         ema_decay: float = 0.99,
         diffaugment: str = "color,translation,cutout",
+        **common: Any,
     ) -> None:
-        super().__init__(in_channels, num_classes, image_size, seed, device, progress)
+        # common: seed, device, progress, as ImageGenerator takes them
+        super().__init__(in_channels, num_classes, image_size, **common)
         if any(s % 4 for s in self.image_size):
             raise ValueError(f"gan: image_size must be divisible by 4, got {self.image_size}")
         self.latent_size, self.iterations, self.batch_size = int(latent_size), int(iterations), int(batch_size)

@@ -12,6 +12,7 @@ to raise minority-class accuracy on a small endoscopy set. Both parents are reco
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +44,7 @@ class ClassVAEInterpolation(ImageGenerator):
         in_channels: int,
         num_classes: int,
         image_size: Sequence[int],
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        progress: bool = True,
+        *,
         latent_size: int = 32,
         channels: Sequence[int] = (32, 64),
         iterations: int = 500,
@@ -53,8 +52,10 @@ class ClassVAEInterpolation(ImageGenerator):
         lr: float = 1e-3,
         beta: float = 1.0,
         alpha_range: Sequence[float] = (0.2, 0.8),
+        **common: Any,
     ) -> None:
-        super().__init__(in_channels, num_classes, image_size, seed, device, progress)
+        # common: seed, device, progress, as ImageGenerator takes them
+        super().__init__(in_channels, num_classes, image_size, **common)
         low, high = (float(a) for a in alpha_range)
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"vae_interp: alpha_range must satisfy 0 <= min <= max <= 1, got {alpha_range}")

@@ -22,6 +22,7 @@ cannot start the reverse process at an intermediate timestep (img2img).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +60,7 @@ class ClassConditionalLDM(ImageGenerator):
         in_channels: int,
         num_classes: int,
         image_size: Sequence[int],
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        progress: bool = True,
+        *,
         ae_channels: Sequence[int] = (32, 64),
         latent_channels: int = 3,
         unet_channels: Sequence[int] = (32, 64),
@@ -75,8 +74,10 @@ class ClassConditionalLDM(ImageGenerator):
         img2img_strength: float = 0.6,
         context_dim: int | None = None,
         context_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(in_channels, num_classes, image_size, seed, device, progress)
+        # common: seed, device, progress, as ImageGenerator takes them
+        super().__init__(in_channels, num_classes, image_size, **common)
         if not 0.0 < float(img2img_strength) <= 1.0:
             raise ValueError(f"ldm: img2img_strength must be in (0, 1], got {img2img_strength}")
         if (context_dim is None) != (context_fn is None):

@@ -468,6 +468,13 @@ class OversampleStage:
         info["cache_hit"] = False
         return gen, info
 
+    def _rows(self, batch: SampleBatch, label: int, generator: str, sha: str) -> list[dict]:
+        """One manifest row (before file names) per new image of ``batch``."""
+        seed = self._class_seed(label, generator)
+        return [
+            {"label": label, "generator": generator, "parent_ids": p, "seed": seed, "sha": sha} for p in batch.parents
+        ]
+
     def _class_seed(self, label: int, part: str) -> int:
         return int(np.random.SeedSequence([self.seed, label, sum(map(ord, part))]).generate_state(1)[0])
 
@@ -502,16 +509,7 @@ class OversampleStage:
                     if n_gen[c]:
                         batch = self._sample(gen, method, c, n_gen[c], native[own], own_ids)
                         images.append(batch.images)
-                        rows += [
-                            {
-                                "label": c,
-                                "generator": method,
-                                "parent_ids": p,
-                                "seed": self._class_seed(c, method),
-                                "sha": info.get("checkpoint_sha256", ""),
-                            }
-                            for p in batch.parents
-                        ]
+                        rows += self._rows(batch, c, method, info.get("checkpoint_sha256", ""))
             costs["sample"] = sample_cost.as_dict()
             with measure(self.device) as copy_cost:
                 for c in range(len(self.class_names)):
@@ -521,16 +519,7 @@ class OversampleStage:
                     if n:
                         batch = self._copies(native[own], [ids[i] for i in own], c, n, augment=kind == "augmentation")
                         images.append(batch.images)
-                        rows += [
-                            {
-                                "label": c,
-                                "generator": kind,
-                                "parent_ids": p,
-                                "seed": self._class_seed(c, kind),
-                                "sha": "",
-                            }
-                            for p in batch.parents
-                        ]
+                        rows += self._rows(batch, c, kind, sha="")
             if self.method in ("random", "hybrid"):
                 costs["random_copies" if self.method == "random" else "augmented_copies"] = copy_cost.as_dict()
             new = torch.cat(images) if images else torch.empty(0, self.channels, *out_size)
