@@ -12,7 +12,10 @@ artifacts, and writes ``report.html`` (figures embedded), ``report.md`` (figures
   correctness, DeLong on AUC (binary tasks), paired bootstrap on balanced accuracy and Youden's J;
   Holm's correction across the comparisons, per test;
 * figures: metrics by strategy with CIs, amount-sweep curves (grids with an ``amount_key``),
-  image quality vs gain (runs with an FID-like metric), confusion matrices summed over seeds.
+  image quality vs gain (runs with an FID-like metric), confusion matrices summed over seeds;
+* sanity marks (:mod:`.report_flags`): cells of smoke or short runs, with fewer seeds than the
+  protocol asks, or whose models predicted one class or sit at chance; a comparison so marked
+  shows the reason instead of a verdict.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 
 from medaug.io.atomic import atomic_path, write_json_atomic
 from medaug.pipelines.evaluate import plots, stats
-from medaug.pipelines.study import report_plots
+from medaug.pipelines.study import report_flags, report_plots
 from medaug.pipelines.study.grid import cell_name
 from medaug.pipelines.tracking.tags import (
     AMOUNT_KEY_TAG,
@@ -75,6 +78,12 @@ class RunRecord:
     metrics: dict
     start_time: int = 0
     end_time: int = 0
+    configs: list = field(default_factory=list)  # config files, as the run or its study parent logged them
+    max_epochs: int | None = None
+
+    @property
+    def setup(self) -> report_flags.RunSetup:
+        return report_flags.RunSetup(self.configs, self.max_epochs)
 
     @property
     def cell(self) -> str:
@@ -118,7 +127,7 @@ def resolve_tracking_uri(
     return f"sqlite:///{folder.resolve() / 'mlflow.db'}", folder
 
 
-def _record(run) -> RunRecord:
+def _record(run, parent_params: dict | None = None) -> RunRecord:
     tags = run.data.tags
     strategy = tags.get(STRATEGY_TAG) or tags.get("strategy") or "run"
     seed_text = tags.get(SEED_TAG, tags.get("seed", "0"))
@@ -131,6 +140,7 @@ def _record(run) -> RunRecord:
     else:  # a bundle run outside a study: its classifier is the other axis
         axes = {"classifier": tags["classifier"]} if "classifier" in tags else {}
     overrides = json.loads(tags.get(OVERRIDES_TAG, "{}"))
+    setup = report_flags.run_setup(run.data.params, overrides, parent_params)
     return RunRecord(
         run.info.run_id,
         run.info.run_name,
@@ -141,6 +151,8 @@ def _record(run) -> RunRecord:
         dict(run.data.metrics),
         run.info.start_time or 0,
         run.info.end_time or 0,
+        setup.configs,
+        setup.max_epochs,
     )
 
 
@@ -174,8 +186,11 @@ def collect_runs(
     unfinished = [r for r in runs if r.info.status != "FINISHED"]
     if unfinished:
         notes.append(f"{len(unfinished)} run(s) not FINISHED (failed, killed or running) are left out")
+    parent_params = dict(parent.data.params) if parent is not None else None
     records = [
-        _record(r) for r in runs if r.info.status == "FINISHED" and any(k.startswith("test_") for k in r.data.metrics)
+        _record(r, parent_params)
+        for r in runs
+        if r.info.status == "FINISHED" and any(k.startswith("test_") for k in r.data.metrics)
     ]
     latest: dict[tuple, RunRecord] = {}
     for rec in sorted(records, key=lambda r: r.start_time):
@@ -399,6 +414,9 @@ def _cell_text(s: dict) -> str:
 def _comparison_row(c: dict) -> list[str]:
     r = c["result"]
     row = [c["cell"], c["baseline_cell"], ", ".join(map(str, r.get("seeds", []))), str(r.get("images", "n/a"))]
+    row.append(report_flags.comparison_text(c["flags"]))
+    if not c["flags"]["verdict"]:  # not an answer: no Δ, p or Holm to be read as one
+        return row + ["–"] * (len(COMPARISON_HEADER) - len(row))
     for test in ("balanced_accuracy", "youden", "auc"):
         t = r.get(test, {})
         if "diff" in t:
@@ -418,6 +436,7 @@ COMPARISON_HEADER = [
     "baseline",
     "seeds",
     "images",
+    "sanity",
     "Δ balanced accuracy [95% CI]",
     "p (Holm)",
     "Δ Youden's J [95% CI]",
@@ -438,8 +457,8 @@ METHODS = (
     "difference with the joint covariance of all seeds' AUCs (DeLong et al. 1988; Sun & Xu 2014); McNemar's test "
     "on per-image correctness pooled over seeds (b: only the strategy right, c: only the baseline right; exact "
     "binomial below 25 discordant pairs). p-values in parentheses are Holm-adjusted across the comparisons of the "
-    "report, separately per test. The paired tests measure uncertainty over test images for these trained "
-    "models; seed-to-seed spread is in the first table."
+    "report (marked ones included), separately per test. The paired tests measure uncertainty over test images "
+    "for these trained models; seed-to-seed spread is in the first table."
 )
 
 
@@ -495,6 +514,7 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
     ]
     md = [f"# Study report: {ctx['experiment']}", "", *intro, ""]
     md += [f"- {n}" for n in ctx["notes"]] + ([""] if ctx["notes"] else [])
+    md += [f"**Sanity marks.** {ctx['sanity']} {report_flags.LEGEND}", ""]
     for title, sub, header, rows in sections:
         md += [f"## {title}", "", f"_{sub}_", "", _md_table(header, rows) if rows else "(none)", ""]
     md += (
@@ -514,6 +534,7 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
     ]
     if ctx["notes"]:
         body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in ctx["notes"]) + "</ul>")
+    body.append(f"<p><strong>Sanity marks.</strong> {html.escape(ctx['sanity'] + ' ' + report_flags.LEGEND)}</p>")
     for title, sub, header, rows in sections:
         body += [
             f"<h2>{html.escape(title)}</h2><p><em>{html.escape(sub)}</em></p>",
@@ -532,6 +553,15 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
     return _write_text(out / "report.html", page), md_path
 
 
+def _sanity_line(flags: dict, comparisons: list[dict], min_seeds: int, min_epochs: int) -> str:
+    withheld = sum(not c["flags"]["verdict"] for c in comparisons)
+    marked = sum(f.mark != report_flags.OK for f in flags.values())
+    return (
+        f"Held to {min_seeds} seeds per cell and {min_epochs} epochs per run: {marked} of {len(flags)} cells "
+        f"marked; {withheld} of {len(comparisons)} comparisons not an answer."
+    )
+
+
 # ------------------------------------------------------------------------------------ entry point
 
 
@@ -544,9 +574,12 @@ def write_study_report(
     runs_dir: str | os.PathLike | None = None,
     n_bootstrap: int = 2000,
     log_to_mlflow: bool = True,
+    min_seeds: int = report_flags.MIN_SEEDS,
+    min_epochs: int = report_flags.MIN_EPOCHS,
 ) -> dict:
     """Build the report of an experiment (or of one study in it) and log it to MLflow; returns paths
-    and counts. See the module docstring for what it holds."""
+    and counts. See the module docstring for what it holds; ``min_seeds`` and ``min_epochs`` are the
+    protocol the sanity marks hold the runs to (:mod:`.report_flags`)."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per small CSV is noise
@@ -571,6 +604,16 @@ def write_study_report(
         by_cell[r.cell].append(r)
     with tempfile.TemporaryDirectory(prefix="medaug-report-") as scratch:
         preds = {r.run_id: load_predictions(client, r.run_id, Path(scratch)) for r in records}
+    health = {
+        r.run_id: report_flags.run_health(p.y_true, p.y_pred, p.prob, p.class_names, p.positive)
+        for r, p in ((r, preds[r.run_id]) for r in records)
+    }
+    flags = {
+        c: report_flags.cell_flags(
+            [r.setup for r in runs], [health[r.run_id] for r in runs], min_seeds=min_seeds, min_epochs=min_epochs
+        )
+        for c, runs in by_cell.items()
+    }
     baselines = {c: runs[0] for c, runs in by_cell.items() if runs[0].strategy == baseline}
     comparisons = []
     for cell in cells:
@@ -582,7 +625,16 @@ def write_study_report(
             notes.append(f"{cell}: no baseline cell with the same settings; not tested")
             continue
         result = compare(by_cell[cell], by_cell[base], preds, n_bootstrap, f"{cell} vs {base}")
-        comparisons.append({"cell": cell, "baseline_cell": base, "result": result})
+        marks = report_flags.comparison_flags(
+            flags[cell],
+            flags[base],
+            [r.setup for r in by_cell[cell]],
+            [r.setup for r in by_cell[base]],
+            len(result["seeds"]),
+            min_seeds=min_seeds,
+            min_epochs=min_epochs,
+        )
+        comparisons.append({"cell": cell, "baseline_cell": base, "result": result, "flags": marks})
     for test in TESTS:
         ps = [c["result"].get(test, {}).get("p", math.nan) for c in comparisons]
         for c, adjusted in zip(comparisons, stats.holm(ps)):
@@ -653,15 +705,23 @@ def write_study_report(
             )
         )
 
-    summary_header = ["strategy", "seeds"] + [m[len("test_") :] for m in main]
-    summary_rows = [[c, str(len(by_cell[c]))] + [_cell_text(summary[c][m]) for m in main] for c in cells]
-    all_rows = [[m, c, str(summary[c][m]["n"]), _cell_text(summary[c][m])] for m in metric_names for c in cells]
+    summary_header = ["strategy", "seeds", "sanity"] + [m[len("test_") :] for m in main]
+    summary_rows = [
+        [c, str(len(by_cell[c])), flags[c].text()] + [_cell_text(summary[c][m]) for m in main] for c in cells
+    ]
+    first = preds[records[0].run_id]
+    repeated = report_flags.redundant_binary_metrics(metric_names, first.class_names, first.positive)
+    all_rows = [
+        [m, c, str(summary[c][m]["n"]), _cell_text(summary[c][m])]
+        for m in metric_names
+        if m not in repeated
+        for c in cells
+    ]
     source = (
         f"study parent run `{parent.info.run_id}` ({parent.info.run_name})"
         if parent is not None
         else "all finished runs of the experiment"
     )
-    first = preds[records[0].run_id]
     task = (
         f"classes {', '.join(first.class_names)}"
         + (f" (positive: {first.class_names[first.positive]})" if len(first.class_names) == 2 else "")
@@ -683,6 +743,7 @@ def write_study_report(
         "comparison_rows": [_comparison_row(c) for c in comparisons],
         "figures": figures,
         "cost_rows": cost_rows(cells, by_cell),
+        "sanity": _sanity_line(flags, comparisons, min_seeds, min_epochs),
     }
     html_path, md_path = _render(ctx, out)
     data = {
@@ -694,6 +755,12 @@ def write_study_report(
         "comparisons": comparisons,
         "quality_vs_gain": quality,
         "notes": notes,
+        "sanity": {
+            "min_seeds": min_seeds,
+            "min_epochs": min_epochs,
+            "cells": {c: {"mark": f.mark, "setup": f.setup, "health": f.health} for c, f in flags.items()},
+            "runs": health,
+        },
     }
     json_path = write_json_atomic(out / "report.json", data)
     result = {

@@ -1,7 +1,8 @@
-"""The study report on MLflow runs logged the way study children log them (tags, test metrics,
-``predictions.csv`` and ``metrics.json``), without training anything: pairing by image, the baseline
-matched across an amount sweep, Holm across comparisons, the figures a grid calls for, and an
-experiment of plain bundle runs (no study) with three classes."""
+"""The study report on MLflow runs logged the way study children log them (tags, params, test
+metrics, ``predictions.csv`` and ``metrics.json``), without training anything: pairing by image, the
+baseline matched across an amount sweep, Holm across comparisons, the figures a grid calls for, an
+experiment of plain bundle runs (no study) with three classes, and the sanity marks that keep smoke
+runs, too few seeds and collapsed models from reading as findings."""
 
 import csv
 import json
@@ -9,10 +10,11 @@ import json
 import mlflow
 import numpy as np
 import pytest
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 
 from medaug.pipelines.evaluate import stats
 from medaug.pipelines.evaluate.metrics import compute_metrics
+from medaug.pipelines.study import report_flags
 from medaug.pipelines.study.report import ReportError, write_study_report
 
 N = 60
@@ -28,7 +30,7 @@ def _predictions(rng, accuracy, k=2):
     return prob / prob.sum(1, keepdims=True)
 
 
-def _log_run(client, experiment_id, tmp_path, name, tags, prob, class_names, metrics=None, reverse=False):
+def _log_run(client, experiment_id, tmp_path, name, tags, prob, class_names, metrics=None, reverse=False, params=None):
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     folder = tmp_path / "artifacts" / name
     folder.mkdir(parents=True)
@@ -51,7 +53,11 @@ def _log_run(client, experiment_id, tmp_path, name, tags, prob, class_names, met
     client.log_artifact(run.info.run_id, str(folder / "metrics.json"))
     values = compute_metrics(Y, prob, positive_class=0, class_names=class_names)
     logged = {**{f"test_{k}": v for k, v in values.items() if k != "n"}, **(metrics or {})}
-    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in logged.items()])
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(k, float(v), 0, 0) for k, v in logged.items()],
+        params=[Param(k, v) for k, v in (params or {}).items()],
+    )
     client.set_terminated(run.info.run_id, "FINISHED")
     return prob
 
@@ -65,7 +71,8 @@ def store(tmp_path_factory):
 
 @pytest.fixture
 def amount_study(store, tmp_path):
-    """none (amount fixed at 0) and gan at three amounts, three seeds, a synthetic_fid per gan run."""
+    """none (amount fixed at 0) and gan at three amounts, three seeds, a synthetic_fid per gan run;
+    a smoke study: its parent lists configs/smoke.json, its children ran 2 epochs."""
     client, folder = store
     experiment_id = client.create_experiment("amounts", (tmp_path / "mlruns").as_uri())
     parent = client.create_run(
@@ -73,6 +80,8 @@ def amount_study(store, tmp_path):
         run_name="study",
         tags={"medaug.role": "study", "medaug.baseline": "none", "medaug.amount_key": "oversample#amount"},
     ).info.run_id
+    configs = json.dumps(["bundles/b/configs/train.json", "bundles/b/configs/smoke.json"])
+    client.log_batch(parent, params=[Param("configs", configs)])
     rng = np.random.default_rng(0)
     probs = {}
     for seed in range(3):
@@ -107,6 +116,7 @@ def amount_study(store, tmp_path):
                 ["minority", "majority"],
                 extra,
                 reverse=strategy == "none",
+                params={"max_epochs": "2"},
             )
     return client, parent, probs, folder
 
@@ -148,6 +158,22 @@ def test_amount_sweep_report_pairs_by_image_and_matches_the_baseline_across_amou
     )  # images, fit s (30..32), sampling, no copies, peak MB
     none_row = next(line for line in section if line.startswith("| none | 3 |"))
     assert none_row.count("–") == 5  # nothing oversampled: only the wall time
+    # A 2-epoch smoke study of 3 seeds answers nothing: each comparison says why instead of Δ, p and Holm
+    # (the numbers above stay in report.json, marked).
+    compared = markdown.split("## Paired comparisons")[1].split("\n## ")[0]
+    rows = [line for line in compared.splitlines() if line.startswith("| gan")]
+    assert len(rows) == 3
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[4].startswith("✗ not an answer: smoke runs (2 epochs); 3 seeds < 5")
+        assert cells[5:] == ["–"] * 8
+    assert all(c["flags"]["verdict"] is False for c in data["comparisons"])
+    assert data["sanity"]["cells"]["none"]["setup"] == ["smoke runs (2 epochs)", "3 seeds < 5"]
+    # Two classes: the per-class rows that repeat a summary metric are left out; F1 of the negative class is new.
+    metrics_table = markdown.split("## All test metrics")[1].split("\n## ")[0]
+    listed = {line.split("|")[1].strip() for line in metrics_table.splitlines() if line.startswith("| test_")}
+    assert "test_f1_class_majority" in listed and "test_sensitivity" in listed and "test_auc" in listed
+    assert not any("_class_" in m for m in listed - {"test_f1_class_majority"})
     assert {a.path for a in client.list_artifacts(parent, "report")} >= {
         "report/report.html",
         "report/amount_sweep.png",
@@ -192,8 +218,54 @@ def test_plain_runs_of_an_experiment_with_three_classes(store, tmp_path):
     one_seed = data["summary"]["oversample (classifier=small_cnn)"]["test_balanced_accuracy"]
     assert (one_seed["ci_low"], one_seed["ci_high"]) == (0.41, 0.72) and one_seed["ci_source"].startswith("bootstrap")
     assert "multi-class" in comparison["result"]["auc"]["note"]
+    metrics_table = (tmp_path / "report" / "report.md").read_text().split("## All test metrics")[1]
+    assert "| test_sensitivity_class_b |" in metrics_table  # three classes: every per-class row says something
     assert 0 < comparison["result"]["balanced_accuracy"]["p"] <= 1
     report_run = client.get_run(result["logged_to"])
     assert report_run.data.tags["medaug.role"] == "report" and report_run.info.status == "FINISHED"
     with pytest.raises(ReportError, match="no MLflow experiment named 'nothing'"):
         write_study_report("nothing", runs_dir=folder, log_to_mlflow=False)
+
+
+def test_a_collapsed_model_gets_no_verdict_while_a_healthy_cell_keeps_its_own(store, tmp_path):
+    client, folder = store
+    experiment_id = client.create_experiment("collapse", (tmp_path / "mlruns").as_uri())
+    rng = np.random.default_rng(2)
+    one_class = np.tile([0.3, 0.7], (N, 1))  # every test image called 'majority'
+    for seed in range(2):
+        for strategy, prob in [
+            ("none", _predictions(rng, 0.9)),
+            ("class_weight", one_class),
+            ("oversample", _predictions(rng, 0.97)),
+        ]:
+            tags = {"strategy": strategy, "seed": str(seed)}
+            _log_run(
+                client,
+                experiment_id,
+                tmp_path,
+                f"{strategy}-{seed}",
+                tags,
+                prob,
+                ["minority", "majority"],
+                params={"max_epochs": "40"},
+            )
+    write_study_report(
+        "collapse", runs_dir=folder, out_dir=tmp_path / "report", n_bootstrap=200, min_seeds=2, log_to_mlflow=False
+    )
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+
+    def row(section: str, cell: str) -> list[str]:
+        lines = markdown.split(f"## {section}")[1].split("\n## ")[0].splitlines()
+        return [c.strip() for c in next(x for x in lines if x.startswith(f"| {cell} |")).strip("|").split("|")]
+
+    assert row("Test metrics by strategy", "class_weight")[2] == "⚠ every run predicted one class (majority)"
+    assert row("Test metrics by strategy", "none")[2] == "ok"
+    collapsed = row("Paired comparisons", "class_weight")
+    assert collapsed[4] == "✗ not an answer: every run predicted one class (majority)"
+    assert collapsed[5:] == ["–"] * 8
+    healthy = row("Paired comparisons", "oversample")
+    assert healthy[4] == "ok" and healthy[5].count("[") == 1 and healthy[6] != "–"  # Δ [CI] and p (Holm)
+    verdicts = {c["cell"]: c["flags"]["verdict"] for c in data["comparisons"]}
+    assert verdicts == {"class_weight": False, "oversample": True}
+    assert "Sanity marks." in markdown and report_flags.LEGEND in markdown
