@@ -157,21 +157,22 @@ def _count(n: int, total: int, what: str) -> str:
     return f"every run {what}" if n == total else f"{n} of {total} runs {what}"
 
 
+def _epochs(setups: Sequence[RunSetup]) -> str:
+    epochs = sorted({s.max_epochs for s in setups if s.max_epochs is not None})
+    return f"{', '.join(map(str, epochs))} epoch{'' if epochs == [1] else 's'}" if epochs else ""
+
+
 def setup_reasons(setups: Sequence[RunSetup], min_epochs: int = MIN_EPOCHS) -> list[str]:
     """Why the runs of a cell (or of two cells compared) are not the protocol's: smoke or short runs."""
     reasons = []
-    epochs = sorted({s.max_epochs for s in setups if s.max_epochs is not None})
-    shown = f" ({', '.join(map(str, epochs))} epochs)" if epochs else ""
-    smoke = sum(s.smoke for s in setups)
-    short = sum(not s.smoke and s.max_epochs is not None and s.max_epochs < min_epochs for s in setups)
+    smoke = [s for s in setups if s.smoke]
+    short = [s for s in setups if not s.smoke and s.max_epochs is not None and s.max_epochs < min_epochs]
     if smoke:
-        reasons.append(("smoke runs" if smoke == len(setups) else f"{smoke} of {len(setups)} runs smoke") + shown)
+        what = "smoke runs" if len(smoke) == len(setups) else f"{len(smoke)} of {len(setups)} runs smoke"
+        reasons.append(what + (f" ({_epochs(smoke)})" if _epochs(smoke) else ""))
     if short:
-        low = sorted({s.max_epochs for s in setups if not s.smoke and s.max_epochs is not None})
-        reasons.append(
-            ("short runs" if short == len(setups) else f"{short} of {len(setups)} runs short")
-            + f" ({', '.join(map(str, low))} epochs < {min_epochs})"
-        )
+        what = "short runs" if len(short) == len(setups) else f"{len(short)} of {len(setups)} runs short"
+        reasons.append(f"{what} ({_epochs(short)} < {min_epochs})")
     return reasons
 
 
