@@ -440,6 +440,7 @@ def report(args: argparse.Namespace) -> int:
             runs_dir=args.runs_dir,
             n_bootstrap=args.n_bootstrap,
             log_to_mlflow=not args.no_log,
+            **{k: v for k, v in (("min_seeds", args.min_seeds), ("min_epochs", args.min_epochs)) if v is not None},
         )
     except ReportError as err:
         raise UsageError(str(err)) from err
@@ -447,6 +448,11 @@ def report(args: argparse.Namespace) -> int:
         f"report on {result['runs']} runs ({result['cells']} strategies/cells, {result['comparisons']} paired "
         f"comparisons against {result['baseline']!r}):\n  {result['html']}\n  {result['markdown']}"
     )
+    if result.get("not_an_answer"):
+        print(
+            f"{result['not_an_answer']} of {result['comparisons']} comparisons are not an answer "
+            "(smoke/short runs, too few seeds or collapsed models): see the report's sanity marks"
+        )
     if result.get("logged_to"):
         print(f"logged to MLflow run {result['logged_to']}")
     return EXIT_OK
@@ -713,7 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the runs of an MLflow experiment (a study's child runs, or all finished runs), and write "
         "an HTML and a Markdown report: per strategy mean ± sd over seeds and 95%% CI of every test metric; paired "
         "tests against the baseline on the same seeds and test images (McNemar, DeLong, paired bootstrap of "
-        "balanced accuracy and Youden's J) with Holm correction; plots. The reports are logged to the parent run.",
+        "balanced accuracy and Youden's J) with Holm correction; plots. Cells of smoke or short runs, with fewer "
+        "seeds than --min-seeds, or whose models predicted one class or sit at chance are marked, and a comparison "
+        "so marked gives the reason instead of a verdict. The reports are logged to the parent run.",
     )
     rep.add_argument("--experiment", required=True, help="MLflow experiment (a bundle's name)")
     rep.add_argument("--baseline", help="strategy to test against (default: the grid's baseline)")
@@ -726,6 +734,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--runs-dir", help="a bundle's output_dir holding mlflow.db (default: bundles/<experiment>/runs)")
     rep.add_argument("--n-bootstrap", type=_positive_int, default=2000, help="paired bootstrap resamples")
     rep.add_argument("--no-log", action="store_true", help="do not log the reports to MLflow")
+    rep.add_argument(
+        "--min-seeds",
+        type=_positive_int,
+        help="seeds per cell the protocol asks; a comparison on fewer gets no verdict (default: 5)",
+    )
+    rep.add_argument(
+        "--min-epochs",
+        type=_positive_int,
+        help="runs configured for fewer epochs are short runs and get no verdict, like smoke runs (default: 3)",
+    )
     rep.set_defaults(handler=report)
     return parser
 

@@ -770,6 +770,7 @@ def write_study_report(
         "runs": len(records),
         "cells": len(cells),
         "comparisons": len(comparisons),
+        "not_an_answer": sum(not c["flags"]["verdict"] for c in comparisons),
         "baseline": baseline,
         "out": out,
         "logged_to": None,
