@@ -2,7 +2,8 @@
 with a child run per cell and seed (resumable, locked), and the report over them.
 
 :mod:`.grid` (spec, cells, config hash), :mod:`.runner` (processes, resume), :mod:`.lock` (one
-runner per study), :mod:`.report` and :mod:`.report_plots` (tables, significance tests, figures).
+runner per study), :mod:`.report`, :mod:`.report_flags` and :mod:`.report_plots` (tables, sanity marks,
+significance tests, figures).
 The grid file's form is described in :mod:`medaug.pipelines.study.runner`.
 """
 

@@ -557,8 +557,8 @@ def _sanity_line(flags: dict, comparisons: list[dict], min_seeds: int, min_epoch
     withheld = sum(not c["flags"]["verdict"] for c in comparisons)
     marked = sum(f.mark != report_flags.OK for f in flags.values())
     return (
-        f"Held to {min_seeds} seeds per cell and {min_epochs} epochs per run: {marked} of {len(flags)} cells "
-        f"marked; {withheld} of {len(comparisons)} comparisons not an answer."
+        f"Protocol: at least {min_seeds} seeds per cell and {min_epochs} epochs per run, no smoke runs; "
+        f"{marked} of {len(flags)} cells marked, {withheld} of {len(comparisons)} comparisons not an answer."
     )
 
 

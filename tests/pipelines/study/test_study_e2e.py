@@ -145,6 +145,11 @@ def test_a_killed_study_resumes_with_each_child_finished_once_and_the_report_tes
     assert ba["n"] == 2 and ba["ci_low"] <= ba["mean"] <= ba["ci_high"]
     md = (report_dir / "report.md").read_text()
     assert "Paired comparisons against 'none'" in md and "[95% CI]" in md and "metrics_by_strategy.png" in md
+    # What the runner and the runs recorded makes this a smoke study: the report says so and gives no verdict.
+    assert comparison["flags"]["verdict"] is False
+    assert comparison["flags"]["reasons"][:2] == ["smoke runs (1 epoch)", "2 seeds < 5"]
+    assert "✗ not an answer: smoke runs (1 epoch); 2 seeds < 5" in md
+    assert "1 of 1 comparisons are not an answer" in rep.stdout
     page = (report_dir / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3  # metrics plot + two confusion matrices, embedded
     logged = {a.path for a in client.list_artifacts(parent_id, "report")}
