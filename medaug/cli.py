@@ -81,7 +81,7 @@ def data_info(args: argparse.Namespace) -> int:
         print(f"patients in more than one split: {len(data.patient_leaks)}")
     print(f"\nidentical images with conflicting labels: {len(data.conflicts)}")
     for group in data.conflicts[: args.max_list]:
-        print(f"  {' / '.join(group['labels'])} ({' / '.join(group['splits'])}): {' | '.join(group['images'])}")
+        print(f"  {' | '.join(group['members'])}")
     print(f"\n{describe_leaks(data.leak_summary)}")
     if args.out:
         print(f"reports written to {args.out}: " + ", ".join(p.name for p in data.report_paths.values()))

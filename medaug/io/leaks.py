@@ -44,7 +44,8 @@ def check_mode(key: str, value: str, choices: Sequence[str]) -> str:
 def conflicting_duplicates(entries: list[dict], class_names: Sequence[str]) -> list[dict]:
     """Groups of images with identical pixels but more than one label, wherever they sit.
 
-    Returns ``[{"pixel_hash", "labels", "splits", "images"}]`` (labels as class names, sorted)."""
+    Returns ``[{"pixel_hash", "labels", "splits", "images", "members"}]``: labels and splits sorted,
+    ``members`` each image as ``"path: class (split)"``."""
     by_hash = defaultdict(list)
     for entry in entries:
         if entry.get("pixel_hash"):
@@ -59,6 +60,7 @@ def conflicting_duplicates(entries: list[dict], class_names: Sequence[str]) -> l
                     "labels": [class_names[i] for i in labels],
                     "splits": sorted({str(e.get("split")) for e in group}),
                     "images": [display_path(e) for e in group],
+                    "members": [f"{display_path(e)}: {class_names[e['label']]} ({e.get('split')})" for e in group],
                 }
             )
     return conflicts

@@ -146,7 +146,7 @@ class StudyData:
         paths["leaks"] = write_csv_atomic(out_dir / "leaks.csv", rows, ["pixel_hash", "splits", "images", "dropped"])
         rows = [
             {"pixel_hash": g["pixel_hash"], "labels": " ".join(g["labels"]), "splits": " ".join(g["splits"])}
-            | {"images": joined(g, "images"), "excluded": self.leak_summary.get("conflicting_duplicates") == "exclude"}
+            | {"images": joined(g, "members"), "excluded": self.leak_summary.get("conflicting_duplicates") == "exclude"}
             for g in self.conflicts
         ]
         paths["conflicting_duplicates"] = write_csv_atomic(

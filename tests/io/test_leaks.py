@@ -90,6 +90,7 @@ def test_copies_with_conflicting_labels_are_reported_in_one_split_and_excluded_u
     assert data.counts()["train"] == {"benign": 5, "malignant": 6}
     (row,) = csv.DictReader(open(tmp_path / "out" / "conflicting_duplicates.csv"))
     assert row["labels"] == "benign malignant" and row["excluded"] == "True"
+    assert "Train/malignant/relabelled.png: malignant (train)" in row["images"]
 
     kept = build_study_data(root, conflicting_duplicates="keep", progress=False)
     assert len(kept.conflicts) == 1 and set(group["images"]) <= {e["relpath"] for e in kept.entries}
