@@ -31,6 +31,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def data_info(args: argparse.Namespace) -> int:
     from medaug.io import build_study_data
+    from medaug.io.leaks import describe_leaks
 
     data = build_study_data(
         args.dataset_dir,
@@ -42,6 +43,9 @@ def data_info(args: argparse.Namespace) -> int:
         frames=args.frames,
         min_train_per_class=0,
         progress=sys.stderr.isatty(),
+        report_dir=args.out,
+        leaks=args.leaks,
+        conflicting_duplicates=args.conflicting_duplicates,
     )
     if args.json:
         info = data.fingerprint() | {
@@ -49,6 +53,7 @@ def data_info(args: argparse.Namespace) -> int:
             "modalities": dict(data.modalities()),
             "skipped_files": data.skipped,
             "leaks": data.leaks,
+            "conflicting_duplicates": data.conflicts,
         }
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
@@ -74,6 +79,12 @@ def data_info(args: argparse.Namespace) -> int:
         print(f"  ... and {len(data.leaks) - args.max_list} more (use --json for all)")
     if data.patient_leaks:
         print(f"patients in more than one split: {len(data.patient_leaks)}")
+    print(f"\nidentical images with conflicting labels: {len(data.conflicts)}")
+    for group in data.conflicts[: args.max_list]:
+        print(f"  {' | '.join(group['members'])}")
+    print(f"\n{describe_leaks(data.leak_summary)}")
+    if args.out:
+        print(f"reports written to {args.out}: " + ", ".join(p.name for p in data.report_paths.values()))
     return EXIT_OK
 
 
@@ -552,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
         "info",
         help="classes, counts per class and split, sizes, modalities, skipped files, cross-split duplicates",
         description="Index a dataset the way a bundle would and report what it holds: classes, counts per class and "
-        "split, image sizes, modalities, files that cannot be used (and why), and images whose pixels appear in "
-        "more than one split.",
+        "split, image sizes, modalities, files that cannot be used (and why), images whose pixels appear in "
+        "more than one split (leaks) and identical images with different labels.",
         epilog="Skipped files (listed with a reason, as in a bundle's skipped.csv): files that are not images, "
         "cannot be decoded, have no class (no CSV row, not inside a class folder), hidden files and folders (a name "
         "starting with '.'; not read) and named pipes, sockets or devices (never opened). Stops with exit 2, before "
@@ -589,6 +600,26 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--frames", choices=["middle", "all"], default="middle", help="frames of multi-frame files")
     info.add_argument("--seed", type=int, default=0, help="seed of the split when the source fixes none")
     info.add_argument("--max-list", type=int, default=20, help="longest list of leaks printed")
+    info.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write skipped.csv, leaks.csv, conflicting_duplicates.csv and datalist.json (as a bundle run does) here",
+    )
+    info.add_argument(
+        "--leaks",
+        choices=["report", "drop_test", "error"],
+        default="report",
+        help="as the bundle's leaks key: count test images identical to a train/val image (report), leave them "
+        "out of the counts (drop_test), or stop with exit 2 when any image sits in two splits (error)",
+    )
+    info.add_argument(
+        "--conflicting-duplicates",
+        "--conflicting_duplicates",
+        choices=["exclude", "keep"],
+        default="exclude",
+        help="as the bundle's conflicting_duplicates key: identical images with different labels are left out "
+        "of the counts (exclude, the default) or kept",
+    )
     info.add_argument("--json", action="store_true", help="print everything as JSON")
     info.set_defaults(handler=data_info)
 

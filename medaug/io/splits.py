@@ -16,25 +16,50 @@ SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 
 
+def linked_groups(entries: list[dict]) -> list[str]:
+    """For each entry, the name of its group: images of one patient, and images with identical pixels
+    (``pixel_hash``), always belong to one group, so a split never puts copies of one image in two
+    splits (a duplicate group is treated like one patient, joined with the patients it touches).
+
+    A group is named by its first image in (pixel hash, relative path, frame) order, not by a patient
+    pseudonym: pseudonyms depend on the project's pseudonym key, and a split must not (the same data
+    and seed give the same split on every machine). Groups are the connected components (SciPy) of
+    the graph linking entries that share a patient or a pixel hash."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    first_of: dict[tuple, int] = {}
+    rows, cols = [], []
+    for i, e in enumerate(entries):
+        keys = [("patient", e["patient_id"])] + ([("pixels", e["pixel_hash"])] if e.get("pixel_hash") else [])
+        for key in keys:
+            j = first_of.setdefault(key, i)
+            rows.append(i)
+            cols.append(j)
+    n = len(entries)
+    _, component = connected_components(coo_matrix(([1] * len(rows), (rows, cols)), shape=(n, n)), directed=False)
+    name: dict[int, str] = {}
+    for e, c in zip(entries, component.tolist()):
+        image = f"{e.get('pixel_hash') or ''}|{e.get('relpath') or e['image']}|{e.get('frame')}"
+        name[c] = min(name.get(c, image), image)
+    return [name[c] for c in component.tolist()]
+
+
 def _carve(entries: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Split ``entries`` into (rest, carved) with ``carved`` about ``fraction`` of them, whole
     patients at a time and class proportions kept (scikit-learn's StratifiedGroupKFold: its first
-    fold is the carved part).
-
-    Patients are named here by their first image in (pixel hash, relative path, frame) order, not by
-    their pseudonym: pseudonyms depend on the project's pseudonym key, and a split must not (the same
-    data and seed give the same split on every machine)."""
+    fold is the carved part). A group is a patient, joined with every patient holding a copy of one
+    of its images (:func:`linked_groups`)."""
     if not entries or fraction <= 0:
         return entries, []
-    name: dict[str, str] = {}
-    for e in entries:
-        image = f"{e.get('pixel_hash') or ''}|{e.get('relpath') or e['image']}|{e.get('frame')}"
-        name[e["patient_id"]] = min(name.get(e["patient_id"], image), image)
-    groups = np.array([name[e["patient_id"]] for e in entries])
+    groups = np.array(linked_groups(entries))
     n_groups = len(set(groups))
     n_splits = int(min(max(2, round(1 / fraction)), n_groups))
     if n_splits < 2:
-        raise ValueError(f"cannot split {len(entries)} images from {n_groups} patient(s): need at least 2 patients")
+        raise ValueError(
+            f"cannot split {len(entries)} images from {n_groups} patient(s) (copies of one image count as one "
+            "patient): need at least 2 patients"
+        )
     labels = np.array([e["label"] for e in entries])
     try:
         folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -67,8 +92,9 @@ def assign_splits(entries: list[dict], fractions: Sequence[float] = DEFAULT_FRAC
     """Give every entry a ``split``; splits fixed by the source are kept.
 
     Entries without a split are divided train/val/test by ``fractions`` at the patient level
-    (no patient in two splits). When the source fixed some splits but not all (say train and test
-    only), the missing one is carved out of train in the same way.
+    (no patient in two splits), copies of one image (same ``pixel_hash``) kept in one split too.
+    When the source fixed some splits but not all (say train and test only), the missing one is
+    carved out of train in the same way; an unplaced copy of a placed image follows that image.
     """
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
@@ -76,11 +102,11 @@ def assign_splits(entries: list[dict], fractions: Sequence[float] = DEFAULT_FRAC
     train_f, val_f, test_f = fractions
     fixed = [dict(e) for e in entries if e.get("split")]
     free = [dict(e) for e in entries if not e.get("split")]
-    # Entries of a patient already placed by the source follow that patient.
+    # Entries of a patient already placed by the source follow that patient, copies of a placed image that image.
     placed = {e["patient_id"]: e["split"] for e in fixed}
+    placed_pixels = {e["pixel_hash"]: e["split"] for e in fixed if e.get("pixel_hash")}
     for e in free:
-        if e["patient_id"] in placed:
-            e["split"] = placed[e["patient_id"]]
+        e["split"] = placed.get(e["patient_id"]) or placed_pixels.get(e.get("pixel_hash"))
     fixed += [e for e in free if e.get("split")]
     free = [e for e in free if not e.get("split")]
     rest, test = _carve(free, test_f, seed)

@@ -1,7 +1,8 @@
 """From a bundle's data keys to the train/val/test datalists a study runs on.
 
 ``build_study_data`` is what bundle configs call (``study_data`` section): source -> entries ->
-index (decode, skip unusable files) -> splits -> imbalance simulation (train only) -> checks.
+index (decode, skip unusable files) -> splits (copies of an image kept together) -> conflicting-label
+copies -> imbalance simulation (train only) -> leaks across splits (:mod:`medaug.io.leaks`) -> checks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ import numpy as np
 
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
 from medaug.io.caching import folder_listing_key, load_index, save_index
+from medaug.io.leaks import (
+    CONFLICT_MODES,
+    LEAK_ACTIONS,
+    LEAK_MODES,
+    DataLeakError,
+    check_mode,
+    handle_leaks,
+    leak_error_message,
+    without_hashes,
+)
+from medaug.io.leaks import conflicting_duplicates as find_conflicting_duplicates
 from medaug.io.phi import pseudonym_key_id
 from medaug.io.scan import cross_split_duplicates, scan_entries
 from medaug.io.sources import detect_format, source_entries
@@ -49,6 +61,8 @@ class StudyData:
     entries: list[dict]
     skipped: list[dict] = field(default_factory=list)
     leaks: list[dict] = field(default_factory=list)
+    conflicts: list[dict] = field(default_factory=list)
+    leak_summary: dict = field(default_factory=dict)
     patient_leaks: dict = field(default_factory=dict)
     imbalance: dict = field(default_factory=dict)
     report_paths: dict = field(default_factory=dict)
@@ -102,6 +116,7 @@ class StudyData:
             "content_hash": self.content_hash(),
             "skipped": len(self.skipped),
             "cross_split_duplicates": len(self.leaks),
+            "duplicates": self.leak_summary,
             "imbalance": self.imbalance,
         }
 
@@ -112,15 +127,31 @@ class StudyData:
         return Counter(str(e.get("modality") or "unknown") for e in self.entries)
 
     def write_reports(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """``skipped.csv``, ``leaks.csv`` (when any) and ``datalist.json`` in ``out_dir``."""
+        """``skipped.csv``, ``leaks.csv`` (groups of identical images in more than one split, and the
+        test images ``leaks: drop_test`` dropped), ``conflicting_duplicates.csv`` (identical images
+        with different labels) and ``datalist.json`` in ``out_dir``; the CSVs have a header only when
+        nothing was found."""
         out_dir = Path(out_dir)
         paths = {"skipped": write_csv_atomic(out_dir / "skipped.csv", self.skipped, ["path", "reason"])}
-        if self.leaks:
-            rows = [
-                {"pixel_hash": g["pixel_hash"], "splits": " ".join(g["splits"]), "images": " | ".join(g["images"])}
-                for g in self.leaks
-            ]
-            paths["leaks"] = write_csv_atomic(out_dir / "leaks.csv", rows, ["pixel_hash", "splits", "images"])
+        joined = lambda group, key: " | ".join(group.get(key, []))  # noqa: E731
+        rows = [
+            {
+                "pixel_hash": g["pixel_hash"],
+                "splits": " ".join(g["splits"]),
+                "images": joined(g, "images"),
+                "dropped": joined(g, "dropped"),
+            }
+            for g in self.leaks
+        ]
+        paths["leaks"] = write_csv_atomic(out_dir / "leaks.csv", rows, ["pixel_hash", "splits", "images", "dropped"])
+        rows = [
+            {"pixel_hash": g["pixel_hash"], "labels": " ".join(g["labels"]), "splits": " ".join(g["splits"])}
+            | {"images": joined(g, "members"), "excluded": self.leak_summary.get("conflicting_duplicates") == "exclude"}
+            for g in self.conflicts
+        ]
+        paths["conflicting_duplicates"] = write_csv_atomic(
+            out_dir / "conflicting_duplicates.csv", rows, ["pixel_hash", "labels", "splits", "images", "excluded"]
+        )
         keys = ("image", "frame", "label", "class_name", "patient_id", "split", "source", "synthetic", "modality")
         slim = [{k: e.get(k) for k in keys if k in e} for e in self.entries]
         paths["datalist"] = write_json_atomic(out_dir / "datalist.json", slim)
@@ -193,6 +224,8 @@ def build_study_data(
     report_dir: str | os.PathLike | None = None,
     progress: bool = True,
     index_cache: str | os.PathLike | None = None,
+    leaks: str = "report",
+    conflicting_duplicates: str = "exclude",
 ) -> StudyData:
     """Build the datalists of a study from a bundle's data keys.
 
@@ -212,31 +245,68 @@ def build_study_data(
         channels: 1 (grayscale) or 3.
         frames: ``middle`` or ``all`` frames of multi-frame files.
         min_train_per_class: fewer usable train images in a class stops the run with a clear error.
-        report_dir: where ``skipped.csv`` / ``leaks.csv`` / ``datalist.json`` are written.
+        report_dir: where ``skipped.csv`` / ``leaks.csv`` / ``conflicting_duplicates.csv`` /
+            ``datalist.json`` are written (:meth:`StudyData.write_reports`).
         progress: progress bar while images are indexed.
         index_cache: a folder keeping the index (see :func:`index_dataset`); None indexes every time.
+        leaks: test images identical to a train/val image are ``report``-ed and scored, dropped
+            from test (``drop_test``), or stop the run (``error``, on any image in two splits).
+        conflicting_duplicates: identical images with different labels are reported and left out
+            (``exclude``) or used as labelled (``keep``).
     """
     dataset_dir = str(dataset_dir)
+    check_mode("leaks", leaks, LEAK_MODES)
+    check_mode("conflicting_duplicates", conflicting_duplicates, CONFLICT_MODES)
     fmt, usable, names, skipped = index_dataset(
         dataset_dir, data_format, labels_csv, exclude, class_names, channels, frames, index_cache, progress
     )
     entries = assign_splits(usable, split_fractions, seed=seed)
+    conflicts = find_conflicting_duplicates(entries, names)
+    if conflicting_duplicates == "exclude":
+        entries = without_hashes(entries, conflicts)
     entries, imbalance_summary = simulate_imbalance(entries, imbalance, names, seed=seed)
     data = StudyData(dataset_dir, fmt, list(names), entries, skipped, imbalance=imbalance_summary)
+    data.conflicts = conflicts
     data.leaks = cross_split_duplicates(entries)
-    data.patient_leaks = patients_in_several_splits(entries)
+    data.entries, data.leak_summary = handle_leaks(entries, leaks, data.leaks)
+    data.leak_summary |= {
+        "conflicting_duplicates": conflicting_duplicates,
+        "conflicting_groups": len(conflicts),
+        "conflicting_images": sum(len(g["images"]) for g in conflicts),
+    }
+    data.patient_leaks = patients_in_several_splits(data.entries)
 
+    see = lambda name: f"; see {Path(report_dir) / name}" if report_dir is not None else ""  # noqa: E731
     if skipped:
         logger.warning("%d file(s) skipped as unusable (see skipped.csv), %d image(s) used", len(skipped), len(entries))
-    if data.leaks:
+    if conflicts:
         logger.warning(
-            "data leak: %d image(s) with identical pixels appear in more than one split (see leaks.csv)",
+            "conflicting labels: %d group(s) of identical images (%d images) carry different labels, %s "
+            "(conflicting_duplicates: %s)%s",
+            len(conflicts),
+            data.leak_summary["conflicting_images"],
+            "all excluded" if conflicting_duplicates == "exclude" else "kept as labelled",
+            conflicting_duplicates,
+            see("conflicting_duplicates.csv"),
+        )
+    if data.leaks:
+        summary = data.leak_summary
+        logger.warning(
+            "data leak: %d group(s) of images with identical pixels appear in more than one split; %d test "
+            "image(s) duplicate a train/val image: %s%s",
             len(data.leaks),
+            summary["leaked_test_images"],
+            LEAK_ACTIONS[leaks],
+            see("leaks.csv"),
         )
     if data.patient_leaks:
         logger.warning("data leak: %d patient(s) appear in more than one fixed split", len(data.patient_leaks))
     if report_dir is not None:
         data.write_reports(report_dir)
+    if leaks == "error" and data.leaks:
+        raise DataLeakError(
+            leak_error_message(data.leak_summary, str(data.report_paths["leaks"]) if report_dir is not None else None)
+        )
     for name, n in data.counts()["train"].items():
         if n < min_train_per_class:
             raise TooFewImagesError(

@@ -20,6 +20,8 @@ EXPECTED_ARTIFACTS = {
     "confusion_matrix.png",
     "roc.png",
     "skipped.csv",
+    "leaks.csv",
+    "conflicting_duplicates.csv",
     "config.json",
     "training_curves.png",
     "checkpoint/model.pt",
@@ -66,8 +68,10 @@ def artifact_paths(client, run_id, path=None):
 
 
 def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy, tmp_path):
+    """Also the leak settings: BreastMNIST's one image in train as malignant and in test as
+    normal_benign (npz#train/115 = npz#test/76) is reported, kept as asked, and its test copy dropped."""
     out = tmp_path / "out"
-    result = run_bundle(bundle_copy, out)
+    result = run_bundle(bundle_copy, out, "--leaks", "drop_test", "--conflicting_duplicates", "keep")
     client, runs = finished_runs(out)
     assert len(runs) == 1
     run = runs[0]
@@ -83,7 +87,21 @@ def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy,
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
     assert len(client.get_metric_history(run.info.run_id, "val_balanced_accuracy")) == 2
     assert EXPECTED_ARTIFACTS <= artifact_paths(client, run.info.run_id)
-    assert "test metrics on 156 real test images" in result.stdout
+    assert "test metrics on 155 real test images" in result.stdout
+    assert (
+        "leaked test images (identical pixels to a train/val image): 1, dropped before scoring (leaks: drop_test); "
+        "1 group(s) of identical images with conflicting labels (2 images) kept as labelled"
+    ) in result.stdout
+    assert metrics["data_leaked_test_images"] == 1 and metrics["data_leaked_test_images_dropped"] == 1
+    run_dir = out / run.info.run_name
+    saved = json.loads((run_dir / "metrics.json").read_text())["data_leaks"]
+    assert (saved["leaked_test_images"], saved["dropped_test_images"], saved["conflicting_groups"]) == (1, 1, 1)
+    predictions = (run_dir / "predictions.csv").read_text()
+    assert "#test/76," not in predictions and "#test/75," in predictions
+    assert (
+        "#test/76" in (run_dir / "leaks.csv").read_text()
+        and "#train/115" in (run_dir / "conflicting_duplicates.csv").read_text()
+    )
     assert not (REPO / "mlruns").exists() and not (bundle_copy / "runs").exists()
 
 

@@ -27,11 +27,16 @@ def tree_digest(root: Path) -> dict:
 def test_npz_keeps_the_official_splits_and_names_classes(tmp_path):
     data = build_study_data(BREAST_64, class_names=["malignant", "normal_benign"], report_dir=tmp_path, progress=False)
     assert data.data_format == "npz"
+    # the official splits (147/399, 21/57, 42/114) less BreastMNIST's one image that is in train as
+    # malignant and in test as normal_benign (conflicting_duplicates: exclude, the default)
     assert data.counts() == {
-        "train": {"malignant": 147, "normal_benign": 399},
+        "train": {"malignant": 146, "normal_benign": 399},
         "val": {"malignant": 21, "normal_benign": 57},
-        "test": {"malignant": 42, "normal_benign": 114},
+        "test": {"malignant": 42, "normal_benign": 113},
     }
+    (conflict,) = data.conflicts
+    assert conflict["labels"] == ["malignant", "normal_benign"] and conflict["splits"] == ["test", "train"]
+    assert data.leaks == [], "the only copy across splits was the conflicting one"
     entry = data.train[0]
     assert REQUIRED_KEYS <= set(entry)
     assert entry["synthetic"] is False and entry["source"] == "npz"
@@ -185,9 +190,10 @@ def patients_share_splits_by_file(entries):
 def test_png_orientation_survives_loading(tmp_path):
     pattern = np.zeros((20, 30), dtype=np.uint8)
     pattern[0, -1] = 255
-    for cls in ("a", "b"):
+    for k, cls in enumerate(("a", "b")):
         (tmp_path / cls).mkdir()
         for i in range(4):
+            pattern[-1, 0] = 4 * k + i  # distinct images: copies of one image would be one group
             Image.fromarray(pattern).save(tmp_path / cls / f"{i}.png")
     data = build_study_data(tmp_path, split_fractions=(0.5, 0.25, 0.25), min_train_per_class=1, progress=False)
     image = LoadDatalistImaged("image")(data.entries[0])["image"]

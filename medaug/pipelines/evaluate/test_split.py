@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from ignite.engine import Events
 
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
+from medaug.io.leaks import describe_leaks
 from medaug.pipelines.evaluate import metrics as M
 from medaug.pipelines.evaluate import plots
 
@@ -77,6 +78,14 @@ def resolve_positive_class(positive_class, class_names: Sequence[str]) -> int:
     return 1
 
 
+def leak_metrics(data_leaks: Mapping) -> dict[str, int]:
+    """The MLflow metrics of a run's leaked test images (the study report reads them back)."""
+    return {
+        "data_leaked_test_images": int(data_leaks.get("leaked_test_images", 0)),
+        "data_leaked_test_images_dropped": int(data_leaks.get("dropped_test_images", 0)),
+    }
+
+
 def test_metric_names(metrics: dict, cis: dict) -> dict[str, float]:
     """``{"test_auc": .., "test_auc_ci_low": .., "test_auc_ci_high": .., "test_f1_class_x": ..}``."""
     out = {}
@@ -102,6 +111,9 @@ class TestEvaluation:
         n_bootstrap: bootstrap resamples for the 95% CIs (>= 1000 for reports).
         seed: seeds the bootstrap.
         curves: metric names of the run to plot as training curves.
+        data_leaks: the study data's ``leak_summary`` (:mod:`medaug.io.leaks`): written to
+            ``metrics.json`` as ``data_leaks``, logged as ``data_leaked_test_images`` (found) and
+            ``data_leaked_test_images_dropped`` (left out of scoring), and printed under the table.
     """
 
     def __init__(
@@ -116,6 +128,7 @@ class TestEvaluation:
         seed: int = 0,
         curves: Sequence[str] = ("train_loss", "val_balanced_accuracy", "val_auc"),
         prefix: str = "test",
+        data_leaks: Mapping | None = None,
     ) -> None:
         self.evaluator = evaluator
         self.class_names = list(class_names)
@@ -127,6 +140,7 @@ class TestEvaluation:
         self.seed = seed
         self.curves = tuple(curves)
         self.prefix = prefix
+        self.data_leaks = dict(data_leaks) if data_leaks is not None else None
         self.collector = PredictionCollector()
         self.collector.attach(evaluator)
         self.results: dict = {}
@@ -161,6 +175,8 @@ class TestEvaluation:
             "n_bootstrap": self.n_bootstrap,
             "class_names": self.class_names,
         }
+        if self.data_leaks is not None:
+            self.results["data_leaks"] = self.data_leaks | {"summary": describe_leaks(self.data_leaks)}
         out = self.output_dir
         artifacts = [
             write_json_atomic(out / "metrics.json", self.results),
@@ -186,6 +202,8 @@ class TestEvaluation:
             if any(history.values()):
                 artifacts.append(plots.plot_training_curves(history, out / "training_curves.png"))
             self.tracker.log_metrics(logged)
+            if self.data_leaks is not None:
+                self.tracker.log_metrics(leak_metrics(self.data_leaks))
             if self.checkpoint and Path(self.checkpoint).is_file():
                 self.tracker.log_artifact(self.checkpoint, "checkpoint")
             for path in artifacts:
@@ -195,6 +213,8 @@ class TestEvaluation:
         print(
             f"\n{self.prefix} metrics on {len(y_true)} real {self.prefix} images "
             f"(positive class: {self.class_names[self.positive_class]}; 95% stratified bootstrap CIs, "
-            f"{self.n_bootstrap} resamples):\n{table}\nOutputs: {out}"
+            f"{self.n_bootstrap} resamples):\n{table}\n"
+            + (f"{describe_leaks(self.data_leaks)}\n" if self.data_leaks is not None else "")
+            + f"Outputs: {out}"
         )
         return self.results

@@ -242,6 +242,28 @@ def metric_range(name: str) -> tuple[float, float] | None:
     return (0.0, 1.0) if base in MAIN_METRICS else None
 
 
+def leak_note(records: list[RunRecord]) -> str:
+    """What the runs did with test images identical to a train/val image, from the metrics
+    ``data_leaked_test_images`` / ``data_leaked_test_images_dropped`` that the test evaluation logs."""
+    known = [r.metrics for r in records if "data_leaked_test_images" in r.metrics]
+    if not known:
+        return "leaked test images: not recorded by these runs"
+    leaked = sorted({int(m["data_leaked_test_images"]) for m in known})
+    dropped = sum(1 for m in known if m.get("data_leaked_test_images_dropped", 0) > 0)
+    scored = sum(1 for m in known if m["data_leaked_test_images"] - m.get("data_leaked_test_images_dropped", 0) > 0)
+    text = "leaked test images (identical pixels to a train/val image): "
+    if leaked == [0]:
+        text += "none"
+    else:
+        text += (
+            f"{' / '.join(map(str, leaked))} per run; scored in {scored} run(s), "
+            f"dropped before scoring (leaks: drop_test) in {dropped} run(s)"
+        )
+    if len(known) < len(records):
+        text += f"; not recorded by {len(records) - len(known)} run(s)"
+    return text
+
+
 def summarize(records: list[RunRecord]) -> tuple[list[str], list[str], dict, dict]:
     """Cells, metric names, per-seed values ``values[cell][metric]`` and ``summary[cell][metric]``.
 
@@ -586,6 +608,7 @@ def write_study_report(
     uri, folder = resolve_tracking_uri(tracking_uri, runs_dir, experiment)
     client = mlflow.MlflowClient(tracking_uri=uri)
     parent, records, notes = collect_runs(client, experiment, parent_run_id)
+    notes.append(leak_note(records))
     parent_tags = parent.data.tags if parent is not None else {}
     strategies = sorted({r.strategy for r in records})
     baseline = baseline or parent_tags.get("medaug.baseline") or ("none" if "none" in strategies else strategies[0])

@@ -15,7 +15,7 @@ from mlflow.entities import Metric, Param
 from medaug.pipelines.evaluate import stats
 from medaug.pipelines.evaluate.metrics import compute_metrics
 from medaug.pipelines.study import report_flags
-from medaug.pipelines.study.report import ReportError, write_study_report
+from medaug.pipelines.study.report import ReportError, RunRecord, leak_note, write_study_report
 
 N = 60
 Y = np.array([0, 1, 1, 1] * (N // 4))  # class 0 is the minority
@@ -207,9 +207,18 @@ def test_plain_runs_of_an_experiment_with_three_classes(store, tmp_path):
         single,
         _predictions(rng, 0.6, k=3),
         ["a", "b", "c"],
-        {"test_balanced_accuracy_ci_low": 0.41, "test_balanced_accuracy_ci_high": 0.72},
+        {
+            "test_balanced_accuracy_ci_low": 0.41,
+            "test_balanced_accuracy_ci_high": 0.72,
+            "data_leaked_test_images": 3,
+            "data_leaked_test_images_dropped": 3,
+        },
     )
     result = write_study_report("plain", runs_dir=folder, out_dir=tmp_path / "report", n_bootstrap=200)
+    assert (
+        "- leaked test images (identical pixels to a train/val image): 3 per run; scored in 0 run(s), dropped "
+        "before scoring (leaks: drop_test) in 1 run(s); not recorded by 4 run(s)"
+    ) in (tmp_path / "report" / "report.md").read_text()
     assert result["baseline"] == "none" and result["comparisons"] == 2
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     comparison = next(c for c in data["comparisons"] if c["cell"] == "class_weight (classifier=small_cnn)")
@@ -269,3 +278,17 @@ def test_a_collapsed_model_gets_no_verdict_while_a_healthy_cell_keeps_its_own(st
     verdicts = {c["cell"]: c["flags"]["verdict"] for c in data["comparisons"]}
     assert verdicts == {"class_weight": False, "oversample": True}
     assert "Sanity marks." in markdown and report_flags.LEGEND in markdown
+
+
+def test_the_leak_note_says_how_many_test_images_leaked_and_what_was_done():
+    def runs(*metrics):
+        return [RunRecord(str(i), f"r{i}", "none", i, {}, {}, m) for i, m in enumerate(metrics)]
+
+    clean = {"data_leaked_test_images": 0, "data_leaked_test_images_dropped": 0}
+    scored = {"data_leaked_test_images": 216, "data_leaked_test_images_dropped": 0}
+    dropped = {"data_leaked_test_images": 216, "data_leaked_test_images_dropped": 216}
+    assert leak_note(runs(clean, clean)).endswith(": none")
+    assert leak_note(runs(scored, dropped)).endswith(
+        ": 216 per run; scored in 1 run(s), dropped before scoring (leaks: drop_test) in 1 run(s)"
+    )
+    assert leak_note(runs({}, {})) == "leaked test images: not recorded by these runs"
