@@ -762,7 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
         "size, channels, class names, positive class, preprocessing, modalities) to MONAI's model-zoo place "
         "<bundle>/models/, and write models/model.ts, a TorchScript of that network whose embedded metadata "
         "(metadata.json's network_data_format, model.json, the inference config) is true to the run. Then "
-        "'medaug predict --bundle <bundle>' and configs/evaluate.json use it. Files are written atomically; a "
+        "'medaug predict --bundle <bundle>' predicts with it, no flag needed (configs/evaluate.json also reads "
+        "models/model.pt). Files are written atomically; a "
         "different model already in models/ is kept (exit 2) unless --force.",
     )
     exp.add_argument(

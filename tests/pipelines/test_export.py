@@ -220,3 +220,14 @@ def test_export_of_a_run_without_a_record_says_how_to_predict_it(bundle, tmp_pat
     assert main(["export", str(run)]) == 2
     assert "has no model.json beside it" in capsys.readouterr().err and not (bundle / "models").exists()
     assert main(["export", str(tmp_path / "nope")]) == 2
+
+
+def test_help_tells_where_the_network_comes_from_and_how_to_export(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    for part in ("model.json", '--image_size "[32,32]"', "--modalities any", "medaug export"):
+        assert part in text, part
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "--force" in capsys.readouterr().out
