@@ -231,3 +231,11 @@ def test_help_tells_where_the_network_comes_from_and_how_to_export(capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "--force" in capsys.readouterr().out
+
+
+def test_the_settings_lookups_pass_the_untrusted_bundle_check_and_nothing_more_does():
+    from medaug.bundle_trust import _harmless_expression
+
+    assert _harmless_expression("$@settings['image_size']")
+    assert not _harmless_expression("$@settings['image_size'].__class__")
+    assert not _harmless_expression("$@settings[__import__('os').getcwd()]")
