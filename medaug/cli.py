@@ -6,7 +6,6 @@ Studies themselves run through MONAI's bundle runner (``python -m monai.bundle r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -358,7 +357,7 @@ def _predict_into(outputs, parser, args: argparse.Namespace, checkpoint: Path) -
         f"{info.get('checkpoint_sha256', '')[:12]}); classes: {', '.join(prediction.class_names)}",
         file=sys.stderr,
     )
-    with contextlib.suppress(Exception):  # a bundle of its own may have no settings
+    if isinstance(parser.get("settings"), dict):  # evaluated with the prediction; a bundle of its own may have none
         settings = parser.get_parsed_content("settings")
         print(
             f"network: {settings['classifier']}, {'x'.join(map(str, settings['image_size']))} px, "
@@ -396,7 +395,7 @@ def export(args: argparse.Namespace) -> int:
     try:
         result = export_run(run, bundle, force=args.force)
     except ExportError as err:
-        raise UsageError(f"{'--force' if 'pass --force' in str(err) else 'run'}: {err}") from err
+        raise UsageError(f"{err.argument}: {err}") from err
     state = "already there, files rewritten" if result.unchanged else "exported"
     print(
         f"{state}: {result.checkpoint}, {result.record}, {result.torchscript} (TorchScript by {result.converted_by}; "

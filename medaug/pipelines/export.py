@@ -32,7 +32,12 @@ MODEL_FILES = ("model.pt", RECORD_NAME, "model.ts")
 
 
 class ExportError(ValueError):
-    """A run that cannot be exported, or a target that holds another model; the message says what to do."""
+    """A run that cannot be exported, or a target that holds another model; the message says what to do,
+    ``argument`` names what to change (the run, or ``--force``)."""
+
+    def __init__(self, message: str, argument: str = "run") -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 @dataclass
@@ -136,7 +141,7 @@ def export_run(run: str | os.PathLike, bundle: str | os.PathLike, *, force: bool
     models = bundle / "models"
     different = _different_model_there(models, sha)
     if different and not force:
-        raise ExportError(f"{different}; pass --force to replace it, or export into another bundle")
+        raise ExportError(f"{different}; pass --force to replace it, or export into another bundle", "--force")
     in_place = checkpoint.resolve() == (models / "model.pt").resolve()  # e.g. the Docker build's models/model.pt
     unchanged = different is None and (models / "model.pt").is_file()
     record = {**record, "checkpoint_sha256": sha}
