@@ -57,6 +57,16 @@ BUNDLE = REPO / "bundles" / "imbalance_baselines"
 RESULTS = REPO / "benchmarks" / "results"
 #: the two ways medaug decodes in parallel: "medaug_predict" is the default of inference.json ("parallel")
 DEFAULT_PARALLEL = json.loads((BUNDLE / "configs" / "inference.json").read_text()).get("parallel", "thread")
+
+
+def shipped_network(inference: dict) -> dict:
+    """The network of ``inference.json`` for a checkpoint without a record: ``settings#fallback``, with a
+    value set at the top level (not null) winning, as :func:`medaug.pipelines.predict.model_settings` does."""
+    network = dict(inference["settings"]["fallback"])
+    network.update({k: v for k, v in inference.items() if k in network and v is not None})
+    return network
+
+
 OTHER_PARALLEL = "thread" if DEFAULT_PARALLEL == "process" else "process"
 PLURAL = {"thread": "threads", "process": "processes"}
 MODES = {"medaug_predict": DEFAULT_PARALLEL, f"medaug_predict_{PLURAL[OTHER_PARALLEL]}": OTHER_PARALLEL}
@@ -181,7 +191,7 @@ def run_multi_frame(bundle: Path, source: Path, out: Path, frames: str, workers:
 
 
 def plain_monai_config(bundle: Path, files: list[Path], ckpt: Path, out: Path, batch_size: int, workers: int) -> dict:
-    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    inference = shipped_network(json.loads((bundle / "configs" / "inference.json").read_text()))
     return {
         "image_size": inference["image_size"],
         "device": "$torch.device('cpu')",
@@ -253,11 +263,12 @@ def cost_breakdown(bundle: Path, repeats: int = 7) -> dict:
     from medaug.models import build_classifier
     from medaug.pipelines.predict import _Decoder, _split_loader
 
-    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    inference = shipped_network(config)
     size = inference["image_size"]
-    medaug_pre = ConfigParser(
-        {"channels": inference["channels"], "image_size": size, "preprocessing": inference["preprocessing"]}
-    ).get_parsed_content("preprocessing")
+    medaug_pre = ConfigParser({"settings": inference, "preprocessing": config["preprocessing"]}).get_parsed_content(
+        "preprocessing"
+    )
     plain_pre = ConfigParser(
         plain_monai_config(bundle, [], bundle / "models" / "model.pt", bundle, 1, 0)
     ).get_parsed_content("preprocessing")
@@ -370,7 +381,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="medaug-throughput-"))
     try:
         bundle = Path(shutil.copytree(BUNDLE, work / "bundle", ignore=shutil.ignore_patterns("runs", "models")))
-        inference = json.loads((bundle / "configs" / "inference.json").read_text())
+        inference = shipped_network(json.loads((bundle / "configs" / "inference.json").read_text()))
         torch.manual_seed(0)
         net = build_classifier(
             inference["classifier"],

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -270,14 +269,8 @@ def torch_wheel_folder(version: str) -> Path | None:
 
 
 def train_checkpoint(log: Log, bundle: Path, work: Path) -> Path:
-    """A checkpoint from the bundle's smoke config, with the network of its inference config (so the
-    bundle needs no edit to describe it)."""
-    inference = json.loads((bundle / "configs" / "inference.json").read_text())
-    overrides = []
-    for key in ("classifier", "image_size", "channels", "class_names"):
-        if key in inference:
-            value = inference[key]
-            overrides += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    """A checkpoint from the bundle's smoke config, with its record (model.json) beside it: the record
+    says the network, so the bundle needs no edit to describe it."""
     out = work / "train"
     configs = str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "smoke.json")])
     env = {
@@ -299,7 +292,6 @@ def train_checkpoint(log: Log, bundle: Path, work: Path) -> Path:
             str(bundle),
             "--output_dir",
             str(out),
-            *overrides,
         ],
         env=env,
         cwd=work,
@@ -327,6 +319,8 @@ def stage_context(bundle: Path, checkpoint: Path, context: Path) -> str:
     shutil.copytree(bundle, target, ignore=shutil.ignore_patterns("runs", "models", "predictions", "__pycache__"))
     (target / "models").mkdir()
     shutil.copy2(checkpoint, target / "models" / "model.pt")
+    if checkpoint.with_suffix(".json").is_file():  # the run's record: the Dockerfile exports with medaug export
+        shutil.copy2(checkpoint.with_suffix(".json"), target / "models" / "model.json")
     return relative.as_posix()
 
 

@@ -7,8 +7,9 @@ network for a ``.pt`` checkpoint, the preprocessing, inferer and postprocessing,
 unless the user passes ``--trust-bundle`` it refuses, before anything is evaluated, every part that
 this reaches, directly or through ``@`` references, which could run code:
 
-* a ``$`` expression, except two shapes that cannot: ``$torch.<dtype>`` (e.g. ``$torch.float32``)
-  and ``$len(@<id>)``, whose reference is checked like everything else;
+* a ``$`` expression, except three shapes that cannot: ``$torch.<dtype>`` (e.g. ``$torch.float32``),
+  ``$len(@<id>)`` and ``$@<id>['<key>']`` (an item of what another part built, e.g. the model
+  settings), whose reference is checked like everything else;
 * a ``_target_`` outside ``monai.*`` / ``medaug.*``, or one that is neither a MONAI transform, a
   MONAI inferer, a ``torch.nn.Module`` nor one of :data:`SAFE_FACTORIES` (modules outside those
   packages are never imported to find out);
@@ -25,16 +26,19 @@ from collections.abc import Iterable
 
 SAFE_PREFIXES = ("monai.", "medaug.")
 #: medaug callables a config may name: they build a network, load the model file (weights only, or
-#: TorchScript), read the bundle's metadata, or run the prediction into the folders the caller names
+#: TorchScript), read the bundle's metadata or the model's record, or run the prediction into the folders the
+#: caller names
 SAFE_FACTORIES = (
     "medaug.models.build_classifier",
     "medaug.models.classifiers.build_classifier",
     "medaug.pipelines.predict.load_model",
     "medaug.pipelines.predict.model_info",
+    "medaug.pipelines.predict.model_settings",
     "medaug.pipelines.predict.FolderPrediction",
 )
 _DTYPE_EXPRESSION = re.compile(r"\$\s*torch\.(\w+)\s*")
 _LEN_EXPRESSION = re.compile(r"\$\s*len\(\s*@[\w:#]+\s*\)\s*")
+_ITEM_EXPRESSION = re.compile(r"\$\s*@[\w:#]+\s*\[\s*'\w+'\s*\]\s*")
 
 
 def _harmless_expression(text: str) -> bool:
@@ -43,7 +47,7 @@ def _harmless_expression(text: str) -> bool:
     dtype = _DTYPE_EXPRESSION.fullmatch(text)
     if dtype:
         return isinstance(getattr(torch, dtype.group(1), None), torch.dtype)
-    return bool(_LEN_EXPRESSION.fullmatch(text))
+    return bool(_LEN_EXPRESSION.fullmatch(text) or _ITEM_EXPRESSION.fullmatch(text))
 
 
 def _target_problem(item) -> str | None:

@@ -197,6 +197,12 @@ def predict(args: argparse.Namespace) -> int:
     from medaug.pipelines import predict as P
 
     overrides = predict_overrides(args, bundle, checkpoint, device, salt, torchscript=P.is_torchscript(checkpoint))
+    if args.config_overrides:
+        try:
+            config = json.loads((bundle / "configs" / "inference.json").read_text())
+        except ValueError as err:
+            raise UsageError(f"--bundle: configs/inference.json is not valid JSON ({err})") from err
+        overrides.update(config_overrides(args.config_overrides, config))
     parser = _checked_inference_parser(args, bundle, overrides)  # read only, nothing evaluated yet
     try:  # before any work: an unwritable or busy --output is found now, not after the predictions
         outputs = P.prediction_outputs(target).open()
@@ -253,6 +259,60 @@ def predict_overrides(
     return overrides
 
 
+#: inference config keys set by predict's own flags: an override of one is refused, naming the flag
+FLAG_OWNED_KEYS = {
+    "bundle_root": "--bundle",
+    "ckpt_path": "--checkpoint",
+    "input_dir": "--input",
+    "output_dir": "--output",
+    "device": "--device",
+    "uid_salt": "--hash-uids",
+}
+
+
+def _override_value(text: str):
+    """A value as ``monai.bundle run`` reads it from the command line: JSON or a Python literal
+    (``"[32,32]"``, ``3``, ``null``, ``None``), else the text itself (``small_cnn``)."""
+    import ast
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def config_overrides(extra: list[str], config: dict) -> dict:
+    """``--key value`` / ``--key=value`` pairs of the command line that are no flag of predict, as
+    overrides of the inference config's keys (``#`` for nested keys, e.g. ``--prediction#batch_size 8``),
+    as ``monai.bundle run`` takes them; a key the config does not have, or one a flag sets, is a usage
+    error naming it."""
+    import difflib
+
+    overrides, items = {}, list(extra)
+    while items:
+        flag = items.pop(0)
+        if not flag.startswith("--") or len(flag) < 3:
+            raise UsageError(f"{flag}: unexpected argument (overrides of the inference config are --key value)")
+        key, has_value, text = flag[2:].partition("=")
+        if not has_value:
+            if not items or items[0].startswith("--"):
+                raise UsageError(f'{flag}: needs a value (e.g. --image_size "[32,32]")')
+            text = items.pop(0)
+        top = key.split("#")[0]
+        if top in FLAG_OWNED_KEYS:
+            raise UsageError(f"{flag}: set by {FLAG_OWNED_KEYS[top]}; use that flag")
+        if top not in config:
+            near = difflib.get_close_matches(top, [k for k in config if isinstance(k, str)], n=1)
+            hint = f"; did you mean --{near[0]}?" if near else ""
+            raise UsageError(f"{flag}: not a key of the bundle's configs/inference.json{hint}")
+        overrides[key] = _override_value(text)
+    return overrides
+
+
 def _checked_inference_parser(args: argparse.Namespace, bundle: Path, overrides: dict):
     """The bundle's inference config with ``overrides``, refused (exit 2, naming --trust-bundle) when its
     ``prediction`` could run code when evaluated; nothing of it is evaluated here."""
@@ -281,6 +341,7 @@ def _checked_inference_parser(args: argparse.Namespace, bundle: Path, overrides:
 def _predict_into(outputs, parser, args: argparse.Namespace, checkpoint: Path) -> int:
     """``predict`` once its arguments and bundle are checked and ``outputs`` (the --output set) is held:
     the config's ``prediction`` evaluated (the model loaded) and run into ``outputs``."""
+    from medaug.io.model_record import ModelRecordError
     from medaug.pipelines import predict as P
 
     try:
@@ -288,6 +349,8 @@ def _predict_into(outputs, parser, args: argparse.Namespace, checkpoint: Path) -
     except Exception as err:
         if mismatch := P.error_in_chain(err, P.CheckpointMismatchError):
             raise UsageError(f"--checkpoint: {mismatch}") from err
+        if bad_record := P.error_in_chain(err, ModelRecordError):
+            raise UsageError(f"--checkpoint: {bad_record}") from err
         root = err
         while root.__cause__ is not None:  # the component's own error, not MONAI's "Failed to instantiate"
             root = root.__cause__
@@ -305,6 +368,14 @@ def _predict_into(outputs, parser, args: argparse.Namespace, checkpoint: Path) -
         f"{info.get('checkpoint_sha256', '')[:12]}); classes: {', '.join(prediction.class_names)}",
         file=sys.stderr,
     )
+    if isinstance(parser.get("settings"), dict):  # evaluated with the prediction; a bundle of its own may have none
+        settings = parser.get_parsed_content("settings")
+        print(
+            f"network: {settings['classifier']}, {'x'.join(map(str, settings['image_size']))} px, "
+            f"{settings['channels']} channel(s); modalities: {', '.join(settings['modalities'] or ['any'])} "
+            f"(from {settings['source']})",
+            file=sys.stderr,
+        )
     try:
         summary = prediction.run(outputs)  # prints its summary line
     except P.CheckpointMismatchError as err:  # e.g. a TorchScript model with another number of classes
@@ -315,6 +386,40 @@ def _predict_into(outputs, parser, args: argparse.Namespace, checkpoint: Path) -
     if summary.skipped:
         print(f"{summary.skipped} file(s) not used: see {outputs.folder / 'skipped.csv'} for the reasons")
     return summary.exit_code
+
+
+def export(args: argparse.Namespace) -> int:
+    """``medaug export <run dir>``: the run's model into ``<bundle>/models/`` (see :mod:`medaug.pipelines.export`)."""
+    from medaug.pipelines.export import ExportError, export_run
+
+    run = Path(args.run)
+    if not run.exists():
+        raise UsageError(
+            f"run: {args.run!r} does not exist (a run folder such as <bundle>/runs/<run>, or its model.pt)"
+        )
+    bundle_arg = args.bundle or _bundle_of_run(run) or os.environ.get(BUNDLE_ENV)
+    if not bundle_arg:
+        raise UsageError(f"--bundle: {args.run!r} is not inside a bundle's runs/ folder; name the bundle with --bundle")
+    bundle = Path(bundle_arg)
+    if not (bundle / "configs" / "inference.json").is_file():
+        raise UsageError(f"--bundle: {bundle_arg!r} is not a bundle (no configs/inference.json)")
+    try:
+        result = export_run(run, bundle, force=args.force)
+    except ExportError as err:
+        raise UsageError(f"{err.argument}: {err}") from err
+    state = "already there, files rewritten" if result.unchanged else "exported"
+    print(
+        f"{state}: {result.checkpoint}, {result.record}, {result.torchscript} (TorchScript by {result.converted_by}; "
+        f"sha256 {result.checkpoint_sha256[:12]})\npredict: medaug predict --bundle {bundle} --input DIR --output DIR"
+    )
+    return EXIT_OK
+
+
+def _bundle_of_run(run: Path) -> str | None:
+    """The bundle a run folder was trained in: ``<bundle>/runs/<run>`` (or ``<run>/model.pt``)."""
+    folder = run.parent if run.is_file() else run
+    candidate = folder.resolve().parent.parent
+    return str(candidate) if (candidate / "configs" / "inference.json").is_file() else None
 
 
 def show_augmentations(args: argparse.Namespace) -> int:
@@ -499,16 +604,28 @@ PREDICT_EPILOG = """\
 the bundle's configs/inference.json is what runs: predict builds it with MONAI's ConfigParser, the flags given
 overriding its keys (--bundle bundle_root, --checkpoint ckpt_path, --input input_dir, --output output_dir,
 --device device, --batch-size batch_size, --workers num_workers, --parallel parallel, --frames frames,
---modalities modalities, --hash-uids uid_salt; a flag not given leaves the bundle's value), and runs its
+--modalities modalities, --hash-uids uid_salt; a flag not given leaves the bundle's value; any other
+'--key value' overrides that key of the config, as with monai.bundle run, e.g. --classifier small_cnn
+--image_size "[32,32]" --channels 3 --class_names "['a','b','c']"), and runs its
 'prediction' (medaug.pipelines.predict.FolderPrediction), as 'python -m monai.bundle run --config_file
 <bundle>/configs/inference.json --bundle_root <bundle> --input_dir ... --output_dir ...' does: the bundle's
 preprocessing on every image (decoded in worker processes with "parallel": "process"), its inferer on each batch,
 and its postprocessing (MONAI post transforms, e.g. Activationsd softmax) on each image's network output, in
 this process: the prob_<class> columns are what the postprocessing gives, predicted is their argmax.
 
-checkpoint: --checkpoint, else <bundle>/models/model.ts (TorchScript, from MONAI's ckpt_export; runs
-without the network code), else <bundle>/models/model.pt (a training checkpoint, loaded into the network
-that configs/inference.json describes). The bundle may also come from the MEDAUG_BUNDLE environment variable;
+checkpoint: --checkpoint (e.g. a run's runs/<run>/model.pt), else <bundle>/models/model.ts (TorchScript, from
+'medaug export'; runs without the network code), else <bundle>/models/model.pt (a training checkpoint, loaded
+into the network that configs/inference.json describes). 'medaug export <bundle>/runs/<run>' fills models/.
+
+network: classifier, image_size, channels and class_names are null in configs/inference.json: the checkpoint's
+record says them (model.json, written beside model.pt by training, copied by medaug export and embedded in
+model.ts), so any run's checkpoint predicts without editing a file. A value given (an override or the config)
+wins; one that contradicts the record (another classifier, size, channel count or number of classes) is a
+usage error (exit 2) naming what the checkpoint was trained with. A checkpoint without a record uses the
+config's settings#fallback (resnet18, 64 x 64 px, 1 channel, malignant/normal_benign).
+modalities: null takes those of the record (the training preset's, e.g. US for the ultrasound preset): a DICOM
+file of another modality is skipped with the reason in skipped.csv; --modalities any takes every modality.
+The bundle may also come from the MEDAUG_BUNDLE environment variable;
 with MEDAUG_BUNDLE_ONLY=1 (the Docker image) it is the only bundle: another --bundle or --trust-bundle is refused.
 
 outputs (in --output; checked writable and locked before any work):
@@ -530,11 +647,11 @@ DICOM PS3.15 Basic Profile never appear in outputs or messages; --hash-uids repl
 untrusted bundles: MONAI evaluates '$' expressions and imports any '_target_' of a config, so a bundle can run
 code. Without --trust-bundle, predict first checks what evaluating the config's 'prediction' reaches (model,
 network_def for a .pt checkpoint, preprocessing, inferer, postprocessing, the settings, and whatever they
-reference) and stops with exit 2 if one could run code: a '$' expression other than $torch.<dtype> or
-$len(@<id>), a _target_ that is not a MONAI/medaug transform, inferer or network (or medaug's load_model,
-model_info, FolderPrediction), or a _mode_ other than the default. The config's imports are not run then, and
-'device' (an expression) is always set by --device. The shipped bundles and the Docker image's baked bundle pass
-this check.
+reference) and stops with exit 2 if one could run code: a '$' expression other than $torch.<dtype>,
+$len(@<id>) or $@<id>['<key>'], a _target_ that is not a MONAI/medaug transform, inferer or network (or
+medaug's load_model, model_info, model_settings, FolderPrediction), or a _mode_ other than the default. The
+config's imports are not run then, and 'device' (an expression) is always set by --device. The shipped
+bundles and the Docker image's baked bundle pass this check.
 
 exit codes:
   0  every file was used
@@ -654,8 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--modalities",
         nargs="+",
         metavar="MOD",
-        help="DICOM modalities the model takes, e.g. US; others are skipped (default: the bundle's "
-        "'modalities', null = any)",
+        help="DICOM modalities the model takes, e.g. US, or 'any'; others are skipped (default: the bundle's "
+        "'modalities', null = those the checkpoint's model.json records, any when it records none)",
     )
     pred.add_argument(
         "--hash-uids",
@@ -672,7 +789,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--device", help="torch device (default: cuda:0 if available, else cpu)")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
-    pred.set_defaults(handler=predict)
+    pred.set_defaults(handler=predict, config_overrides=[])
+
+    exp = commands.add_parser(
+        "export",
+        help="put a training run's model into its bundle's models/ (model.pt, model.json, TorchScript model.ts)",
+        description="Copy a run's checkpoint (runs/<run>/model.pt) and its record (model.json: classifier, image "
+        "size, channels, class names, positive class, preprocessing, modalities) to MONAI's model-zoo place "
+        "<bundle>/models/, and write models/model.ts, a TorchScript of that network whose embedded metadata "
+        "(metadata.json's network_data_format, model.json, the inference config) is true to the run. Then "
+        "'medaug predict --bundle <bundle>' predicts with it, no flag needed (configs/evaluate.json also reads "
+        "models/model.pt). Files are written atomically; a "
+        "different model already in models/ is kept (exit 2) unless --force.",
+    )
+    exp.add_argument(
+        "run", help="the run folder (<bundle>/runs/<run>, holding model.pt and model.json) or its model.pt"
+    )
+    exp.add_argument(
+        "--bundle", help="bundle to fill (default: the bundle whose runs/ holds the run, else $MEDAUG_BUNDLE)"
+    )
+    exp.add_argument("--force", action="store_true", help="replace a different model in <bundle>/models/")
+    exp.set_defaults(handler=export)
 
     show = commands.add_parser(
         "show-augmentations",
@@ -781,7 +918,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "handler", None) is not predict:  # only predict takes config overrides
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.config_overrides = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not hasattr(args, "handler"):
         parser.print_help()

@@ -37,7 +37,7 @@ import multiprocessing
 import os
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from medaug.io.hashing import file_sha256
 from medaug.io.loader import LoadDatalistImaged
+from medaug.io.model_record import NETWORK_KEYS, ModelRecordError, find_model_record
 from medaug.io.output_set import OutputSet, utc_now
 from medaug.io.phi import hash_uid
 from medaug.io.readers import UnusableImageError, image_kind, read_dicom_header
@@ -156,10 +157,82 @@ def load_model(
         except (RuntimeError, TypeError, AttributeError) as err:
             raise CheckpointMismatchError(
                 f"{path.name} does not fit the network of the inference config (check classifier, image_size, "
-                f"channels and class_names): {str(err).splitlines()[0]}"
+                f"channels and class_names; medaug predict takes them as --classifier small_cnn --image_size "
+                f'"[32,32]" ...): {str(err).splitlines()[0][:300]}'
             ) from err
         model = network
     return model.to(device).eval()
+
+
+ANY_MODALITY = "any"
+
+
+def _same(key: str, given, recorded) -> bool:
+    try:
+        return _equal(key, given, recorded)
+    except (TypeError, ValueError):
+        return False
+
+
+def _equal(key: str, given, recorded) -> bool:
+    if key == "classifier":
+        return str(given).lower().replace("-", "_") == str(recorded).lower().replace("-", "_")
+    if key == "image_size":
+        return [int(s) for s in given] == [int(s) for s in recorded]
+    if key == "class_names":  # names may be given anew; their number is the network's
+        return len(given) == len(recorded)
+    return int(given) == int(recorded)
+
+
+def _modalities(value) -> list[str] | None:
+    """``"any"`` (or ``["any"]``) -> None (no filter); a name or names -> upper-case list."""
+    names = [value] if isinstance(value, str) else list(value or [])
+    names = [str(m).strip().upper() for m in names]
+    return None if not names or ANY_MODALITY.upper() in names else names
+
+
+def model_settings(ckpt_path: str | os.PathLike | None, given: Mapping, fallback: Mapping) -> dict:
+    """The network and input settings to predict with: ``classifier``, ``image_size``, ``channels``,
+    ``class_names`` (and ``num_classes``), ``modalities``, plus ``positive_class``, ``preset`` and ``source``.
+
+    ``inference.json``'s ``settings``: each is the value ``given`` in the config (a key of
+    ``inference.json`` or its override, e.g. ``--image_size "[32,32]"``) when not null, else what the
+    checkpoint's record says (:func:`medaug.io.model_record.read_model_record`: ``model.json`` beside a
+    checkpoint, embedded in a TorchScript export), else ``fallback`` (what the bundle ships, for a
+    checkpoint without a record). ``modalities`` ``"any"`` takes every modality.
+
+    Raises:
+        CheckpointMismatchError: a given classifier, image size, channel count or number of classes that
+            differs from the record (the message names what the checkpoint was trained with).
+        ModelRecordError: a record that exists but cannot be read.
+    """
+    path = Path(ckpt_path) if ckpt_path else None
+    record, source = find_model_record(path) if path is not None and path.is_file() else (None, "")
+    settings = {}
+    for key in NETWORK_KEYS:
+        value = given.get(key)
+        if value is None:
+            value = record[key] if record is not None else fallback.get(key)
+        elif record is not None and not _same(key, value, record[key]):
+            raise CheckpointMismatchError(
+                f"{key} {value!r} does not fit {path.name}: it was trained with {key} {record[key]!r} ({source}); "
+                f"leave {key} out (or null) to use what the checkpoint records"
+            )
+        if value is None:
+            raise ModelRecordError(f"{key}: not given, and the checkpoint {str(path)!r} has no model record")
+        settings[key] = value
+    settings["image_size"] = [int(s) for s in settings["image_size"]]
+    settings["channels"] = int(settings["channels"])
+    settings["class_names"] = [str(n) for n in settings["class_names"]]
+    settings["num_classes"] = len(settings["class_names"])
+    modalities = given.get("modalities")
+    if modalities is None:
+        modalities = record.get("modalities") if record is not None else fallback.get("modalities")
+    settings["modalities"] = _modalities(modalities)
+    settings["positive_class"] = (record or {}).get("positive_class")
+    settings["preset"] = (record or {}).get("preset")
+    settings["source"] = source or "inference config (the checkpoint has no model record)"
+    return settings
 
 
 def model_info(bundle_root: str | os.PathLike, ckpt_path: str | os.PathLike | None = None) -> dict:
@@ -515,7 +588,17 @@ def predict_folder(
             return
         batch = torch.stack(pending_images).to(device)
         with torch.inference_mode():
-            logits = convert_to_tensor(inferer(batch, model), track_meta=False).float().cpu()
+            try:
+                logits = convert_to_tensor(inferer(batch, model), track_meta=False).float().cpu()
+            except RuntimeError as err:  # a network (TorchScript) made for another input shape fails on the first
+                if rows or isinstance(err, torch.OutOfMemoryError):
+                    raise
+                channels, *size = batch.shape[1:]
+                raise CheckpointMismatchError(
+                    f"the model cannot take images of {channels} channel(s) at {'x'.join(map(str, size))} px (the "
+                    f"inference config's channels and image_size): {str(err).strip().splitlines()[-1][:200]}; set "
+                    f"them to what it was trained with"
+                ) from err
             if logits.ndim != 2 or logits.shape[1] != len(class_names):
                 given = logits.shape[1] if logits.ndim == 2 else tuple(logits.shape[1:])
                 raise CheckpointMismatchError(

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import DICOM_DIR, REPO
 
 pytestmark = pytest.mark.slow
 CONFIGS = ("configs/train.json", "configs/smoke.json")
@@ -182,6 +182,9 @@ def test_evaluate_and_inference_configs_reuse_the_trained_checkpoint(bundle_copy
     client, runs = finished_runs(out)
     trained = runs[0]
     checkpoint = out / trained.info.run_name / "model.pt"
+    record = json.loads(checkpoint.with_name("model.json").read_text())  # what inference needs, beside it
+    assert (record["classifier"], record["image_size"], record["channels"]) == ("small_cnn", [32, 32], 1)
+    assert record["class_names"] == ["malignant", "normal_benign"] and record["modalities"] == ["US"]
 
     run_bundle(
         bundle_copy,
@@ -218,6 +221,8 @@ def test_evaluate_and_inference_configs_reuse_the_trained_checkpoint(bundle_copy
             "small_cnn",
             "--image_size",
             "[32,32]",
+            "--modalities",
+            "any",  # the record says US (the ultrasound preset); these are CT and MR
         ],
         cwd=REPO,
         capture_output=True,
@@ -232,3 +237,15 @@ def test_evaluate_and_inference_configs_reuse_the_trained_checkpoint(bundle_copy
     assert all(name in skipped for name in ("truncated.dcm", "notes.txt", "SR0001", "labels.csv"))
     assert "Test^" not in (predictions / "predictions.csv").read_text(), "no PatientName in the outputs"
     assert sorted(p.stat().st_mtime_ns for p in dicom_folder.rglob("*") if p.is_file()) == before
+
+    # medaug export fills the bundle's models/; medaug predict then needs no checkpoint, network or modality flag
+    from medaug.cli import main
+
+    assert main(["export", str(checkpoint.parent), "--bundle", str(bundle_copy)]) == 0
+    exported = tmp_path / "exported"
+    argv = ["predict", "--bundle", str(bundle_copy), "--input", str(DICOM_DIR), "--output", str(exported)]
+    assert main([*argv, "--no-progress", "--parallel", "thread"]) == 3
+    assert "US1_UNCR.dcm" in {r["path"] for r in json.loads((exported / "predictions.json").read_text())}
+    assert "CT_small.dcm,wrong modality for this model (CT; the model takes US)" in (
+        (exported / "skipped.csv").read_text()
+    )
