@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["EXIT_SETTINGS", "install", "on_uncaught_error", "running_monai_bundle", "user_error"]
+__all__ = ["EXIT_SETTINGS", "error_hook", "install", "on_uncaught_error", "running_monai_bundle", "user_error"]
 
 EXIT_SETTINGS = 2  # the CLI's code for a usage or data error
 _CALLBACKS: list[Callable[[BaseException], list[Path]]] = []
@@ -88,7 +88,9 @@ def _write_log(text: str, folders: list[Path]) -> Path:
     return Path(name)
 
 
-def _hook(previous):
+def error_hook(previous):
+    """The :data:`sys.excepthook` :func:`install` sets, handing what it does not handle to ``previous``."""
+
     def hook(exc_type, exc, tb) -> None:
         if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as Python does
             _run_callbacks(exc)
@@ -116,5 +118,5 @@ def install() -> None:
     """Set the hook (once; chaining the hook that was set before)."""
     global _installed
     if not _installed:
-        sys.excepthook = _hook(sys.excepthook)
+        sys.excepthook = error_hook(sys.excepthook)
         _installed = True
