@@ -122,6 +122,12 @@ def target_accepts(component: Mapping, name: str) -> bool:
     return name in signature.parameters or any(p.kind is p.VAR_KEYWORD for p in params)
 
 
+def _arguments(function) -> set[str]:
+    return {
+        n for n, p in inspect.signature(function).parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+
+
 def command_line_overrides() -> tuple[dict, dict] | None:
     """``(overrides, file_config)`` of the ``monai.bundle run`` that is running this code, or None
     outside one.
@@ -132,7 +138,7 @@ def command_line_overrides() -> tuple[dict, dict] | None:
     is built, so they are read from the arguments of :func:`monai.bundle.scripts.run` in the call
     stack, the way :func:`~medaug.pipelines.tracking.current_bundle_parser` finds the parser.
     """
-    from monai.bundle import ConfigParser, scripts
+    from monai.bundle import ConfigParser, ConfigWorkflow, scripts
     from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
     frame = inspect.currentframe()
@@ -140,12 +146,14 @@ def command_line_overrides() -> tuple[dict, dict] | None:
         frame = frame.f_back
     if frame is None:
         return None
-    own = {n for n, p in inspect.signature(scripts.run).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    own = _arguments(scripts.run)
     local = frame.f_locals
     args = scripts.update_kwargs(
         local.get("args_file"), **{n: local.get(n) for n in own if n != "args_file"}, **local.get("override", {})
     )
-    overrides = {str(k).replace("::", "#"): v for k, v in args.items() if k not in own}
+    # the workflow's own arguments (e.g. --workflow_type) are no config keys either
+    taken = own | _arguments(ConfigWorkflow.__init__) | {"workflow_name"}
+    overrides = {str(k).replace("::", "#"): v for k, v in args.items() if k not in taken}
     config = dict(ConfigParser.load_config_files(args["config_file"])) if args.get("config_file") else {}
     config["_meta_"] = {}
     tracking = args.get("tracking")
