@@ -74,8 +74,9 @@ def _presets():
 
 
 def _classifier_key(name: str) -> str:
-    # build_classifier's own folding: case, and "_" / "-" are interchangeable
-    return name.lower().replace("_", "-")
+    from medaug.models.classifiers import classifier_key
+
+    return classifier_key(name)
 
 
 def _is_preset_file(value) -> bool:
