@@ -16,6 +16,7 @@
         v
     study/        grid of bundle runs -> MLflow parent + child runs -> report (tables, tests, plots)
 
+    validate.py   a bundle run's settings checked first in its initialize (keys, names, dataset_dir, positive_class)
     predict.py    checkpoint + DICOM/image folder -> predictions.csv (no training code loaded)
     tracking/     MLflow runs of every stage, the tag vocabulary, a local server (a service, not a stage)
     distributed.py  torchrun/DDP helpers: ranks, rank-0-only handlers (a service, not a stage)
