@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import warnings
@@ -371,11 +372,26 @@ class _KeepDatasetPydicomReader(PydicomReader):
         return np.eye(4)
 
 
+def _not_nvimgcodec_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("nvImageCodec is not available")
+
+
 @cache
 def _loader() -> LoadImage:
     # One LoadImage for all calls; the reader is passed per call (readers keep per-read state).
     # dtype=None keeps integer pixels integer: palette indices and LUT inputs must stay exact.
-    return LoadImage(image_only=True, dtype=None, ensure_channel_first=False)
+    # LoadImage also builds each reader MONAI has, among them the GPU DICOM reader, which logs
+    # "nvImageCodec is not available" and warns wherever CUDA, CuPy or nvImageCodec is missing, so on
+    # every command. medaug never uses that reader (it passes its own per call): both notices are
+    # dropped, for this construction only.
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    plugin_log.addFilter(_not_nvimgcodec_notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
+            return LoadImage(image_only=True, dtype=None, ensure_channel_first=False)
+    finally:
+        plugin_log.removeFilter(_not_nvimgcodec_notice)
 
 
 def _monai_load(path: str | os.PathLike, reader) -> np.ndarray:

@@ -14,6 +14,7 @@ from torch import nn
 from medaug.models.efficientnet_v2 import efficientnet_v2_s
 from medaug.models.inception import INCEPTION_MIN_INPUT_SIZE, inception_v3
 from medaug.models.vgg import VGG_MIN_INPUT_SIZE, vgg16_bn
+from medaug.settings import SettingsError, check_choice
 
 logger = logging.getLogger("medaug.models")
 
@@ -114,6 +115,11 @@ MIN_INPUT_SIZE = {
 }
 
 
+def classifier_key(name: str) -> str:
+    """How classifier names compare: case and ``_`` / ``-`` do not matter (``ResNet18``, ``small-cnn``)."""
+    return name.lower().replace("_", "-")
+
+
 def build_classifier(
     name: str,
     in_channels: int = 1,
@@ -134,17 +140,17 @@ def build_classifier(
         pretrained_path: a local state dict to start from (see :func:`load_pretrained`).
         kwargs: passed to the MONAI network.
     """
-    key = name.lower().replace("_", "-")
-    key = "small_cnn" if key == "small-cnn" else key
-    if key not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {name!r}; choose one of {sorted(CLASSIFIERS)}")
+    check_choice("classifier", name, sorted(CLASSIFIERS), normalize=classifier_key)
+    key = next(k for k in CLASSIFIERS if classifier_key(k) == classifier_key(name))
     spatial = tuple(int(s) for s in spatial_size) if spatial_size is not None else None
     smallest = MIN_INPUT_SIZE.get(key, 1)
     if spatial is not None and min(spatial) < smallest:
-        raise ValueError(
-            f"{name} needs images of at least {smallest} px per side, got image_size {list(spatial)}; "
+        raise SettingsError(
+            "image_size",
+            f"{name} needs images of at least {smallest} px per side",
             f"set image_size to [{smallest}, {smallest}] or larger (preprocessing resizes the images), "
-            "or use resnet18 or small_cnn"
+            "or use resnet18 or small_cnn",
+            value=list(spatial),
         )
     model = CLASSIFIERS[key](in_channels, num_classes, spatial, **kwargs)
     if pretrained_path:

@@ -7,6 +7,7 @@ inputs and the broken DICOMs are written to tmp_path by each test.
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
 import re
 import shutil
@@ -558,3 +559,19 @@ def test_truncated_nifti_is_unusable(tmp_path):
     with pytest.raises(UnusableImageError) as err:
         read_image(tmp_path / "half.nii.gz")
     assert err.value.reason == "truncated or corrupt NIfTI file"
+
+
+def test_monai_s_nvimagecodec_notice_is_not_printed_for_the_reader_medaug_never_uses(caplog):
+    """MONAI's LoadImage builds its GPU DICOM reader too, which announces on every command that
+    nvImageCodec is missing; medaug passes its own reader per call, so the notice is noise."""
+    import warnings
+
+    from medaug.io import readers
+
+    readers._loader.cache_clear()
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        readers._loader()
+    assert not [r for r in caplog.records if "nvImageCodec" in r.getMessage()]
+    assert not [w for w in warned if "nvImageCodec" in str(w.message)]

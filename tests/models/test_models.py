@@ -9,6 +9,7 @@ import torch
 
 from medaug.models import CLASSIFIERS, build_classifier, load_pretrained
 from medaug.models.classifiers import MIN_INPUT_SIZE
+from medaug.settings import SettingsError
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
@@ -33,14 +34,16 @@ def test_small_networks_take_medmnist_28px(name):
     [("densenet121", 32), ("efficientnet-b0", 32), ("vgg16_bn", 32), ("efficientnet_v2_s", 32), ("inception_v3", 75)],
 )
 def test_too_small_images_get_a_clear_error(name, smallest):
-    with pytest.raises(ValueError, match=f"at least {smallest}"):
+    with pytest.raises(SettingsError, match=rf"^image_size = \[28, 28\]: {name} needs images of at least {smallest}"):
         build_classifier(name, spatial_size=(28, 28))
 
 
 def test_names_are_forgiving_and_unknown_names_are_listed():
     assert isinstance(build_classifier("EfficientNet_B0", spatial_size=(32, 32)), torch.nn.Module)
-    with pytest.raises(ValueError, match="resnet18"):
+    with pytest.raises(SettingsError, match="resnet18"):
         build_classifier("alexnet")
+    with pytest.raises(SettingsError, match=r"^classifier = 'resnet19': not one of .*; did you mean 'resnet18'\?$"):
+        build_classifier("resnet19")
 
 
 def test_resnet_stem_follows_image_size():

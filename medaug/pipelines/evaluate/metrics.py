@@ -442,7 +442,8 @@ def _prepare(y_true, y_prob, num_classes, positive_class, class_names):
     yt = _as_labels(y_true, "y_true")
     prob = _as_probs(y_prob, yt.shape[0], num_classes)
     k = _infer_num_classes(prob.shape[1], yt)
-    pc = _check_positive(positive_class, k) if k == 2 else int(positive_class)
+    # with more than 2 classes the summary metrics are macro averages: no positive class (None) is needed
+    pc = _check_positive(positive_class, k) if k == 2 else (0 if positive_class is None else int(positive_class))
     return yt, prob, k, pc, _class_names(class_names, k)
 
 

@@ -21,6 +21,7 @@ from medaug.io.atomic import write_csv_atomic, write_json_atomic
 from medaug.io.leaks import describe_leaks
 from medaug.pipelines.evaluate import metrics as M
 from medaug.pipelines.evaluate import plots
+from medaug.settings import SettingsError, did_you_mean
 
 logger = logging.getLogger("medaug.evaluate")
 
@@ -64,18 +65,40 @@ class PredictionCollector:
         return np.stack(self.probs) if self.probs else np.zeros((0, 0), dtype=np.float32)
 
 
-def resolve_positive_class(positive_class, class_names: Sequence[str]) -> int:
-    """Index of the positive (disease) class for binary metrics; a name or an index. Unknown names
-    fall back to index 1 (scikit-learn's convention) with a warning, so a bundle pointed at other
-    data still runs."""
+def resolve_positive_class(positive_class, class_names: Sequence[str]) -> int | None:
+    """Index of the positive (disease) class of the binary metrics: a class name (exact spelling)
+    or an index. None: with 2 classes the second (scikit-learn's convention); with more, None, the
+    summary metrics being macro averages over all classes. Anything else is a
+    :class:`~medaug.settings.SettingsError` listing the classes, a name differing only in case (or
+    close) offered as "did you mean", never used in its place: scoring the wrong class as positive
+    would be silent."""
+    names = list(class_names)
     if positive_class is None:
-        return 1 if len(class_names) > 1 else 0
-    if isinstance(positive_class, str) and positive_class in class_names:
-        return list(class_names).index(positive_class)
-    if isinstance(positive_class, (int, np.integer)) and 0 <= int(positive_class) < len(class_names):
-        return int(positive_class)
-    logger.warning("positive_class %r is not one of %s; using %r", positive_class, list(class_names), class_names[1])
-    return 1
+        return (1 if len(names) > 1 else 0) if len(names) <= 2 else None
+    if isinstance(positive_class, (int, np.integer)) and not isinstance(positive_class, bool):
+        if 0 <= int(positive_class) < len(names):
+            return int(positive_class)
+        raise SettingsError(
+            "positive_class", f"no class index of the {len(names)} classes {names}", value=int(positive_class)
+        )
+    if str(positive_class) in names:
+        return names.index(str(positive_class))
+    guess = did_you_mean(positive_class, names)
+    macro = "; or null (macro metrics)" if len(names) > 2 else ""
+    raise SettingsError(
+        "positive_class",
+        f"not a class of this data ({', '.join(names)})",
+        f"did you mean {guess!r}?" if guess else f"set --positive_class to one of them{macro}",
+        value=positive_class,
+    )
+
+
+def positive_class_label(positive_index: int | None, class_names: Sequence[str]) -> str:
+    """How the console header names what the summary metrics score: the positive class of 2-class data,
+    else the macro average (a positive class given for more classes only picks nothing there)."""
+    if positive_index is None or len(class_names) > 2:
+        return f"macro over {len(class_names)} classes"
+    return f"positive class: {class_names[positive_index]}"
 
 
 def leak_metrics(data_leaks: Mapping) -> dict[str, int]:
@@ -106,7 +129,8 @@ class TestEvaluation:
         class_names: names of the classes, in label order.
         output_dir: where metrics, predictions and plots are written (then logged to MLflow).
         tracker: the run's :class:`~medaug.pipelines.tracking.tracker.RunTracker` (None: no MLflow).
-        positive_class: name or index of the positive class for binary metrics.
+        positive_class: name or index of the positive class for binary metrics (see
+            :func:`resolve_positive_class`; None with more than 2 classes: macro metrics).
         checkpoint: the checkpoint to log as an artifact.
         n_bootstrap: bootstrap resamples for the 95% CIs (>= 1000 for reports).
         seed: seeds the bootstrap.
@@ -171,7 +195,7 @@ class TestEvaluation:
             "metrics": metrics,
             "ci95": {n: list(v) for n, v in cis.items()},
             "logged": logged,
-            "positive_class": self.class_names[self.positive_class],
+            "positive_class": None if self.positive_class is None else self.class_names[self.positive_class],
             "n_bootstrap": self.n_bootstrap,
             "class_names": self.class_names,
         }
@@ -212,7 +236,7 @@ class TestEvaluation:
         table = M.format_metrics_table(metrics, cis)
         print(
             f"\n{self.prefix} metrics on {len(y_true)} real {self.prefix} images "
-            f"(positive class: {self.class_names[self.positive_class]}; 95% stratified bootstrap CIs, "
+            f"({positive_class_label(self.positive_class, self.class_names)}; 95% stratified bootstrap CIs, "
             f"{self.n_bootstrap} resamples):\n{table}\n"
             + (f"{describe_leaks(self.data_leaks)}\n" if self.data_leaks is not None else "")
             + f"Outputs: {out}"

@@ -24,12 +24,14 @@ OVERRIDES_TAG = "medaug.overrides"
 AMOUNT_KEY_TAG = "medaug.amount_key"
 LOCK_TAG = "medaug.study_lock"  # the study lock record (holder, heartbeat) on the parent run
 DATA_LEAK_TAG = "data_leak"  # set when images repeat across splits
+ERROR_TAG = "medaug.error"  # on a FAILED run: the error that stopped it ("SettingsError: ...")
 
 __all__ = [
     "AMOUNT_KEY_TAG",
     "AXES_TAG",
     "CELL_TAG",
     "DATA_LEAK_TAG",
+    "ERROR_TAG",
     "HASH_TAG",
     "LOCK_TAG",
     "OVERRIDES_TAG",

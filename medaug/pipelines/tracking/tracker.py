@@ -21,6 +21,7 @@ import math
 import os
 import re
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,12 +29,29 @@ import mlflow
 from ignite.engine import Events
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
+from medaug.bundle_errors import on_uncaught_error
 from medaug.io.atomic import write_json_atomic
 from medaug.pipelines.distributed import on_rank0_and_share, rank0_first_context
-from medaug.pipelines.tracking.tags import DATA_LEAK_TAG, PARENT_RUN_ENV, PARENT_TAG, RUN_TAGS_ENV
+from medaug.pipelines.tracking.tags import DATA_LEAK_TAG, ERROR_TAG, PARENT_RUN_ENV, PARENT_TAG, RUN_TAGS_ENV
 
 logger = logging.getLogger("medaug.tracking")
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
+MAX_TAG_VALUE = 5000  # MLflow's limit on a tag value
+_OPEN_TRACKERS: weakref.WeakSet = weakref.WeakSet()  # started and not yet ended
+
+
+def fail_open_runs(error: BaseException) -> list[Path]:
+    """End every run this process started and did not end FAILED, with ``error`` as its tag; their
+    run folders. Called by :mod:`medaug.bundle_errors` on an error no code caught, so a run that fails
+    in its setup (after :meth:`RunTracker.start`) does not stay RUNNING."""
+    folders = []
+    for tracker in list(_OPEN_TRACKERS):
+        tracker.fail(error)
+        folders.append(tracker.run_dir)
+    return folders
+
+
+on_uncaught_error(fail_open_runs)
 
 
 def environment_tags() -> dict[str, str]:
@@ -208,6 +226,7 @@ class RunTracker:
             self._experiment_id(), run_name=self.run_name, tags={"mlflow.runName": self.run_name, **self.tags}
         )
         self.run_id = run.info.run_id
+        _OPEN_TRACKERS.add(self)
         parser = current_bundle_parser()
         config = resolved_config(parser) if parser is not None else {}
         # Bundle metadata is a file of its own; only its version matters for comparing runs.
@@ -267,14 +286,22 @@ class RunTracker:
         return {n: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, n)] for n in names}
 
     def end(self, status: str = "FINISHED") -> None:
+        _OPEN_TRACKERS.discard(self)
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status)
+
+    def fail(self, error: BaseException) -> None:
+        """End the run FAILED, with the error (``Type: message``) as the :data:`ERROR_TAG` tag."""
+        if self.run_id is not None:
+            text = f"{type(error).__name__}: {error}"
+            self.client.set_tag(self.run_id, ERROR_TAG, text[:MAX_TAG_VALUE])
+        self.end(RunStatus.to_string(RunStatus.FAILED))
 
     def fail_on_exception(self, engine) -> None:
         """Attach to an engine: an exception marks the run FAILED instead of leaving it RUNNING."""
 
         def _failed(_engine, exc):
-            self.end(RunStatus.to_string(RunStatus.FAILED))
+            self.fail(exc)
             raise exc
 
         engine.add_event_handler(Events.EXCEPTION_RAISED, _failed)

@@ -1,13 +1,16 @@
 """MLflow plumbing: where runs go, how a bundle config becomes parameters, and a failed run is
-marked FAILED rather than left RUNNING."""
+marked FAILED, with the error as a tag, rather than left RUNNING (also one failing in its setup)."""
 
 import mlflow
 import pytest
 import torch
 from ignite.engine import Engine
 
+from medaug.bundle_errors import error_hook
+from medaug.pipelines.tracking.tags import ERROR_TAG
 from medaug.pipelines.tracking.tracker import RunTracker, artifact_location_for, default_tracking_uri, flatten, safe_key
 from medaug.pipelines.train.engine_metrics import epoch_metric, stack_pred_label
+from medaug.settings import SettingsError
 
 
 def test_embedded_store_under_output_dir_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
@@ -37,9 +40,15 @@ def test_flatten_turns_bundle_sections_into_parameter_names():
     assert safe_key("test_f1_class_normal (benign)") == "test_f1_class_normal _benign_"
 
 
-def test_a_run_that_raises_is_marked_failed(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store for the tests of failed runs (creating one costs seconds)."""
+    return tmp_path_factory.mktemp("store")
+
+
+def test_a_run_that_raises_is_marked_failed(store, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracker = RunTracker("unit", tmp_path, "boom", tags={"seed": 3})
+    tracker = RunTracker("unit", store, "boom", tags={"seed": 3})
     tracker.start()
     engine = Engine(lambda e, b: 1 / 0)
     tracker.attach(engine)
@@ -47,6 +56,26 @@ def test_a_run_that_raises_is_marked_failed(tmp_path, monkeypatch):
         engine.run([1])
     run = mlflow.MlflowClient(tracker.tracking_uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED" and run.data.tags["seed"] == "3"
+    assert run.data.tags[ERROR_TAG] == "ZeroDivisionError: division by zero"
+
+
+def test_a_run_whose_setup_fails_after_it_started_ends_failed_with_the_error(store, monkeypatch, capsys):
+    """Under ``monai.bundle run`` the error hook ends the open run; its log goes to the run folder."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = RunTracker("unit", store, "setup-fails")
+    tracker.start()
+    error = KeyError("resnet19")  # e.g. a component failing as the trainer is built: no engine runs to catch it
+    error_hook(lambda *args: None)(KeyError, error, None)
+    run = mlflow.MlflowClient(tracker.tracking_uri).get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and run.data.tags[ERROR_TAG] == "KeyError: 'resnet19'"
+    mistake = SettingsError("classifier", "not one of resnet18", "did you mean 'resnet18'?", "resnet19")
+    tracker = RunTracker("unit", store, "settings-fail")
+    tracker.start()
+    with pytest.raises(SystemExit):
+        error_hook(lambda *args: None)(SettingsError, mistake, None)
+    assert capsys.readouterr().err.strip().endswith(f"(full traceback in {tracker.run_dir / 'error.log'})")
+    run = mlflow.MlflowClient(tracker.tracking_uri).get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and run.data.tags[ERROR_TAG].startswith("SettingsError: classifier = ")
 
 
 def test_epoch_metric_scores_a_whole_epoch_of_decollated_outputs():
