@@ -37,8 +37,7 @@ def test_flatten_turns_bundle_sections_into_parameter_names():
     assert safe_key("test_f1_class_normal (benign)") == "test_f1_class_normal _benign_"
 
 
-def test_a_run_that_raises_is_marked_failed(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_a_run_that_raises_is_marked_failed(tmp_path, tracking_uri):
     tracker = RunTracker("unit", tmp_path, "boom", tags={"seed": 3})
     tracker.start()
     engine = Engine(lambda e, b: 1 / 0)
