@@ -170,6 +170,8 @@ def _loggable(value):
         return str(value)
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, np.generic):  # a numpy scalar from an expression
+        return value.item()
     if isinstance(value, (list, tuple)):
         items = [_loggable(v) for v in value]
         return _LEFT_OUT if any(v is _LEFT_OUT for v in items) else items
