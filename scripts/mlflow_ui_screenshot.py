@@ -3,9 +3,10 @@
 Starts a local ``mlflow server`` (SQLite, temporary folder, 127.0.0.1, a free port), runs the
 default bundle's smoke config twice against it (``rebalance#method`` class_weight and
 oversample), opens MLflow's compare-runs page on the two runs in headless Chromium, turns on
-"Show diff only" (what differs between the runs: strategy, run names, metrics) and saves the
-screenshot. Chromium comes from the system (Debian: ``apt-get install chromium``); the page is
-driven through Chromium's DevTools protocol on a pipe, so nothing else is needed.
+"Show diff only" (what differs between the runs: the strategy and the settings it decides, the
+metrics) and saves the screenshot. Chromium comes from the system (Debian: ``apt-get install
+chromium``); the page is driven through Chromium's DevTools protocol on a pipe, so nothing else is
+needed.
 
     .venv/bin/python scripts/mlflow_ui_screenshot.py --output docs/mlflow_compare_runs.png
 """

@@ -67,14 +67,17 @@ def artifact_paths(client, run_id, path=None):
     return found
 
 
-def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy, tmp_path):
+def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy, tmp_path, monkeypatch):
     """Also the leak settings: BreastMNIST's one image in train as malignant and in test as
-    normal_benign (npz#train/115 = npz#test/76) is reported, kept as asked, and its test copy dropped."""
+    normal_benign (npz#train/115 = npz#test/76) is reported, kept as asked, and its test copy dropped;
+    and the MLflow model, asked for with tracker#log_model."""
     out = tmp_path / "out"
-    result = run_bundle(bundle_copy, out, "--leaks", "drop_test", "--conflicting_duplicates", "keep")
+    result = run_bundle(
+        bundle_copy, out, "--leaks", "drop_test", "--conflicting_duplicates", "keep", "--tracker#log_model", "true"
+    )
     client, runs = finished_runs(out)
     assert len(runs) == 1
-    run = runs[0]
+    run = client.get_run(runs[0].info.run_id)  # with its dataset input and model
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
     for name in ("balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "mcc", "kappa", "youden"):
@@ -84,6 +87,17 @@ def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy,
     assert run.data.tags["strategy"] == "class_weight" and run.data.tags["seed"] == "0"
     assert run.data.params["data.counts.test.malignant"] == "42"
     assert run.data.params["rebalance.method"] == "class_weight"
+    params = run.data.params
+    assert not [k for k, v in params.items() if v.startswith(("@", "$")) or k.startswith(("imports", "run."))]
+    assert params["num_classes"] == "2" and "run_dir" not in params
+    (data,) = run.inputs.dataset_inputs
+    assert json.loads(data.dataset.source)["uri"] == params["dataset_dir"]
+    assert data.dataset.digest == params["data.content_hash"][:16]
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    (model,) = run.outputs.model_outputs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # models:/ URIs resolve in the global store
+    signature = mlflow.models.get_model_info(f"models:/{model.model_id}").signature
+    assert signature.inputs.inputs[0].shape == (-1, 1, 32, 32) and signature.outputs.inputs[0].shape == (-1, 2)
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
     assert len(client.get_metric_history(run.info.run_id, "val_balanced_accuracy")) == 2
     assert EXPECTED_ARTIFACTS <= artifact_paths(client, run.info.run_id)

@@ -38,6 +38,7 @@ class PredictionCollector:
         self.frames: list = []
         self.labels: list[int] = []
         self.probs: list[np.ndarray] = []
+        self.input_shape: tuple[int, ...] | None = None  # of one image, for the MLflow model's signature
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.STARTED, lambda _: self.reset())
@@ -45,11 +46,14 @@ class PredictionCollector:
 
     def reset(self) -> None:
         self.refs, self.frames, self.labels, self.probs = [], [], [], []
+        self.input_shape = None
 
     def __call__(self, engine) -> None:
         for item in engine.state.output:
             image = item.get("image")
             meta = getattr(image, "meta", {}) or {}
+            if self.input_shape is None and image is not None:
+                self.input_shape = tuple(image.shape)
             self.refs.append(str(meta.get("filename_or_obj", "")))
             self.frames.append(meta.get("frame"))
             label = item.get("label")
@@ -230,6 +234,8 @@ class TestEvaluation:
                 self.tracker.log_metrics(leak_metrics(self.data_leaks))
             if self.checkpoint and Path(self.checkpoint).is_file():
                 self.tracker.log_artifact(self.checkpoint, "checkpoint")
+            if self.collector.input_shape is not None:  # the best checkpoint's weights: loaded for the test
+                self.tracker.log_trained_model(self.evaluator.network, self.collector.input_shape)
             for path in artifacts:
                 self.tracker.log_artifact(path)
             self.tracker.end("FINISHED")

@@ -88,8 +88,8 @@ from medaug.pipelines.tracking.tags import (
     STUDY_KEY_TAG,
 )
 from medaug.pipelines.tracking.tracker import (
-    artifact_location_for,
     default_tracking_uri,
+    ensure_experiment,
     safe_key,
     search_all_runs,
 )
@@ -211,15 +211,7 @@ class StudyRunner:
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
 
     def _experiment_id(self, client) -> str:
-        import mlflow
-
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return client.create_experiment(self.experiment, artifact_location_for(self.tracking_uri))
-        except mlflow.exceptions.MlflowException:  # created meanwhile by someone else
-            return client.get_experiment_by_name(self.experiment).experiment_id
+        return ensure_experiment(client, self.experiment, self.tracking_uri)
 
     def _find_parent(self, client, experiment_id: str) -> str | None:
         found = search_all_runs(

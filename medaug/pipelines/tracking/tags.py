@@ -25,19 +25,28 @@ AMOUNT_KEY_TAG = "medaug.amount_key"
 LOCK_TAG = "medaug.study_lock"  # the study lock record (holder, heartbeat) on the parent run
 DATA_LEAK_TAG = "data_leak"  # set when images repeat across splits
 ERROR_TAG = "medaug.error"  # on a FAILED run: the error that stopped it ("SettingsError: ...")
+RUN_DIR_TAG = "medaug.run_dir"  # the run's folder: a tag, not a parameter (it differs in every run)
+
+# MLflow 3's experiment type: the UI opens a "custom_model_development" experiment on its runs
+# (classic model development) instead of the GenAI overview it shows an untyped one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_ML_KIND = "custom_model_development"
 
 __all__ = [
     "AMOUNT_KEY_TAG",
     "AXES_TAG",
     "CELL_TAG",
+    "CLASSIC_ML_KIND",
     "DATA_LEAK_TAG",
     "ERROR_TAG",
+    "EXPERIMENT_KIND_TAG",
     "HASH_TAG",
     "LOCK_TAG",
     "OVERRIDES_TAG",
     "PARENT_RUN_ENV",
     "PARENT_TAG",
     "ROLE_TAG",
+    "RUN_DIR_TAG",
     "RUN_TAGS_ENV",
     "SEED_TAG",
     "STAGE_TAG",

@@ -40,15 +40,8 @@ def test_flatten_turns_bundle_sections_into_parameter_names():
     assert safe_key("test_f1_class_normal (benign)") == "test_f1_class_normal _benign_"
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One MLflow store for the tests of failed runs (creating one costs seconds)."""
-    return tmp_path_factory.mktemp("store")
-
-
-def test_a_run_that_raises_is_marked_failed(store, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracker = RunTracker("unit", store, "boom", tags={"seed": 3})
+def test_a_run_that_raises_is_marked_failed(tmp_path, tracking_uri):
+    tracker = RunTracker("unit", tmp_path, "boom", tags={"seed": 3})
     tracker.start()
     engine = Engine(lambda e, b: 1 / 0)
     tracker.attach(engine)
@@ -59,17 +52,16 @@ def test_a_run_that_raises_is_marked_failed(store, monkeypatch):
     assert run.data.tags[ERROR_TAG] == "ZeroDivisionError: division by zero"
 
 
-def test_a_run_whose_setup_fails_after_it_started_ends_failed_with_the_error(store, monkeypatch, capsys):
+def test_a_run_whose_setup_fails_after_it_started_ends_failed_with_the_error(tmp_path, tracking_uri, capsys):
     """Under ``monai.bundle run`` the error hook ends the open run; its log goes to the run folder."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracker = RunTracker("unit", store, "setup-fails")
+    tracker = RunTracker("unit", tmp_path, "setup-fails")
     tracker.start()
     error = KeyError("resnet19")  # e.g. a component failing as the trainer is built: no engine runs to catch it
     error_hook(lambda *args: None)(KeyError, error, None)
     run = mlflow.MlflowClient(tracker.tracking_uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED" and run.data.tags[ERROR_TAG] == "KeyError: 'resnet19'"
     mistake = SettingsError("classifier", "not one of resnet18", "did you mean 'resnet18'?", "resnet19")
-    tracker = RunTracker("unit", store, "settings-fail")
+    tracker = RunTracker("unit", tmp_path, "settings-fail")
     tracker.start()
     with pytest.raises(SystemExit):
         error_hook(lambda *args: None)(SettingsError, mistake, None)
