@@ -170,13 +170,13 @@ def simulate_imbalance(
     return out, summary
 
 
-def _proportional_quota(counts: Mapping[int, int], total: int) -> dict[int, int]:
+def _proportional_quota(counts: Mapping[int, int], total: int, floor: int = 1) -> dict[int, int]:
     """``total`` shared among classes in proportion to ``counts`` (largest remainder, ties to the lower
-    label), every class with images keeping at least one."""
+    label), every class keeping at least ``floor`` images (all of them when it has fewer)."""
     labels = sorted(counts)
-    quota = dict.fromkeys(labels, 1)
-    left = total - len(labels)
-    room = {label: counts[label] - 1 for label in labels}
+    quota = {label: min(counts[label], floor) for label in labels}
+    left = total - sum(quota.values())
+    room = {label: counts[label] - quota[label] for label in labels}
     share = {label: left * room[label] / max(sum(room.values()), 1) for label in labels}
     for label in labels:
         quota[label] += int(share[label])
@@ -187,12 +187,17 @@ def _proportional_quota(counts: Mapping[int, int], total: int) -> dict[int, int]
 
 
 def cap_images_per_split(
-    entries: list[dict], max_images: int | None, seed: int = 0, splits: Sequence[str] = SPLITS
+    entries: list[dict],
+    max_images: int | None,
+    seed: int = 0,
+    splits: Sequence[str] = SPLITS,
+    min_per_class: int = 1,
 ) -> tuple[list[dict], dict]:
     """At most ``max_images`` images in each of ``splits`` (a smoke run's small data), applied after the
     split: a seeded draw per class, in proportion to the split's class counts, so class balance is kept
-    and every class of the split keeps at least one image. Splits already small enough, and splits not
-    named in ``splits``, are returned as they are; order is kept. ``None`` keeps every image.
+    and every class of the split keeps at least ``min_per_class`` images (all it has when fewer).
+    Splits already small enough, and splits not named in ``splits``, are returned as they are; order
+    is kept. ``None`` keeps every image.
 
     Written here rather than with scikit-learn's ``train_test_split(stratify=...)``: that refuses a
     class with a single image and can leave a rare class out, and a smoke run must keep every class.
@@ -212,12 +217,14 @@ def cap_images_per_split(
         by_class: dict[int, list[int]] = {}
         for i in members:
             by_class.setdefault(entries[i]["label"], []).append(i)
-        if len(by_class) > max_images:
+        sizes = {label: len(idx) for label, idx in by_class.items()}
+        needed = sum(min(n, min_per_class) for n in sizes.values())
+        if needed > max_images:
             raise ValueError(
-                f"max_images_per_split={max_images} cannot keep one image of each of the {len(by_class)} "
-                f"classes of the {split} split; raise it to at least {len(by_class)}"
+                f"max_images_per_split={max_images} cannot keep {min_per_class} image(s) of each of the "
+                f"{len(by_class)} classes of the {split} split; raise it to at least {needed}"
             )
-        quota = _proportional_quota({label: len(idx) for label, idx in by_class.items()}, int(max_images))
+        quota = _proportional_quota(sizes, int(max_images), min_per_class)
         rng = np.random.default_rng([seed, SPLITS.index(split)])
         for label in sorted(by_class):
             kept = set(rng.choice(by_class[label], size=quota[label], replace=False).tolist())

@@ -221,9 +221,9 @@ def build_study_data(
         max_images_per_split: at most this many images in each split (the smoke overlay's small
             data), cut last, after the leak checks (a smoke run reports the data's leaks), by a seeded
             draw per class that keeps the class proportions and at least one image of each class
-            (:func:`medaug.io.splits.cap_images_per_split`). The train draw follows ``seed``; val and
-            test are drawn alike for every seed, so the seeds of a study score the same images.
-            None keeps every image.
+            (``min_train_per_class`` in train): :func:`medaug.io.splits.cap_images_per_split`. The
+            train draw follows ``seed``; val and test are drawn alike for every seed, so the seeds
+            of a study score the same images. None keeps every image.
         seed: seeds the split and the imbalance simulation.
         channels: 1 (grayscale) or 3.
         frames: ``middle`` or ``all`` frames of multi-frame files.
@@ -251,7 +251,9 @@ def build_study_data(
         )
     if data.patient_leaks:
         logger.warning("data leak: %d patient(s) appear in more than one fixed split", len(data.patient_leaks))
-    data.entries, data.capped = cap_images_per_split(data.entries, max_images_per_split, seed, splits=("train",))
+    data.entries, data.capped = cap_images_per_split(
+        data.entries, max_images_per_split, seed, splits=("train",), min_per_class=max(min_train_per_class, 1)
+    )
     data.entries, capped_eval = cap_images_per_split(data.entries, max_images_per_split, 0, splits=("val", "test"))
     data.capped |= capped_eval
     if data.capped:
@@ -264,11 +266,6 @@ def build_study_data(
             raise TooFewImagesError(
                 f"class {name!r} has {n} usable training image(s) in {dataset_dir} (need at least "
                 f"{min_train_per_class}); {len(skipped)} file(s) were skipped, see skipped.csv"
-                + (
-                    f"; max_images_per_split={max_images_per_split} cut the train split"
-                    if "train" in data.capped
-                    else ""
-                )
             )
     for split in ("val", "test"):
         if not data.split(split):

@@ -133,6 +133,8 @@ def test_the_smoke_cap_cuts_each_large_split_to_the_cap_keeping_class_shares_and
     capped, summary = cap_images_per_split(entries, 100, seed=0)
     # proportional per class (largest remainder), every class keeping at least one image
     assert tally(capped) == {"train": {0: 27, 1: 72, 2: 1}, "val": {0: 21, 1: 57}, "test": {0: 1, 1: 99}}
+    at_least_two, _ = cap_images_per_split(entries, 100, seed=0, min_per_class=2)  # what training needs
+    assert tally(at_least_two)["train"] == {0: 27, 1: 71, 2: 2} and tally(at_least_two)["test"] == {0: 2, 1: 98}
     assert summary == {"train": {"before": 549, "after": 100}, "test": {"before": 402, "after": 100}}
     assert all(e in entries for e in capped) and len({e["image"] for e in capped}) == len(capped)
     kept = [e["image"] for e in capped]
@@ -150,8 +152,10 @@ def test_the_smoke_cap_is_seeded_and_none_keeps_every_image():
 
 def test_a_smoke_cap_below_the_number_of_classes_or_not_a_count_is_an_error():
     entries = split_entries({"train": {0: 5, 1: 5, 2: 5}})
-    with pytest.raises(ValueError, match=r"max_images_per_split=2 cannot keep one image of each of the 3 classes"):
+    with pytest.raises(ValueError, match=r"max_images_per_split=2 cannot keep 1 image\(s\) of each of the 3 classes"):
         cap_images_per_split(entries, 2)
+    with pytest.raises(ValueError, match=r"keep 2 image\(s\) of each of the 3 classes .* raise it to at least 6"):
+        cap_images_per_split(entries, 5, min_per_class=2)
     for bad in (0, -5, 2.5, True, "100"):
         with pytest.raises(ValueError, match="max_images_per_split must be a positive integer or null"):
             cap_images_per_split(entries, bad)
