@@ -194,3 +194,66 @@ def simulate_imbalance(
     out = [e for i, e in enumerate(entries) if i not in dropped]
     summary = {"class": class_names[target], "train_before": len(candidates), "train_after": keep_n}
     return out, summary
+
+
+def _proportional_quota(counts: Mapping[int, int], total: int, floor: int = 1) -> dict[int, int]:
+    """``total`` shared among classes in proportion to ``counts`` (largest remainder, ties to the lower
+    label), every class keeping at least ``floor`` images (all of them when it has fewer)."""
+    labels = sorted(counts)
+    quota = {label: min(counts[label], floor) for label in labels}
+    left = total - sum(quota.values())
+    room = {label: counts[label] - quota[label] for label in labels}
+    share = {label: left * room[label] / max(sum(room.values()), 1) for label in labels}
+    for label in labels:
+        quota[label] += int(share[label])
+    by_remainder = sorted(labels, key=lambda lab: (-(share[lab] - int(share[lab])), lab))
+    for label in by_remainder[: total - sum(quota.values())]:
+        quota[label] += 1
+    return quota
+
+
+def cap_images_per_split(
+    entries: list[dict],
+    max_images: int | None,
+    seed: int = 0,
+    splits: Sequence[str] = SPLITS,
+    min_per_class: int = 1,
+) -> tuple[list[dict], dict]:
+    """At most ``max_images`` images in each of ``splits`` (a smoke run's small data), applied after the
+    split: a seeded draw per class, in proportion to the split's class counts, so class balance is kept
+    and every class of the split keeps at least ``min_per_class`` images (all it has when fewer).
+    Splits already small enough, and splits not named in ``splits``, are returned as they are; order
+    is kept. ``None`` keeps every image.
+
+    Written here rather than with scikit-learn's ``train_test_split(stratify=...)``: that refuses a
+    class with a single image and can leave a rare class out, and a smoke run must keep every class.
+    Returns ``(entries, summary)``, the summary ``{split: {"before": n, "after": max_images}}`` for
+    each split that was cut.
+    """
+    if max_images is None:
+        return entries, {}
+    if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 1:
+        raise ValueError(f"max_images_per_split must be a positive integer or null, got {max_images!r}")
+    dropped: set[int] = set()
+    summary = {}
+    for split in splits:
+        members = [i for i, e in enumerate(entries) if e["split"] == split]
+        if len(members) <= max_images:
+            continue
+        by_class: dict[int, list[int]] = {}
+        for i in members:
+            by_class.setdefault(entries[i]["label"], []).append(i)
+        sizes = {label: len(idx) for label, idx in by_class.items()}
+        needed = sum(min(n, min_per_class) for n in sizes.values())
+        if needed > max_images:
+            raise ValueError(
+                f"max_images_per_split={max_images} cannot keep {min_per_class} image(s) of each of the "
+                f"{len(by_class)} classes of the {split} split; raise it to at least {needed}"
+            )
+        quota = _proportional_quota(sizes, int(max_images), min_per_class)
+        rng = np.random.default_rng([seed, SPLITS.index(split)])
+        for label in sorted(by_class):
+            kept = set(rng.choice(by_class[label], size=quota[label], replace=False).tolist())
+            dropped |= set(by_class[label]) - kept
+        summary[split] = {"before": len(members), "after": int(max_images)}
+    return [e for i, e in enumerate(entries) if i not in dropped], summary

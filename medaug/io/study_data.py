@@ -33,7 +33,14 @@ from medaug.io.leaks import conflicting_duplicates as find_conflicting_duplicate
 from medaug.io.phi import pseudonym_key_id
 from medaug.io.scan import cross_split_duplicates, scan_entries
 from medaug.io.sources import detect_format, source_entries
-from medaug.io.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, patients_in_several_splits, simulate_imbalance
+from medaug.io.splits import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    assign_splits,
+    cap_images_per_split,
+    patients_in_several_splits,
+    simulate_imbalance,
+)
 
 logger = logging.getLogger("medaug.data")
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -65,6 +72,7 @@ class StudyData:
     leak_summary: dict = field(default_factory=dict)
     patient_leaks: dict = field(default_factory=dict)
     imbalance: dict = field(default_factory=dict)
+    capped: dict = field(default_factory=dict)
     report_paths: dict = field(default_factory=dict)
 
     def split(self, name: str) -> list[dict]:
@@ -113,6 +121,7 @@ class StudyData:
             "format": self.data_format,
             "classes": list(self.class_names),
             "counts": self.counts(),
+            "capped": self.capped,
             "content_hash": self.content_hash(),
             "skipped": len(self.skipped),
             "cross_split_duplicates": len(self.leaks),
@@ -217,6 +226,7 @@ def build_study_data(
     class_names: Sequence[str] | None = None,
     split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
     imbalance: Mapping | None = None,
+    max_images_per_split: int | None = None,
     seed: int = 0,
     channels: int = 1,
     frames: str = "middle",
@@ -241,6 +251,12 @@ def build_study_data(
             the run with the list of them. None (or empty) learns the classes found, sorted.
         split_fractions: train/val/test shares where the source fixes no split.
         imbalance: the ``imbalance`` section (see :func:`medaug.io.splits.simulate_imbalance`).
+        max_images_per_split: at most this many images in each split (the smoke overlay's small
+            data), cut last, after the leak checks (a smoke run reports the data's leaks), by a seeded
+            draw per class that keeps the class proportions and at least one image of each class
+            (``min_train_per_class`` in train): :func:`medaug.io.splits.cap_images_per_split`. The
+            train draw follows ``seed``; val and test are drawn alike for every seed, so the seeds
+            of a study score the same images. None keeps every image.
         seed: seeds the split and the imbalance simulation.
         channels: 1 (grayscale) or 3.
         frames: ``middle`` or ``all`` frames of multi-frame files.
@@ -301,6 +317,14 @@ def build_study_data(
         )
     if data.patient_leaks:
         logger.warning("data leak: %d patient(s) appear in more than one fixed split", len(data.patient_leaks))
+    data.entries, data.capped = cap_images_per_split(
+        data.entries, max_images_per_split, seed, splits=("train",), min_per_class=max(min_train_per_class, 1)
+    )
+    data.entries, capped_eval = cap_images_per_split(data.entries, max_images_per_split, 0, splits=("val", "test"))
+    data.capped |= capped_eval
+    if data.capped:
+        cuts = ", ".join(f"{split} {c['before']} -> {c['after']}" for split, c in data.capped.items())
+        logger.info("max_images_per_split=%d: %s images", max_images_per_split, cuts)
     if report_dir is not None:
         data.write_reports(report_dir)
     if leaks == "error" and data.leaks:

@@ -22,8 +22,9 @@ def test_vae_interp_balances_the_train_split_and_an_identical_rerun_hits_the_cac
     for run in (first, second):
         m = run.data.metrics
         assert run.info.status == "FINISHED" and "test_balanced_accuracy" in m
-        # BreastMNIST 64 px train: 146 malignant (147 less the one conflicting copy), 399 benign -> 253 new.
-        assert m["oversample_synthetic_malignant"] == 253 and m["oversample_synthetic_normal_benign"] == 0
+        # BreastMNIST 64 px train (146 malignant after the conflicting copy, 399 benign) cut to smoke.json's 200 images:
+        # 54 malignant, 146 benign -> 92 new malignant images.
+        assert m["oversample_synthetic_malignant"] == 92 and m["oversample_synthetic_normal_benign"] == 0
         assert m["oversample_fit_seconds"] > 0 and m["oversample_fit_peak_memory_mb"] > 0
         assert "synthetic_fid" in m and "synthetic_near_copies" in m
         assert run.data.params["oversample.method"] == "vae_interp"
@@ -38,10 +39,10 @@ def test_vae_interp_balances_the_train_split_and_an_identical_rerun_hits_the_cac
     manifest = client.download_artifacts(second.info.run_id, "oversample/manifest.csv", str(tmp_path))
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 253 and {r["class"] for r in rows} == {"malignant"}
+    assert len(rows) == 92 and {r["class"] for r in rows} == {"malignant"}
     assert all(len(r["parent_ids"].split()) == 2 and "#train/" in r["parent_ids"] for r in rows)
     summary = json.loads((out / second.info.run_name / "oversample.json").read_text())
-    assert summary["cache_hit"] is True and summary["added"] == {"malignant": 253, "normal_benign": 0}
+    assert summary["cache_hit"] is True and summary["added"] == {"malignant": 92, "normal_benign": 0}
 
 
 MANIFEST_COLUMNS = {
@@ -82,7 +83,8 @@ def check_manifest(client, run, out, tmp_path, minority: str, expected: int, gen
 @pytest.mark.parametrize(
     "method,target,expected",
     [
-        ("random", ["--oversample#target", "multiplier", "--oversample#multiplier", "2"], 146),  # 146 -> 292
+        # the 54 malignant of smoke.json's 200 train images -> 108
+        ("random", ["--oversample#target", "multiplier", "--oversample#multiplier", "2"], 54),
         ("ldm", ["--oversample#target", "count", "--oversample#count", "12"], 12),
     ],
 )

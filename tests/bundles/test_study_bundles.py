@@ -96,12 +96,14 @@ def test_hybrid_gan_smoke_logs_the_cost_of_each_part_next_to_accuracy(tmp_path):
 def test_ldm_pediatric_cxr_smoke_reports_the_metrics_of_the_original(tmp_path):
     client, run, out = _smoke("ldm_pediatric_cxr", tmp_path)
     m = run.data.metrics
-    assert m["oversample_synthetic_pneumonia"] == 304 - 76  # 25% of 1214 normal, then 0.25 x as many pneumonia
-    rows = check_manifest(client, run, out, tmp_path, "pneumonia", 304 - 76, {"ldm_img2img"})
+    # 25% of 1214 normal, then 0.25 x as many pneumonia (304 + 76), cut in proportion to smoke.json's 200 images
+    assert m["oversample_synthetic_pneumonia"] == 159 - 41
+    rows = check_manifest(client, run, out, tmp_path, "pneumonia", 159 - 41, {"ldm_img2img"})
     assert all(len(r["parent_ids"].split()) == 1 for r in rows)  # each starts from one real train image
     for name in ("balanced_accuracy", "sensitivity", "specificity", "f1", "mcc", "kappa", "youden"):
         assert np.isfinite(m[f"test_{name}"]) and f"test_{name}_ci_low" in m
-    assert run.data.params["data.counts.test.pneumonia"] == "390"  # the official test split, untouched
+    # the official test split (234 normal, 390 pneumonia), cut to 200 in proportion by the smoke overlay
+    assert run.data.params["data.counts.test.pneumonia"] == "125"
 
 
 @pytest.mark.slow
@@ -117,12 +119,12 @@ def test_generative_model_comparison_smoke_logs_an_amount_and_the_fid(tmp_path):
 def test_vae_latent_interpolation_smoke_runs_on_four_classes_and_reports_the_rarest(tmp_path):
     client, run, out = _smoke("vae_latent_interpolation", tmp_path)
     m = run.data.metrics
-    # Every class topped up to the largest (110 chest_pneumonia train images) by interpolation; 39
-    # breast_malignant: the one image also in test as breast_normal_benign is left out (conflicting labels).
+    # Every class topped up to the largest by interpolation: train [39, 100, 70, 110] (one conflicting copy out) cut to
+    # smoke.json's 200 images is [25, 62, 44, 69].
     assert [
         m[f"oversample_synthetic_{c}"]
         for c in ("breast_malignant", "breast_normal_benign", "chest_normal", "chest_pneumonia")
-    ] == [71, 10, 40, 0]
+    ] == [44, 7, 25, 0]
     assert "test_sensitivity_class_breast_malignant" in m and "test_accuracy" in m
     meta = json.loads((tmp_path / "out" / run.info.run_name / "metrics.json").read_text())
     assert meta["class_names"] == ["breast_malignant", "breast_normal_benign", "chest_normal", "chest_pneumonia"]

@@ -1,10 +1,11 @@
 """Splits are patient-level and stratified; imbalance simulation touches the train split only."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from medaug.io.splits import assign_splits, patients_in_several_splits, simulate_imbalance
+from medaug.io.splits import assign_splits, cap_images_per_split, patients_in_several_splits, simulate_imbalance
 
 
 def make_entries(n_patients=60, images_per_patient=3, minority_every=4):
@@ -108,3 +109,74 @@ def test_imbalance_none_and_bad_specs():
         simulate_imbalance(entries, {"class": "zebra", "keep_fraction": 0.5}, ["a", "b"])
     with pytest.raises(ValueError, match="keep_fraction"):
         simulate_imbalance(entries, {"class": "a", "keep_fraction": 1.5}, ["a", "b"])
+
+
+def split_entries(counts: dict[str, dict[int, int]]) -> list[dict]:
+    """``{split: {label: n}}`` as entries, one patient per image."""
+    return [
+        {"image": f"{split}_{label}_{i}.png", "label": label, "patient_id": f"{split}{label}_{i}", "split": split}
+        for split, per_class in counts.items()
+        for label, n in per_class.items()
+        for i in range(n)
+    ]
+
+
+def tally(entries: list[dict]) -> dict[str, dict[int, int]]:
+    out: dict[str, dict[int, int]] = {}
+    for e in entries:
+        out.setdefault(e["split"], Counter())[e["label"]] += 1
+    return {split: dict(c) for split, c in out.items()}
+
+
+def test_the_smoke_cap_cuts_each_large_split_to_the_cap_keeping_class_shares_and_the_rare_class():
+    entries = split_entries({"train": {0: 147, 1: 399, 2: 3}, "val": {0: 21, 1: 57}, "test": {0: 2, 1: 400}})
+    capped, summary = cap_images_per_split(entries, 100, seed=0)
+    # proportional per class (largest remainder), every class keeping at least one image
+    assert tally(capped) == {"train": {0: 27, 1: 72, 2: 1}, "val": {0: 21, 1: 57}, "test": {0: 1, 1: 99}}
+    at_least_two, _ = cap_images_per_split(entries, 100, seed=0, min_per_class=2)  # what training needs
+    assert tally(at_least_two)["train"] == {0: 27, 1: 71, 2: 2} and tally(at_least_two)["test"] == {0: 2, 1: 98}
+    assert summary == {"train": {"before": 549, "after": 100}, "test": {"before": 402, "after": 100}}
+    assert all(e in entries for e in capped) and len({e["image"] for e in capped}) == len(capped)
+    kept = [e["image"] for e in capped]
+    assert kept == [e["image"] for e in entries if e["image"] in set(kept)], "the order of the entries is kept"
+
+
+def test_the_smoke_cap_is_seeded_and_none_keeps_every_image():
+    entries = split_entries({"train": {0: 50, 1: 150}, "val": {0: 10, 1: 10}, "test": {0: 20, 1: 60}})
+    images = lambda seed: [e["image"] for e in cap_images_per_split(entries, 40, seed=seed)[0]]  # noqa: E731
+    assert images(3) == images(3) and images(3) != images(4)
+    only_train, summary = cap_images_per_split(entries, 40, seed=3, splits=("train",))
+    assert tally(only_train) == {"train": {0: 10, 1: 30}, "val": {0: 10, 1: 10}, "test": {0: 20, 1: 60}}
+    assert cap_images_per_split(entries, None, seed=3) == (entries, {})
+
+
+def test_a_smoke_cap_below_the_number_of_classes_or_not_a_count_is_an_error():
+    entries = split_entries({"train": {0: 5, 1: 5, 2: 5}})
+    with pytest.raises(ValueError, match=r"max_images_per_split=2 cannot keep 1 image\(s\) of each of the 3 classes"):
+        cap_images_per_split(entries, 2)
+    with pytest.raises(ValueError, match=r"keep 2 image\(s\) of each of the 3 classes .* raise it to at least 6"):
+        cap_images_per_split(entries, 5, min_per_class=2)
+    for bad in (0, -5, 2.5, True, "100"):
+        with pytest.raises(ValueError, match="max_images_per_split must be a positive integer or null"):
+            cap_images_per_split(entries, bad)
+
+
+def test_study_data_with_a_cap_reports_the_leaks_of_the_whole_data_and_records_the_cut(tmp_path, png_split_tree):
+    import shutil
+
+    from medaug.io import build_study_data
+
+    root = Path(shutil.copytree(png_split_tree, tmp_path / "tree"))  # 12 images per class and split
+    shutil.copy(sorted((root / "Train" / "malignant").glob("*.png"))[0], root / "Test" / "malignant" / "copy.png")
+    data = build_study_data(root, max_images_per_split=10, progress=False)
+    assert data.counts() == {split: {"malignant": 5, "normal_benign": 5} for split in ("train", "val", "test")}
+    assert len(data.leaks) == 1, "leaks are checked before the cut: a smoke run reports what the full run would"
+    assert data.fingerprint()["capped"] == {
+        "train": {"before": 24, "after": 10},
+        "val": {"before": 24, "after": 10},
+        "test": {"before": 25, "after": 10},
+    }
+    other_seed = build_study_data(root, max_images_per_split=10, seed=1, progress=False)
+    assert {e["image"] for e in other_seed.test} == {e["image"] for e in data.test}, "test drawn alike for every seed"
+    assert {e["image"] for e in other_seed.train} != {e["image"] for e in data.train}
+    assert len(build_study_data(root, progress=False).entries) == 73

@@ -54,7 +54,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +99,55 @@ logger = logging.getLogger("medaug.study")
 
 DEFAULT_LAUNCHER = "{python} -m monai.bundle run"
 CACHE_ENV = "MEDAUG_CACHE_DIR"
+SMOKE_OVERLAY = "smoke.json"
+
+
+def _config_id(key: str) -> str:
+    return key.replace("::", "#")  # monai.bundle accepts both separators
+
+
+def smoke_settings_overridden(grid: Grid, smoke: Mapping) -> dict[str, list[str]]:
+    """The keys of ``grid`` (axes and strategies) that override a setting of the smoke overlay
+    ``smoke`` (its parsed content), each with the smoke keys it overrides: the same key, a key inside
+    a smoke section (``oversample#gan#iterations`` under ``oversample#gan``) or a section holding
+    smoke keys (``augment#grid`` over ``augment#grid#samples``). The grid wins over the overlay, so
+    those children do not run at smoke size."""
+    smoke_ids = {_config_id(str(k)): k for k in smoke if not str(k).startswith("_")}
+    grid_keys = dict.fromkeys([*grid.axes, *(k for s in grid.strategies.values() for k in s)])
+    found = {}
+    for key in grid_keys:
+        g = _config_id(key)
+        hits = [k for i, k in smoke_ids.items() if g == i or g.startswith(i + "#") or i.startswith(g + "#")]
+        if hits:
+            found[key] = hits
+    return found
+
+
+def smoke_override_warning(grid: Grid, smoke: Mapping, smoke_path: str = SMOKE_OVERLAY) -> str | None:
+    """One warning naming the grid keys that override the smoke overlay (None when there are none)."""
+    found = smoke_settings_overridden(grid, smoke)
+    if not found:
+        return None
+
+    def grid_values(key: str) -> list:
+        values = list(grid.axes.get(key, []))
+        values += [s[key] for s in grid.strategies.values() if key in s and s[key] not in values]
+        return values
+
+    def short(value) -> str:
+        text = value if isinstance(value, str) else canonical(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    parts = []
+    for key, hits in found.items():
+        smoke_values = ", ".join(f"{k}={short(smoke[k])}" for k in hits)
+        parts.append(f"{key} (smoke: {smoke_values}; grid: {', '.join(short(v) for v in grid_values(key))})")
+    return (
+        f"the grid {grid.source} overrides {len(found)} setting(s) of the smoke overlay {smoke_path}: "
+        + "; ".join(parts)
+        + ". The grid wins, so these children do not run at smoke size; for a small study, drop these axes "
+        "(or strategy keys) from the grid."
+    )
 
 
 def _die_with_parent() -> None:
@@ -203,6 +252,13 @@ class StudyRunner:
         self.take_over = take_over
         self.lock_heartbeat, self.lock_stale_after, self.lock_settle = lock_heartbeat, lock_stale_after, lock_settle
         self.study_lock: StudyLock | None = None
+        self.smoke_warnings = [
+            warning
+            for path, content in zip(self.config_files, self.contents)
+            if path.name == SMOKE_OVERLAY
+            and isinstance(content, Mapping)
+            and (warning := smoke_override_warning(grid, content, str(path)))
+        ]
 
     # ---------------------------------------------------------------- MLflow
     def _client(self):
@@ -375,6 +431,8 @@ class StudyRunner:
     def run(self) -> StudySummary:
         from tqdm.auto import tqdm
 
+        for warning in self.smoke_warnings:  # before any child starts: a "quick look" that is not quick
+            logger.warning(warning)
         client = self._client()
         experiment_id = self._experiment_id(client)
         self.study_dir.mkdir(parents=True, exist_ok=True)
@@ -520,4 +578,6 @@ __all__ = [
     "expand_grid",
     "config_hash",
     "DEFAULT_LAUNCHER",
+    "smoke_override_warning",
+    "smoke_settings_overridden",
 ]

@@ -17,6 +17,7 @@ import yaml
 from medaug.pipelines.study import GridError, StudyLocked, StudyLockLost, StudyRunner, load_grid
 from medaug.pipelines.study import lock as study_lock
 from medaug.pipelines.study.grid import config_hash, expand_grid, parse_grid
+from medaug.pipelines.study.runner import smoke_override_warning, smoke_settings_overridden
 from medaug.pipelines.tracking.tracker import RunTracker, environment_tags
 from tests.conftest import BUNDLE
 
@@ -95,6 +96,51 @@ def test_the_config_hash_covers_the_configs_and_the_overrides_not_the_output_fol
     assert more_seeds.study_key == a.study_key, "--seeds 7 after 5 continues the same study"
     assert set(a.hashes.values()) < set(more_seeds.hashes.values())
     assert config_hash([{"x": 1}], {"seed": 0}) != config_hash([{"x": 1}], {"seed": 1})
+
+
+def test_grid_keys_that_override_the_smoke_overlay_are_found_with_the_smoke_keys_they_override():
+    smoke = {
+        "_generated_by": "the generator",
+        "classifier": "small_cnn",
+        "oversample#gan": {"iterations": 3},
+        "augment#grid#samples": 1,
+        "max_epochs": 2,
+    }
+    grid = parse_grid(
+        {
+            "strategies": {"none": {"oversample#method": "none"}, "gan": {"oversample::gan::iterations": 500}},
+            "axes": {"classifier": ["resnet18", "small_cnn"], "augment#grid": [{}], "rebalance#method": ["none"]},
+        },
+        "grid.yaml",
+    )
+    assert smoke_settings_overridden(grid, smoke) == {
+        "classifier": ["classifier"],
+        "augment#grid": ["augment#grid#samples"],  # a section holding a smoke key
+        "oversample::gan::iterations": ["oversample#gan"],  # a key inside a smoke section, either separator
+    }
+    warning = smoke_override_warning(grid, smoke, "configs/smoke.json")
+    assert warning.startswith("the grid grid.yaml overrides 3 setting(s) of the smoke overlay configs/smoke.json")
+    assert "classifier (smoke: classifier=small_cnn; grid: resnet18, small_cnn)" in warning
+    assert "drop these axes" in warning
+    assert smoke_override_warning(parse_grid({"axes": {"rebalance#method": ["none"]}}), smoke) is None
+
+
+def test_the_runner_warns_before_it_starts_when_the_grid_overrides_smoke_json(bundle_copy, tmp_path, caplog):
+    grid = load_grid(BUNDLE / "configs" / "grid.yaml")  # its classifier axis runs resnet18, not smoke's small_cnn
+    runner = StudyRunner(bundle_copy, grid, overlays=[bundle_copy / "configs" / "smoke.json"], output_dir=tmp_path)
+    assert StudyRunner(bundle_copy, grid, output_dir=tmp_path).smoke_warnings == [], "no smoke overlay, no warning"
+
+    def no_tracking_yet():
+        raise RuntimeError("the runner reached MLflow")
+
+    runner._client = no_tracking_yet
+    with caplog.at_level("WARNING", logger="medaug.study"), pytest.raises(RuntimeError, match="reached MLflow"):
+        runner.run()
+    (record,) = [r for r in caplog.records if "smoke overlay" in r.getMessage()]
+    assert (
+        record.levelname == "WARNING" and "classifier (smoke: classifier=small_cnn; grid: resnet18)" in record.message
+    )
+    assert not (tmp_path / f"study-{runner.study_key}").exists(), "warned before anything ran"
 
 
 def test_a_launcher_makes_the_bundle_run_a_tagged_child_of_the_parent(tmp_path, monkeypatch):
