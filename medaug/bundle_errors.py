@@ -44,16 +44,22 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return SettingsError, PresetError, LabelsError, TooFewImagesError
 
 
+def error_in_chain(err: BaseException | None, kind: type | tuple[type, ...]) -> BaseException | None:
+    """The first ``kind`` in ``err``'s chain of causes, or None: MONAI's ``Compose`` wraps transform errors
+    in ``RuntimeError``, its ``ConfigParser`` what a component raises."""
+    seen, current = set(), err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def user_error(error: BaseException | None) -> BaseException | None:
     """The user's mistake behind ``error`` (itself, or what MONAI's ``RuntimeError("Failed to
     instantiate ...")`` was raised from), or None for any other error."""
-    types, seen = _user_error_types(), set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, types):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+    return error_in_chain(error, _user_error_types())
 
 
 def on_uncaught_error(callback: Callable[[BaseException], list[Path]]) -> None:

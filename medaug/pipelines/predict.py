@@ -50,6 +50,7 @@ from monai.transforms import Activationsd, Compose
 from monai.utils import convert_to_tensor
 from tqdm.auto import tqdm
 
+from medaug.bundle_errors import error_in_chain
 from medaug.io.hashing import file_sha256
 from medaug.io.loader import LoadDatalistImaged
 from medaug.io.model_record import NETWORK_KEYS, ModelRecordError, find_model_record
@@ -247,18 +248,6 @@ def model_info(bundle_root: str | os.PathLike, ckpt_path: str | os.PathLike | No
 
 
 # ---------------------------------------------------------------------------------------- decoding
-
-
-def error_in_chain(err: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """The first ``kind`` in ``err``'s chain of causes, or None: MONAI's ``Compose`` wraps transform errors
-    in ``RuntimeError``, its ``ConfigParser`` what a component raises."""
-    seen, current = set(), err
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def unusable_reason(err: BaseException) -> str:
