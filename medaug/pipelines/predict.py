@@ -35,6 +35,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -113,6 +114,11 @@ def is_torchscript(path: str | os.PathLike) -> bool:
             return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+# What torch says when a network meets an input of another shape (conv channels, linear sizes, views);
+# any other error on the first batch is the model's own failure, not a usage error.
+SHAPE_ERROR = re.compile(r"shape|size|channel|dimension|mat1 and mat2", re.IGNORECASE)
 
 
 class CheckpointMismatchError(ValueError):
@@ -580,7 +586,7 @@ def predict_folder(
             try:
                 logits = convert_to_tensor(inferer(batch, model), track_meta=False).float().cpu()
             except RuntimeError as err:  # a network (TorchScript) made for another input shape fails on the first
-                if rows or isinstance(err, torch.OutOfMemoryError):
+                if rows or isinstance(err, torch.OutOfMemoryError) or not SHAPE_ERROR.search(str(err)):
                     raise
                 channels, *size = batch.shape[1:]
                 raise CheckpointMismatchError(
