@@ -49,13 +49,18 @@ def run_torchrun(bundle: Path, out: Path, *configs: str) -> subprocess.Completed
     return result
 
 
-def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bundle_copy, tmp_path):
+def test_torchrun_two_cpu_ranks_train_disjoint_halves_of_the_oversampled_train_and_rank0_alone_reports(
+    bundle_copy, tmp_path
+):
+    """One torchrun run (minutes on 2 CPUs) checks it all: rank 0 alone oversamples, tracks, draws and
+    saves; both ranks train on disjoint halves of the real and synthetic train images."""
     out = tmp_path / "out"
     # records what each rank trained on, next to the bundle's own handlers, and which ranks drew the grid
     probe = tmp_path / "probe.json"
     probe.write_text(
         json.dumps(
             {
+                "oversample#method": "vae_interp",
                 "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
                 "train#trainer#train_handlers": (
                     "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]"
@@ -84,15 +89,23 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
         assert written == [run_dir / name]
         assert name in {a.path for a in client.list_artifacts(run.info.run_id)}
 
+    logs = result.stdout + result.stderr
+    assert logs.count("oversample vae_interp:") == 1, "the stage runs on rank 0 only"
+    manifests = [p for p in out.rglob("manifest.csv") if "mlruns" not in p.parts]  # the MLflow artifact aside
+    assert len(manifests) == 1
+    synthetic = {str(manifests[0].parent / row.split(",")[3]) for row in manifests[0].read_text().splitlines()[1:]}
+    assert synthetic
     seen = [json.loads((tmp_path / "seen" / f"seen-rank{r}.json").read_text()) for r in (0, 1)]
-    train = {
+    real_train = {
         e["image"] for e in json.loads((out / run.info.run_name / "datalist.json").read_text()) if e["split"] == "train"
     }
+    train = real_train | synthetic
     for epoch in ("1", "2"):
         first, second = set(seen[0][epoch]), set(seen[1][epoch])
         assert len(first) == len(second) == len(train) // 2
         assert first.isdisjoint(second) and first | second == train, f"epoch {epoch}: disjoint halves of train"
     assert set(seen[0]["1"]) != set(seen[0]["2"]), "shards reshuffled every epoch"
+    assert set(seen[0]["1"]) - synthetic and set(seen[1]["1"]) - synthetic, "both ranks also train on real images"
 
     # the same checkpoint scored by one ordinary process (evaluate.json) gives the same test metrics
     checkpoint = checkpoints[0]
@@ -108,30 +121,3 @@ def test_torchrun_two_cpu_ranks_train_disjoint_halves_and_rank0_alone_reports(bu
     ddp_test = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
     single = {k: v for k, v in evaluated.data.metrics.items() if k.startswith("test_")}
     assert ddp_test and ddp_test == pytest.approx(single)
-
-
-def test_torchrun_oversamples_once_on_rank0_and_both_ranks_train_on_its_images(bundle_copy, tmp_path):
-    out = tmp_path / "out"
-    overlay = tmp_path / "overlay.json"
-    overlay.write_text(
-        json.dumps(
-            {
-                "oversample#method": "vae_interp",
-                "probe": {"_target_": "tests.pipelines.ddp_workers.SeenImages", "out_dir": str(tmp_path / "seen")},
-                "train#trainer#train_handlers": (
-                    "$medaug.pipelines.distributed.rank0_handlers(@train#handlers) + [@probe]"
-                ),
-            }
-        )
-    )
-    result = run_torchrun(bundle_copy, out, str(overlay))
-
-    logs = result.stdout + result.stderr
-    assert logs.count("oversample vae_interp:") == 1, "the stage runs on rank 0 only"
-    manifests = [p for p in out.rglob("manifest.csv") if "mlruns" not in p.parts]  # the MLflow artifact aside
-    assert len(manifests) == 1
-    synthetic = {str(manifests[0].parent / row.split(",")[3]) for row in manifests[0].read_text().splitlines()[1:]}
-    seen = [set(json.loads((tmp_path / "seen" / f"seen-rank{r}.json").read_text())["1"]) for r in (0, 1)]
-    assert seen[0].isdisjoint(seen[1])
-    assert synthetic <= seen[0] | seen[1], "every synthetic image reaches training, on one rank or the other"
-    assert seen[0] - synthetic and seen[1] - synthetic, "both ranks also train on real images"
