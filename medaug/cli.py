@@ -290,7 +290,7 @@ def config_overrides(extra: list[str], config: dict) -> dict:
     overrides of the inference config's keys (``#`` for nested keys, e.g. ``--prediction#batch_size 8``),
     as ``monai.bundle run`` takes them; a key the config does not have, or one a flag sets, is a usage
     error naming it."""
-    import difflib
+    from medaug.settings import did_you_mean
 
     overrides, items = {}, list(extra)
     while items:
@@ -306,8 +306,8 @@ def config_overrides(extra: list[str], config: dict) -> dict:
         if top in FLAG_OWNED_KEYS:
             raise UsageError(f"{flag}: set by {FLAG_OWNED_KEYS[top]}; use that flag")
         if top not in config:
-            near = difflib.get_close_matches(top, [k for k in config if isinstance(k, str)], n=1)
-            hint = f"; did you mean --{near[0]}?" if near else ""
+            near = did_you_mean(top, [k for k in config if isinstance(k, str)])
+            hint = f"; did you mean --{near}?" if near else ""
             raise UsageError(f"{flag}: not a key of the bundle's configs/inference.json{hint}")
         overrides[key] = _override_value(text)
     return overrides
