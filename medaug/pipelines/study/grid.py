@@ -20,6 +20,9 @@ import yaml
 
 from medaug.pipelines.tracking.tracker import safe_key
 
+# The overlay that makes a bundle run a smoke run: the runner warns when a grid overrides it, the
+# report marks the runs whose configs include it.
+SMOKE_OVERLAY = "smoke.json"
 GRID_FIELDS = ("description", "axes", "strategies", "strategy_key", "baseline", "seeds", "seed_key", "amount_key")
 
 
@@ -226,6 +229,7 @@ def config_hash(config_contents: Sequence, overrides: Mapping) -> str:
 
 __all__ = [
     "GRID_FIELDS",
+    "SMOKE_OVERLAY",
     "Child",
     "Grid",
     "GridError",

@@ -31,12 +31,13 @@ import numpy as np
 
 from medaug.pipelines.evaluate.metrics import confusion_matrices, confusion_metrics, draw_indices
 from medaug.pipelines.evaluate.stats import delong_auc_covariance
+from medaug.pipelines.study.grid import SMOKE_OVERLAY
 
 MIN_SEEDS = 5
 """Seeds per cell the evaluation protocol asks for (``docs`` of imbalance_baselines; the design's "≥ 5 seeds")."""
 MIN_EPOCHS = 3
 """Runs configured for fewer epochs are short: the smoke overlays train 1-2, the study bundles 4 or more."""
-SMOKE_CONFIG = "smoke.json"
+SMOKE_CONFIG = SMOKE_OVERLAY
 """A run whose config files include one of this name is a smoke run, whatever its epochs."""
 CONFIDENCE = 0.95
 N_RESAMPLES = 1000

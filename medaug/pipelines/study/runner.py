@@ -60,6 +60,7 @@ from pathlib import Path
 
 from medaug.io.atomic import write_json_atomic
 from medaug.pipelines.study.grid import (
+    SMOKE_OVERLAY,
     Child,
     Grid,
     GridError,
@@ -99,7 +100,6 @@ logger = logging.getLogger("medaug.study")
 
 DEFAULT_LAUNCHER = "{python} -m monai.bundle run"
 CACHE_ENV = "MEDAUG_CACHE_DIR"
-SMOKE_OVERLAY = "smoke.json"
 
 
 def _config_id(key: str) -> str:
