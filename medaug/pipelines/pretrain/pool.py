@@ -70,10 +70,12 @@ def pool_settings(pool: Mapping | None) -> dict:
 def to_study_pixels(pixels: np.ndarray, image_size: Sequence[int]) -> torch.Tensor:
     """(C, H, W) float pixels in [0, 1] -> (C, *image_size) uint8: area-resized as the bundle's
     preprocessing resizes, then rounded to 8 bits."""
-    image = torch.as_tensor(np.asarray(pixels, dtype=np.float32))[None]
+    image = np.asarray(pixels, dtype=np.float32)
     if tuple(image.shape[-2:]) != tuple(image_size):
-        image = F.interpolate(image, size=tuple(int(s) for s in image_size), mode="area")
-    return (image[0].clamp(0, 1) * 255).round().to(torch.uint8)
+        resized = F.interpolate(torch.from_numpy(image)[None], size=tuple(int(s) for s in image_size), mode="area")
+        image = resized[0].numpy()
+    # numpy, not torch, for these element-wise steps: on tiny tensors torch's thread pool costs ms per call
+    return torch.from_numpy(np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
 def pixel_hash(image: torch.Tensor) -> str:

@@ -59,27 +59,33 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def head_keys(name: str, in_channels: int, spatial_size: Sequence[int]) -> set[str]:
+def head_keys(name: str, in_channels: int, spatial_size: Sequence[int], **kwargs) -> set[str]:
     """The state-dict keys of a zoo network whose shape follows ``num_classes``: its classification
-    head. Found by building the network for 2 and 3 classes on the meta device (no memory, no init
-    cost) and comparing shapes."""
+    head. Found by building the network for 2 and 3 classes on the meta device (no memory, no
+    initialisation cost) and comparing shapes."""
     with torch.device("meta"):
-        two = build_classifier(name, in_channels, 2, spatial_size).state_dict()
-        three = build_classifier(name, in_channels, 3, spatial_size).state_dict()
+        two = build_classifier(name, in_channels, 2, spatial_size, **kwargs).state_dict()
+        three = build_classifier(name, in_channels, 3, spatial_size, **kwargs).state_dict()
     return {k for k in two if two[k].shape != three[k].shape}
 
 
 def study_layout_state(
-    encoder: torch.nn.Module, name: str, in_channels: int, num_classes: int, spatial_size: Sequence[int]
+    encoder: torch.nn.Module,
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    spatial_size: Sequence[int],
+    **kwargs,
 ) -> tuple[dict, list[str]]:
-    """``(state dict of build_classifier(name, in_channels, num_classes, spatial_size), head keys)``:
-    the encoder's tensors for every key but the head, whose fresh initialisation is kept."""
-    target = build_classifier(name, in_channels, num_classes, spatial_size).state_dict()
+    """``(state dict of build_classifier(name, in_channels, num_classes, spatial_size, **kwargs), head
+    keys)``: the encoder's tensors for every key but the head, whose fresh initialisation is kept."""
+    target = build_classifier(name, in_channels, num_classes, spatial_size, **kwargs).state_dict()
     source = encoder.state_dict()
-    head = head_keys(name, in_channels, spatial_size)
-    missing = [k for k in target if k not in head and (k not in source or source[k].shape != target[k].shape)]
-    if missing:  # the encoder and the study network are the same class: this is a bug, not a setting
-        raise RuntimeError(f"pretrained {name} lacks {len(missing)} tensor(s) of the study network: {missing[:5]}")
+    if set(source) != set(target):  # the same class: a bug, not a setting
+        raise RuntimeError(f"the pretrained {name} and the study's have different tensors")
+    head = {k for k in target if source[k].shape != target[k].shape}
+    if not head:  # an embedding as wide as the classes: the shapes do not tell the head
+        head = head_keys(name, in_channels, spatial_size, **kwargs)
     state = {k: (v if k in head else source[k].detach().cpu().clone()) for k, v in target.items()}
     return state, sorted(head)
 
@@ -100,6 +106,8 @@ class PretrainStage:
         steps, batch_size, lr, weight_decay, temperature, embedding_dim, projection_dim, min_crop,
             probe_every: see :class:`medaug.pipelines.pretrain.simclr.SimCLRSettings`.
         probe_k: neighbours of the k-NN probe.
+        network_kwargs: further keyword arguments of the network, as the bundle's ``network_def``
+            passes them (e.g. a ResNet ``stem``): the pretrained network must be the study's.
         seed: the pretraining's own seed (not the study's: every seed shares one pretraining).
         pool: ``{"study_train", "shipped", "folders", "max_images"}`` (:mod:`.pool`).
         cache_dir: where pretrainings are kept (shared by a study's runs).
@@ -129,6 +137,7 @@ class PretrainStage:
         min_crop: float = 0.6,
         probe_every: int = 100,
         probe_k: int = 20,
+        network_kwargs: Mapping | None = None,
         seed: int = 0,
         pool: Mapping | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -164,6 +173,7 @@ class PretrainStage:
             probe_every=int(probe_every),
         )
         self.probe_k = int(probe_k)
+        self.network_kwargs = dict(network_kwargs or {})
         self.seed = int(seed)
         self.pool_settings = pool_settings(pool)
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "medaug_pretrain_cache"
@@ -205,6 +215,7 @@ class PretrainStage:
             "image_size": self.image_size,
             "channels": self.channels,
             "num_classes": self.num_classes,
+            "network_kwargs": self.network_kwargs,
             **{k: v for k, v in self.settings.as_dict().items() if k != "probe_every"},
             "augmentation": self.plan().to_yaml(),
             "seed": self.seed,
@@ -277,14 +288,14 @@ class PretrainStage:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)
                 encoder = build_classifier(
-                    self.network, self.channels, self.settings.embedding_dim, self.image_size
+                    self.network, self.channels, self.settings.embedding_dim, self.image_size, **self.network_kwargs
                 ).to(self.device)
                 views = view_transform(self.plan().transforms(), self.image_size, self.settings.min_crop, self.seed)
                 history = fit(
                     encoder, pool.images, views, self.settings, self.seed, self.device, self._probe(), self.progress
                 )
                 state, head = study_layout_state(
-                    encoder.cpu(), self.network, self.channels, self.num_classes, self.image_size
+                    encoder.cpu(), self.network, self.channels, self.num_classes, self.image_size, **self.network_kwargs
                 )
             torch.save(state, tmp / "model.pt")
             seconds = time.perf_counter() - start
