@@ -119,7 +119,8 @@ class Pool:
         }
 
 
-def _study_images(entries: Iterable[Mapping], channels: int, image_size) -> Iterable[tuple[str, torch.Tensor]]:
+def study_images(entries: Iterable[Mapping], channels: int, image_size) -> Iterable[tuple[str, torch.Tensor]]:
+    """``(id, uint8 pixels)`` of datalist entries, read as the study reads them and resized as pool images."""
     for e in entries:
         pixels, _ = read_entry_image(str(e["image"]), channels=channels, frame=e.get("frame"))
         yield (
@@ -130,7 +131,7 @@ def _study_images(entries: Iterable[Mapping], channels: int, image_size) -> Iter
 
 def eval_hashes(study_data, channels: int, image_size: Sequence[int]) -> set[str]:
     """Hashes of the study's val and test images, read and resized as pool images are."""
-    return {pixel_hash(image) for _, image in _study_images([*study_data.val, *study_data.test], channels, image_size)}
+    return {pixel_hash(image) for _, image in study_images([*study_data.val, *study_data.test], channels, image_size)}
 
 
 def _shipped_images(name: str, channels: int, image_size) -> Iterable[tuple[str, torch.Tensor]]:
@@ -180,7 +181,7 @@ def build_pool(
     skipped: list[dict] = []
     sources: list[tuple[str, Iterable]] = []
     if study_train and study_data is not None:
-        sources.append(("study_train", _study_images(study_data.train, channels, size)))
+        sources.append(("study_train", study_images(study_data.train, channels, size)))
     if shipped:
         sources += [(name, _shipped_images(name, channels, size)) for name in SHIPPED_POOL]
     for folder in folders:

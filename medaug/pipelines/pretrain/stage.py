@@ -42,7 +42,7 @@ import torch
 
 from medaug.io.atomic import write_csv_atomic, write_json_atomic
 from medaug.models import build_classifier
-from medaug.pipelines.pretrain.pool import Pool, build_pool, pool_settings, to_study_pixels
+from medaug.pipelines.pretrain.pool import Pool, build_pool, pool_settings, study_images
 from medaug.pipelines.pretrain.simclr import SimCLRSettings, fit_simclr, knn_probe, view_transform
 from medaug.settings import SettingsError, check_choice
 from medaug.transforms.presets import AugmentationPlan
@@ -152,6 +152,12 @@ class PretrainStage:
             raise SettingsError(
                 "pretrain#batch_size", "must be at least 2 (a batch's other images are the negatives)", value=batch_size
             )
+        if not 0 < float(min_crop) <= 1:
+            raise SettingsError(
+                "pretrain#min_crop", "must be in (0, 1]: the smallest crop side as a fraction", value=min_crop
+            )
+        if float(temperature) <= 0:
+            raise SettingsError("pretrain#temperature", "must be above 0", value=temperature)
         self.data = study_data
         self.method = method
         self.network = str(network)
@@ -256,23 +262,14 @@ class PretrainStage:
         return str(folder / "model.pt")
 
     def _probe(self):
+        """The k-NN probe on the study's train/val split (unaugmented, as pool images are read)."""
         if self.data is None:
             return None
+        train, val = self.data.train, self.data.val
 
         def images(entries):
-            from medaug.io import read_entry_image
+            return torch.stack([image for _, image in study_images(entries, self.channels, self.image_size)])
 
-            return torch.stack(
-                [
-                    to_study_pixels(
-                        read_entry_image(str(e["image"]), channels=self.channels, frame=e.get("frame"))[0],
-                        self.image_size,
-                    )
-                    for e in entries
-                ]
-            )
-
-        train, val = self.data.train, self.data.val
         return knn_probe(
             images(train), [e["label"] for e in train], images(val), [e["label"] for e in val], self.probe_k
         )
