@@ -96,8 +96,15 @@ def main() -> None:
 
     scores = compute_metrics(out["labels"], out["probs"], positive_class=args.positive)
     keep = ("auc", "balanced_accuracy", "accuracy", "sensitivity", "specificity")
-    print(json.dumps({**{k: round(scores[k], 4) for k in keep}, "best_epoch": out["best_epoch"],
-                      "seconds": round(out["seconds"], 1)}))
+    print(
+        json.dumps(
+            {
+                **{k: round(scores[k], 4) for k in keep},
+                "best_epoch": out["best_epoch"],
+                "seconds": round(out["seconds"], 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
