@@ -8,7 +8,7 @@ RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 MLFLOW_DIR ?= mlflow-server
 
-.PHONY: install demo test lint format docker-test bench bench-oversampling bench-predict bench-augment bench-data bench-bootstrap study study-bundles report \
+.PHONY: install demo test lint format docker-test bench bench-oversampling bench-predict bench-augment bench-data bench-bootstrap bench-epoch study study-bundles report \
 	mlflow-ui mlflow-server mlflow-screenshot clean
 
 install: $(STAMP)
@@ -64,6 +64,10 @@ bench-data: install
 
 bench-bootstrap: install
 	$(BIN)/python benchmarks/bootstrap_ci.py
+
+# Where a training epoch's time goes (forward/backward, data, validation, bookkeeping) per zoo network; ~10 min.
+bench-epoch: install
+	$(BIN)/python benchmarks/epoch_time.py
 # The bundle's study grid (configs/grid.yaml) as MLflow child runs; run again to resume.
 # e.g. make study SEEDS=5, make study STUDY_ARGS="--config smoke.json"
 study: install
