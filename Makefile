@@ -8,7 +8,7 @@ RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 MLFLOW_DIR ?= mlflow-server
 
-.PHONY: install demo test lint format docker-test bench bench-oversampling bench-predict bench-augment bench-data bench-bootstrap bench-epoch study study-bundles report \
+.PHONY: install demo test lint format docker-test bench bench-oversampling bench-predict bench-augment bench-data bench-bootstrap bench-epoch bench-pretrain study study-bundles report \
 	mlflow-ui mlflow-server mlflow-screenshot clean
 
 install: $(STAMP)
@@ -28,7 +28,7 @@ demo: install
 	@echo "Runs are tracked in MLflow at $(RUNS)/mlflow.db; open the UI with: make mlflow-ui"
 
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # ruff (configured in pyproject.toml): formatting, lint and import order; `make format` fixes what it can.
 lint: install
@@ -68,6 +68,13 @@ bench-bootstrap: install
 # Where a training epoch's time goes (forward/backward, data, validation, bookkeeping) per zoo network; ~10 min.
 bench-epoch: install
 	$(BIN)/python benchmarks/epoch_time.py
+
+# From scratch vs SimCLR pretraining for the zoo networks beside the plain MONAI peer; resumable
+# (records in benchmarks/results/tmp_pretraining/); hours on 2 CPU cores. e.g. make bench-pretrain
+# PRETRAIN_ARGS="--datasets breastmnist_64 --networks resnet18"
+bench-pretrain: install
+	$(BIN)/python benchmarks/pretraining.py $(PRETRAIN_ARGS)
+
 # The bundle's study grid (configs/grid.yaml) as MLflow child runs; run again to resume.
 # e.g. make study SEEDS=5, make study STUDY_ARGS="--config smoke.json"
 study: install
@@ -98,5 +105,5 @@ mlflow-screenshot: install
 	$(BIN)/python scripts/mlflow_ui_screenshot.py --output docs/mlflow_compare_runs.png
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(RUNS) benchmarks/results/tmp benchmarks/results/tmp_oversampling
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(RUNS) benchmarks/results/tmp benchmarks/results/tmp_oversampling benchmarks/results/tmp_pretraining
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -470,6 +470,91 @@ def show_augmentations(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def pretrain(args: argparse.Namespace) -> int:
+    """``medaug pretrain FOLDER ...``: SimCLR on folders of unlabeled images, a checkpoint for ``pretrained_path``."""
+    import shutil
+    import tempfile
+
+    from medaug.io.atomic import atomic_path, write_csv_atomic
+    from medaug.models.classifiers import CLASSIFIERS, MIN_INPUT_SIZE, classifier_key
+    from medaug.pipelines.pretrain import PretrainStage
+    from medaug.settings import SettingsError, check_choice
+    from medaug.transforms.presets import PresetError
+
+    if not args.out:
+        raise UsageError("--out: required (the checkpoint to write, e.g. pretrained.pt)")
+    for folder in args.folders:
+        if not Path(folder).is_dir():
+            raise UsageError(f"folder: {folder!r} is not a folder of images")
+    try:
+        name = check_choice("--classifier", args.classifier, sorted(CLASSIFIERS), normalize=classifier_key)
+    except SettingsError as err:
+        raise UsageError(str(err)) from None
+    smallest = MIN_INPUT_SIZE.get(next(k for k in CLASSIFIERS if classifier_key(k) == classifier_key(name)), 1)
+    if min(args.image_size) < smallest:
+        raise UsageError(f"--image-size: {name} needs images of at least {smallest} px per side")
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="medaug-pretrain-") as scratch:
+        try:
+            stage = PretrainStage(
+                None,
+                method="simclr",
+                network=name,
+                image_size=args.image_size,
+                channels=args.channels,
+                num_classes=args.num_classes,
+                preset=args.preset,
+                allow=args.allow,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                temperature=args.temperature,
+                seed=args.seed,
+                pool={
+                    "study_train": False,
+                    "shipped": args.shipped,
+                    "folders": args.folders,
+                    "max_images": args.max_images,
+                },
+                cache_dir=args.cache_dir or scratch,
+                device=args.device or ("cuda:0" if _cuda_available() else "cpu"),
+                progress=not args.no_progress,
+            )
+            pool = stage.pool()
+        except PresetError as err:
+            raise UsageError(f"--preset: {err}") from err
+        except SettingsError as err:
+            raise UsageError(str(err)) from err
+        skipped_csv = out.with_name(f"{out.stem}_skipped.csv")
+        if len(pool) < 2:
+            reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in pool.skipped[:3])
+            raise UsageError(
+                f"folder: {len(pool)} usable image(s) in {', '.join(args.folders) or 'no folder'} "
+                f"({len(pool.skipped)} file(s) skipped{': ' + reasons if reasons else ''}); SimCLR needs at least 2"
+                + ("" if args.shipped else " (add --shipped to pretrain on the shipped datasets too)")
+            )
+        checkpoint = Path(stage.checkpoint())
+        with atomic_path(out) as tmp:
+            shutil.copyfile(checkpoint, tmp)
+        with atomic_path(out.with_suffix(".json")) as tmp:
+            shutil.copyfile(checkpoint.parent / "pretrain.json", tmp)
+        write_csv_atomic(skipped_csv, pool.skipped, ["path", "reason"])
+    probe = "" if not stage.info.get("probe") else f", k-NN probe {stage.info['probe'][-1]}"
+    print(
+        f"{out}: {name} pretrained with SimCLR ({args.steps} steps, batch {args.batch_size}) on {len(pool)} images "
+        f"in {stage.info['seconds']:.0f} s{probe}; {len(pool.skipped)} file(s) skipped ({skipped_csv}); "
+        f"details in {out.with_suffix('.json')}\nuse it: --pretrained_path {out} (image_size {args.image_size}, "
+        f"channels {args.channels}, classifier {name})"
+    )
+    return EXIT_OK
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _resolve_overlay(bundle: Path, name: str) -> Path:
     """``--config`` as given, else relative to the bundle or its ``configs`` folder."""
     for candidate in (Path(name), bundle / name, bundle / "configs" / name):
@@ -838,6 +923,45 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--overrides", help='JSON, as augment#overrides: {"affine": {"prob": 1.0}}')
     show.add_argument("--allow", nargs="*", default=[], metavar="RULE", help="'if_allowed' anatomy rules to lift")
     show.set_defaults(handler=show_augmentations)
+    pre = commands.add_parser(
+        "pretrain",
+        help="pretrain a zoo classifier without labels (SimCLR) on folders of images, for pretrained_path",
+        description="Read every image below the FOLDERs (DICOM with or without extension, PNG, JPEG, NIfTI; the middle "
+        "frame of multi-frame files), resize them to --image-size, and train the classifier's network with SimCLR "
+        "(MONAI's ContrastiveLoss): two views of each image, a random resized crop followed by the --preset's "
+        "transforms, so its anatomy rules hold. Writes --out, a state dict in the layout of the classifier built "
+        "for --num-classes classes (every tensor pretrained except the classification head), which a bundle loads "
+        "with --pretrained_path; beside it <out>.json (pool, loss per step, wall time) and <out>_skipped.csv.",
+        epilog="Files that cannot be read are skipped and listed, not fatal; copies of one image are used once. "
+        "The folders are only read. A bundle pretrains by itself with --pretrain#method simclr (the pool then "
+        "leaves out every val/test image of the study); use this command for images outside a study, e.g. all "
+        "your unlabeled scans. Exit 2 on a bad argument or fewer than 2 usable images.",
+    )
+    pre.add_argument("folders", nargs="+", metavar="FOLDER", help="folders of unlabeled images (read recursively)")
+    pre.add_argument("--out", help="the checkpoint to write (.pt; written atomically)")
+    pre.add_argument("--classifier", default="resnet18", help="zoo network (default: resnet18)")
+    pre.add_argument(
+        "--image-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=[64, 64], help="default 64 64"
+    )
+    pre.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 grayscale (default), 3 RGB")
+    pre.add_argument(
+        "--num-classes", type=_positive_int, default=2, help="classes of the network that will load it (default 2)"
+    )
+    pre.add_argument("--preset", default="generic", help="augmentation preset or YAML file the views use")
+    pre.add_argument("--allow", nargs="*", default=[], metavar="RULE", help="'if_allowed' anatomy rules to lift")
+    pre.add_argument("--steps", type=_positive_int, default=300, help="optimizer steps (default 300)")
+    pre.add_argument("--batch-size", type=_positive_int, default=64, help="images per step, two views each")
+    pre.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 0.001)")
+    pre.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature (default 0.5)")
+    pre.add_argument("--seed", type=int, default=0, help="seed of the views, batches and initialisation")
+    pre.add_argument(
+        "--shipped", action="store_true", help="add the train splits of the datasets shipped in data/ to the pool"
+    )
+    pre.add_argument("--max-images", type=_positive_int, help="pretrain on a seeded draw of at most this many")
+    pre.add_argument("--cache-dir", help="keep the pretraining here and reuse it when rerun (default: none kept)")
+    pre.add_argument("--device", help="torch device (default: cuda:0 if available, else cpu)")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pre.set_defaults(handler=pretrain)
     study = commands.add_parser("study", help="run a bundle's study grid as MLflow child runs")
     study_commands = study.add_subparsers(dest="study_command", metavar="SUBCOMMAND")
     srun = study_commands.add_parser(

@@ -56,6 +56,14 @@ def _densenet121(in_channels, num_classes, spatial_size, **kwargs):
     return nets.DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, **kwargs)
 
 
+# MONAI's EfficientNet keeps TensorFlow's batch-norm momentum (0.99 there, 0.01 in torch's convention):
+# its running statistics then move 1% per iteration. A small dataset gives a few hundred iterations,
+# after which the running statistics still sit near their initial values and the network in eval mode
+# predicts one class (every EfficientNet-B0 cell of the generative study sat at chance for this). torch's
+# usual 0.1 settles in tens of iterations.
+EFFICIENTNET_NORM = ("batch", {"eps": 1e-3, "momentum": 0.1})
+
+
 def _efficientnet(variant: str) -> Callable[..., nn.Module]:
     def build(in_channels, num_classes, spatial_size, **kwargs):
         # pretrained=False: MONAI would otherwise download ImageNet weights; use pretrained_path instead.
@@ -66,7 +74,7 @@ def _efficientnet(variant: str) -> Callable[..., nn.Module]:
             spatial_dims=2,
             in_channels=in_channels,
             num_classes=num_classes,
-            **kwargs,
+            **{"norm": EFFICIENTNET_NORM, **kwargs},
         )
 
     return build

@@ -55,6 +55,12 @@ def _generators():
     return tuple(GENERATORS)
 
 
+def _pretrain_methods():
+    from medaug.pipelines.pretrain.stage import PRETRAIN_METHODS
+
+    return tuple(PRETRAIN_METHODS)
+
+
 def _rebalance_methods():
     from medaug.pipelines.train.rebalance import REBALANCE_METHODS
 
@@ -102,6 +108,7 @@ NAMED_SETTINGS: dict[str, tuple[Callable, Callable | None, Callable]] = {
     "oversample#method": (_oversample_methods, None, lambda v: False),
     "oversample#target": (_oversample_targets, None, lambda v: False),
     "oversample#hybrid#generator": (_generators, None, lambda v: False),
+    "pretrain#method": (_pretrain_methods, None, lambda v: False),
     "augment#preset": (_presets, None, _is_preset_file),
     "augment#mix#method": (_mix_methods, None, lambda v: False),
     "select_on": (_selection_criteria, None, lambda v: False),

@@ -70,14 +70,34 @@ def artifact_paths(client, run_id, path=None):
 def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy, tmp_path, monkeypatch):
     """Also the leak settings: BreastMNIST's one image in train as malignant and in test as
     normal_benign (npz#train/115 = npz#test/76) is reported, kept as asked, and its test copy dropped;
-    and the MLflow model, asked for with tracker#log_model."""
+    the MLflow model, asked for with tracker#log_model; and a SimCLR pretraining of the smoke budget
+    (pretrain#method simclr): cached, with an MLflow run of its own, and the network built from it."""
     out = tmp_path / "out"
     result = run_bundle(
-        bundle_copy, out, "--leaks", "drop_test", "--conflicting_duplicates", "keep", "--tracker#log_model", "true"
+        bundle_copy,
+        out,
+        "--leaks",
+        "drop_test",
+        "--conflicting_duplicates",
+        "keep",
+        "--tracker#log_model",
+        "true",
+        "--pretrain#method",
+        "simclr",
     )
     client, runs = finished_runs(out)
-    assert len(runs) == 1
-    run = client.get_run(runs[0].info.run_id)  # with its dataset input and model
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert len(runs) == 2 and set(by_stage) == {"train", "pretrain"}
+    run = client.get_run(by_stage["train"].info.run_id)  # with its dataset input and model
+    (cached,) = (out / "pretrain_cache").iterdir()
+    pretrained = json.loads((cached / "pretrain.json").read_text())
+    assert len(pretrained["loss"]) == 2 and pretrained["pool"]["size"] == 32
+    assert (run.data.params["pretrain_method"], run.data.params["pretrain_cache_key"]) == ("simclr", cached.name)
+    assert run.data.params["pretrained_path"] == str(cached / "model.pt")
+    assert f"from {cached / 'model.pt'}; 0 missing, 0 unexpected, 0 with mismatched shapes" in result.stdout
+    assert "pretrain/pretrain.json" in artifact_paths(client, run.info.run_id)
+    fit = by_stage["pretrain"]
+    assert fit.info.status == "FINISHED" and len(client.get_metric_history(fit.info.run_id, "pretrain_loss")) == 2
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
     for name in ("balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "mcc", "kappa", "youden"):

@@ -25,6 +25,8 @@ def test_named_settings_are_checked_against_the_registries_with_a_suggestion():
         named_choices({"augment#preset": "ultrasond"})
     with pytest.raises(SettingsError, match=r"^oversample#hybrid#generator = 'vea': .*did you mean 'vae'\?$"):
         named_choices({"oversample#hybrid#generator": "vea"})
+    with pytest.raises(SettingsError, match=r"^pretrain#method = 'simclrr': not one of none, simclr; did you mean"):
+        named_choices({"pretrain#method": "simclrr"})
 
 
 def test_a_missing_dataset_dir_names_the_key_and_what_it_may_be(tmp_path):

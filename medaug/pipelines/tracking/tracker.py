@@ -313,6 +313,7 @@ class RunTracker:
             self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
         self.run_id: str | None = None
         self.logged_params: set[str] = set()
+        self.logs_bundle_config = True  # False for a stage's own run (stage_run): not the bundle's settings
 
     def _experiment_id(self) -> str:
         return ensure_experiment(self.client, self.experiment_name, self.tracking_uri)
@@ -379,6 +380,24 @@ class RunTracker:
             )
         return self.run_id
 
+    def stage_run(self, run_name: str, run_dir: str | os.PathLike, tags: Mapping) -> RunTracker:
+        """Open and return a run of its own for a stage whose result outlives this run (a cached
+        pretraining that later runs reuse), in this run's experiment and store; end it with :meth:`end`.
+
+        It nests under this run's parent (a study's), but takes none of the launcher's other tags
+        (``MEDAUG_RUN_TAGS``): with a study child's config hash it would count as that child, done.
+        The bundle's settings are not logged to it.
+        """
+        run = RunTracker(self.experiment_name, self.output_dir, run_name, run_dir)
+        run.tags = {k: str(v) for k, v in tags.items()}
+        if PARENT_TAG in self.tags:
+            run.tags[PARENT_TAG] = self.tags[PARENT_TAG]
+        run.tracking_uri, run.client, run.logs_bundle_config = self.tracking_uri, self.client, False
+        all_tags = {"mlflow.runName": run_name, RUN_DIR_TAG: str(run.run_dir.resolve()), **run.tags}
+        run.run_id = self.client.create_run(self._experiment_id(), run_name=run_name, tags=all_tags).info.run_id
+        _OPEN_TRACKERS.add(run)
+        return run
+
     def log_params(self, params: Mapping[str, str]) -> None:
         items = [Param(safe_key(k), str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit
@@ -390,7 +409,7 @@ class RunTracker:
         ``positive_index``, ``device``, ...); those logged already stay (MLflow parameters are
         written once)."""
         parser = current_bundle_parser()
-        if parser is None or self.run_id is None:
+        if parser is None or self.run_id is None or not self.logs_bundle_config:
             return
         params = {k: v for k, v in self.config_params(parser).items() if safe_key(k) not in self.logged_params}
         if params:
@@ -457,6 +476,13 @@ class RunTracker:
             for k, v in metrics.items()
             if v is not None and not (isinstance(v, float) and math.isnan(v))
         ]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_metric_history(self, name: str, values: Sequence[tuple[int, float]]) -> None:
+        """``(step, value)`` pairs of one metric in as few calls as MLflow allows (a loss per step)."""
+        now = int(time.time() * 1000)
+        items = [Metric(safe_key(name), float(v), now, int(step)) for step, v in values if not math.isnan(float(v))]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
