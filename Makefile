@@ -8,7 +8,7 @@ RUNS   ?= $(BUNDLE)/runs
 PORT   ?= 5000
 MLFLOW_DIR ?= mlflow-server
 
-.PHONY: install demo test lint format docker-test bench bench-oversampling bench-predict bench-augment bench-data bench-bootstrap bench-pretrain study study-bundles report \
+.PHONY: install demo test lint format docker-test bench bench-oversampling bench-predict bench-augment bench-data bench-bootstrap bench-epoch bench-pretrain study study-bundles report \
 	mlflow-ui mlflow-server mlflow-screenshot clean
 
 install: $(STAMP)
@@ -65,11 +65,16 @@ bench-data: install
 bench-bootstrap: install
 	$(BIN)/python benchmarks/bootstrap_ci.py
 
+# Where a training epoch's time goes (forward/backward, data, validation, bookkeeping) per zoo network; ~10 min.
+bench-epoch: install
+	$(BIN)/python benchmarks/epoch_time.py
+
 # From scratch vs SimCLR pretraining for the zoo networks beside the plain MONAI peer; resumable
 # (records in benchmarks/results/tmp_pretraining/); hours on 2 CPU cores. e.g. make bench-pretrain
 # PRETRAIN_ARGS="--datasets breastmnist_64 --networks resnet18"
 bench-pretrain: install
 	$(BIN)/python benchmarks/pretraining.py $(PRETRAIN_ARGS)
+
 # The bundle's study grid (configs/grid.yaml) as MLflow child runs; run again to resume.
 # e.g. make study SEEDS=5, make study STUDY_ARGS="--config smoke.json"
 study: install

@@ -75,7 +75,8 @@ def build_model_record(
             class name, or None when it names no class (macro metrics).
         preprocessing: the validation transforms (``train.json``'s ``preprocessing``), summarised.
         augmentation_plan: the run's :class:`~medaug.transforms.presets.AugmentationPlan`; its preset's
-            modalities become the modalities ``medaug predict`` accepts by default.
+            modalities become the modalities ``medaug predict`` accepts by default, its flips
+            (``flip_axes``) what ``tta flip`` averages over.
         bundle_root: the bundle, whose ``configs/metadata.json`` gives its name and version.
     """
     names = [str(n) for n in class_names]
@@ -94,6 +95,8 @@ def build_model_record(
         "preprocessing": preprocessing_summary(preprocessing, channels=channels, image_size=image_size, frames=frames),
         "preset": getattr(augmentation_plan, "name", None),
         "modalities": preset_modalities(augmentation_plan),
+        # the spatial axes training flipped: what test-time flip augmentation (tta flip) averages over
+        "flip_axes": augmentation_plan.flip_axes() if hasattr(augmentation_plan, "flip_axes") else None,
         "bundle": {
             "name": Path(bundle_root).resolve().name if bundle_root is not None else "",
             "title": str(meta.get("name", "")),

@@ -19,6 +19,7 @@
     export.py     run's model.pt + model.json -> bundle's models/model.pt, model.json, model.ts (TorchScript)
     validate.py   a bundle run's settings checked first in its initialize (keys, names, dataset_dir, positive_class)
     predict.py    checkpoint + DICOM/image folder -> predictions.csv (no training code loaded)
+    tta.py        test-time flip augmentation as a MONAI inferer (test evaluation and predict; imports no stage)
     tracking/     MLflow runs of every stage, the tag vocabulary, a local server (a service, not a stage)
     distributed.py  torchrun/DDP helpers: ranks, rank-0-only handlers (a service, not a stage)
 

@@ -200,7 +200,8 @@ def _modalities(value) -> list[str] | None:
 
 def model_settings(ckpt_path: str | os.PathLike | None, given: Mapping, fallback: Mapping) -> dict:
     """The network and input settings to predict with: ``classifier``, ``image_size``, ``channels``,
-    ``class_names`` (and ``num_classes``), ``modalities``, plus ``positive_class``, ``preset`` and ``source``.
+    ``class_names`` (and ``num_classes``), ``modalities``, plus ``positive_class``, ``preset``, ``flip_axes``
+    (the spatial axes training flipped, for ``tta``) and ``source``.
 
     ``inference.json``'s ``settings``: each is the value ``given`` in the config (a key of
     ``inference.json`` or its override, e.g. ``--image_size "[32,32]"``) when not null, else what the
@@ -238,6 +239,7 @@ def model_settings(ckpt_path: str | os.PathLike | None, given: Mapping, fallback
     settings["modalities"] = _modalities(modalities)
     settings["positive_class"] = (record or {}).get("positive_class")
     settings["preset"] = (record or {}).get("preset")
+    settings["flip_axes"] = (record or {}).get("flip_axes")
     settings["source"] = source or "inference config (the checkpoint has no model record)"
     return settings
 

@@ -73,6 +73,18 @@ def _mix_methods():
     return MIX_METHODS
 
 
+def _selection_criteria():
+    from medaug.pipelines.train.engine_metrics import SELECTION_CRITERIA
+
+    return SELECTION_CRITERIA
+
+
+def _tta_modes():
+    from medaug.pipelines.tta import TTA_MODES
+
+    return TTA_MODES
+
+
 def _presets():
     from medaug.transforms.presets import available_presets
 
@@ -99,6 +111,8 @@ NAMED_SETTINGS: dict[str, tuple[Callable, Callable | None, Callable]] = {
     "pretrain#method": (_pretrain_methods, None, lambda v: False),
     "augment#preset": (_presets, None, _is_preset_file),
     "augment#mix#method": (_mix_methods, None, lambda v: False),
+    "select_on": (_selection_criteria, None, lambda v: False),
+    "tta": (_tta_modes, None, lambda v: False),
 }
 
 

@@ -209,20 +209,29 @@ def test_embedded_store_lands_under_output_dir_without_env(bundle_copy, tmp_path
 
 
 def test_evaluate_and_inference_configs_reuse_the_trained_checkpoint(bundle_copy, tmp_path, dicom_folder):
+    """Trained with the fine-tuning recipe's options on (selection on validation loss, the weights'
+    moving average, flip TTA, warm-up): the EMA checkpoint loads strictly into the network of the
+    evaluate and inference configs, and flip TTA gives the same test numbers when evaluated again."""
     out = tmp_path / "out"
-    run_bundle(bundle_copy, out)
+    recipe = ("--select_on", "loss", "--ema#enabled", "true", "--tta", "flip", "--warmup_epochs", "1")
+    run_bundle(bundle_copy, out, *recipe)
     client, runs = finished_runs(out)
     trained = runs[0]
+    for name in ("val_loss", "val_balanced_accuracy", "val_auc"):
+        assert len(client.get_metric_history(trained.info.run_id, name)) == 2
     checkpoint = out / trained.info.run_name / "model.pt"
     record = json.loads(checkpoint.with_name("model.json").read_text())  # what inference needs, beside it
     assert (record["classifier"], record["image_size"], record["channels"]) == ("small_cnn", [32, 32], 1)
     assert record["class_names"] == ["malignant", "normal_benign"] and record["modalities"] == ["US"]
+    assert record["flip_axes"] == [1], "the ultrasound preset flips left-right only"
 
     run_bundle(
         bundle_copy,
         out,
         "--ckpt_path",
         str(checkpoint),
+        "--tta",
+        "flip",
         configs=("configs/train.json", "configs/smoke.json", "configs/evaluate.json"),
     )
     _, runs = finished_runs(out)
@@ -255,6 +264,8 @@ def test_evaluate_and_inference_configs_reuse_the_trained_checkpoint(bundle_copy
             "[32,32]",
             "--modalities",
             "any",  # the record says US (the ultrasound preset); these are CT and MR
+            "--tta",
+            "flip",
         ],
         cwd=REPO,
         capture_output=True,

@@ -1,19 +1,38 @@
 """Training helpers for MONAI's ``SupervisedTrainer``: take the (oversampled) train datalist, give
-the loss and sampler of the rebalancing baseline, the mixing batch preparation, the epoch metrics
-and the augmentation grid the bundle's ``train`` section wires in.
+the loss and sampler of the rebalancing baseline, the mixing batch preparation, the epoch metrics and
+model selection criterion, the optimizer's parameter groups and warm-up schedule, the weights' moving
+average and the augmentation grid the bundle's ``train`` section wires in.
 """
 
 from medaug.pipelines.train.augmentation_grid import AugmentationGridHandler, plot_augmentation_grid
-from medaug.pipelines.train.engine_metrics import epoch_metric
+from medaug.pipelines.train.ema import EMAHandler
+from medaug.pipelines.train.engine_metrics import (
+    SELECTION_CRITERIA,
+    epoch_metric,
+    lower_is_better,
+    metric_cmp_fn,
+    selection_score,
+    validation_metrics,
+)
 from medaug.pipelines.train.mixing import make_prepare_batch
+from medaug.pipelines.train.optim import classification_head, make_lr_scheduler, param_groups
 from medaug.pipelines.train.rebalance import make_distributed_sampler, make_loss, make_sampler
 
 __all__ = [
+    "SELECTION_CRITERIA",
     "AugmentationGridHandler",
+    "EMAHandler",
+    "classification_head",
     "epoch_metric",
+    "lower_is_better",
     "make_distributed_sampler",
     "make_loss",
+    "make_lr_scheduler",
     "make_prepare_batch",
     "make_sampler",
+    "metric_cmp_fn",
+    "param_groups",
     "plot_augmentation_grid",
+    "selection_score",
+    "validation_metrics",
 ]

@@ -63,3 +63,66 @@ def epoch_metric(name: str = "balanced_accuracy", positive_class: int = 1) -> Ep
     return GatheredEpochMetric(
         _array_metric(name, positive_class), output_transform=stack_pred_label, check_compute_fn=False
     )
+
+
+#: what ``select_on`` may name: the validation criterion the checkpoint and early stopping follow
+SELECTION_CRITERIA = ("balanced_accuracy", "auc", "loss")
+
+
+def _balanced_cross_entropy(y_pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Cross-entropy of the predicted probabilities, each class present weighted equally.
+
+    The engine's ``pred`` is already the softmax (the bundle's ``postprocessing``), so the loss is the
+    negative log of the probability given to the true class; averaging per class first keeps the
+    majority class from dominating a small imbalanced validation set, as balanced accuracy does.
+    """
+    probs, labels = y_pred.detach().float().cpu(), y.detach().long().cpu()
+    nll = -torch.log(probs.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-7))
+    per_class = [nll[labels == k].mean() for k in labels.unique()]
+    return float(torch.stack(per_class).mean())
+
+
+def validation_loss() -> EpochMetric:
+    """Validation cross-entropy (classes weighted equally) as an Ignite metric; lower is better."""
+    return GatheredEpochMetric(_balanced_cross_entropy, output_transform=stack_pred_label, check_compute_fn=False)
+
+
+def _check_criterion(select_on: str) -> None:
+    if select_on not in SELECTION_CRITERIA:
+        raise ValueError(f"select_on {select_on!r}: choose one of {', '.join(SELECTION_CRITERIA)}")
+
+
+def validation_metrics(select_on: str = "balanced_accuracy", positive_class: int = 1) -> tuple[dict, dict]:
+    """``(key_val_metric, additional_metrics)`` of the validation evaluator.
+
+    The key metric is ``val_<select_on>``: MONAI's ``CheckpointSaver`` (``save_key_metric``) and the
+    evaluator's best-metric bookkeeping follow it. ``val_balanced_accuracy`` and ``val_auc`` are always
+    logged under those names, whichever is the key; ``val_loss`` is computed only when selected.
+    """
+    _check_criterion(select_on)
+    metrics = {f"val_{name}": epoch_metric(name, positive_class) for name in ("balanced_accuracy", "auc")}
+    if select_on == "loss":
+        metrics["val_loss"] = validation_loss()
+    key = f"val_{select_on}"
+    return {key: metrics.pop(key)}, metrics
+
+
+def lower_is_better(select_on: str) -> bool:
+    """True for ``loss``: the saver's ``key_metric_negative_sign`` and the sign of :func:`selection_score`."""
+    _check_criterion(select_on)
+    return select_on == "loss"
+
+
+def selection_score(select_on: str = "balanced_accuracy"):
+    """``score_function`` of MONAI's ``EarlyStopHandler``: the key metric, negated when lower is better
+    (Ignite's ``EarlyStopping`` counts an epoch as an improvement when the score grows)."""
+    sign = -1.0 if lower_is_better(select_on) else 1.0
+    name = f"val_{select_on}"
+    return lambda engine: sign * engine.state.metrics[name]
+
+
+def metric_cmp_fn(select_on: str = "balanced_accuracy"):
+    """The evaluator's ``metric_cmp_fn`` (``current``, ``best`` -> whether ``current`` is better)."""
+    if lower_is_better(select_on):
+        return lambda current, best: current < best
+    return lambda current, best: current > best

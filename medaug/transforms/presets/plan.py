@@ -307,6 +307,22 @@ class AugmentationPlan:
                     self._fail(tid, [*path, arg], "max_rotation_deg", f"{name} rotates by up to {degrees:.1f} degrees")
 
     # ----- products --------------------------------------------------------------------------------
+    def flip_axes(self) -> list[int]:
+        """The spatial axes the plan's flips (``RandFlipd``, ``Flipd``, ``RandAxisFlipd``; nested ones too,
+        those with ``prob`` 0 not) may flip, sorted: what test-time flip augmentation may average over."""
+        parser = self._parser(self.config["transforms"])
+        axes: set[int] = set()
+        for tid, path, entry in self._entries():
+            name = _short(entry["_target_"])
+            if name not in FLIPS:
+                continue
+            base = "#".join(["transforms", tid, *[str(p) for p in path]])
+            if "prob" in entry and float(parser.get_parsed_content(f"{base}#prob")) == 0.0:
+                continue
+            arg = FLIPS[name]
+            axes |= _axes_of(parser.get_parsed_content(f"{base}#{arg}") if arg and arg in entry else None)
+        return sorted(axes)
+
     def transforms(self) -> list:
         """The train-only dictionary transforms, in order (put them in a MONAI ``Compose``)."""
         parser = self._parser(self.config["transforms"])
