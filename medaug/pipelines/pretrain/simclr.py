@@ -28,6 +28,8 @@ from monai.transforms import Compose, EnsureTyped, RandSpatialCropd, Resized
 from torch import nn
 from tqdm.auto import tqdm
 
+from medaug.transforms.threads import ThreadLimitedCompose
+
 
 @dataclass(frozen=True)
 class SimCLRSettings:
@@ -56,7 +58,9 @@ def projection_head(embedding_dim: int, projection_dim: int) -> nn.Module:
 
 def view_transform(augmentation: Sequence, image_size: Sequence[int], min_crop: float, seed: int) -> Compose:
     """One random view of ``{"image": (C, H, W) float}``: resized crop, then the preset's transforms
-    (a private copy, seeded, so the trainer's transforms keep their own random state)."""
+    (a private copy, seeded, so the trainer's transforms keep their own random state). Runs with one
+    PyTorch thread, as the training transforms do (:class:`medaug.transforms.threads.ThreadLimitedCompose`:
+    on small images the intra-op threads cost more than they gain); the network's step keeps them all."""
     size = [int(s) for s in image_size]
     if not 0 < float(min_crop) <= 1:
         raise ValueError(f"pretrain min_crop must be in (0, 1], got {min_crop}")
@@ -67,7 +71,7 @@ def view_transform(augmentation: Sequence, image_size: Sequence[int], min_crop: 
         random_size=True,
         random_center=True,
     )
-    chain = Compose(
+    chain = ThreadLimitedCompose(
         [
             crop,
             Resized(keys="image", spatial_size=size, mode="bilinear"),
