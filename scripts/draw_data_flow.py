@@ -25,6 +25,11 @@ STAGES = [
         "folder, DICOM + labels.csv or .npz; readers, index cache,\nskipped.csv, patient-level splits, leaks",
     ),
     (
+        "pretrain",
+        "medaug.pipelines.pretrain",
+        "SimCLR on an unlabeled pool (study train + shipped train splits\n+ your folders; never a val/test image), cached per network",
+    ),
+    (
         "oversample",
         "medaug.pipelines.oversample",
         "generators of medaug.models (GAN, VAE, LDM) fitted on train;\nmanifest, quality, memorization, cost",
@@ -49,6 +54,7 @@ STAGES = [
 ]
 HANDOFFS = [
     "datalist: train / val / test entries",
+    "datalist + pretrained_path (the network's own layout)",
     "train split + synthetic images (synthetic: true)",
     "model.pt (best on validation)",
     "test_<metric> + CIs, predictions.csv, per run",
@@ -67,7 +73,7 @@ def main() -> Path:
     ax.set_xlim(0, 11)
     ax.set_ylim(0, 9)
     ax.axis("off")
-    box_w, box_h, x0, gap = 6.2, 1.15, 0.3, 0.6
+    box_w, box_h, x0, gap = 6.2, 1.0, 0.3, 0.45
     tops = [8.7 - i * (box_h + gap) for i in range(len(STAGES))]
     for (title, package, what), top in zip(STAGES, tops):
         ax.add_patch(

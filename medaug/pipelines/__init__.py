@@ -5,6 +5,9 @@
     source folder / CSV / NPZ  --medaug.io-->  datalist (train/val/test, leaks, skipped.csv)
         |
         v
+    pretrain/     unlabeled pool (study train + shipped train splits + folders) -> SimCLR checkpoint (pretrained_path)
+        |
+        v
     oversample/   train split -> train split + synthetic minority images (manifest, quality, cost)
         |
         v
