@@ -27,7 +27,8 @@ STAGES = [
     (
         "pretrain",
         "medaug.pipelines.pretrain",
-        "SimCLR on an unlabeled pool (study train + shipped train splits\n+ your folders; never a val/test image), cached per network",
+        "SimCLR on an unlabeled pool (study train + shipped train splits\n"
+        "+ your folders; never a val/test image), cached per network",
     ),
     (
         "oversample",
