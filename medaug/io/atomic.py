@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -53,3 +54,13 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(obj, handle, indent=2, default=str)
     return Path(path)
+
+
+def publish_folder(staged: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Rename a finished ``staged`` folder (written beside ``folder``) into place in one step, so a
+    reader sees the whole cache entry or none. When a parallel run published the same key first, its
+    entry is kept (same key, same content) and ``staged`` is removed."""
+    try:
+        os.replace(staged, folder)
+    except OSError:
+        shutil.rmtree(staged, ignore_errors=True)

@@ -57,7 +57,7 @@ from monai.transforms import Compose
 from PIL import Image
 from tqdm.auto import tqdm
 
-from medaug.io.atomic import write_csv_atomic, write_json_atomic
+from medaug.io.atomic import publish_folder, write_csv_atomic, write_json_atomic
 from medaug.io.hashing import file_sha256
 from medaug.io.loader import read_entry_image
 from medaug.io.npz import parse_npz_ref
@@ -524,10 +524,7 @@ class OversampleStage:
                 costs["random_copies" if self.method == "random" else "augmented_copies"] = copy_cost.as_dict()
             new = torch.cat(images) if images else torch.empty(0, self.channels, *out_size)
             self._write(tmp, new, rows, train, native, ids, costs, counts, out_size)
-            try:
-                os.replace(tmp, folder)
-            except OSError:  # a parallel run finished the same key first: its result is the same
-                shutil.rmtree(tmp, ignore_errors=True)
+            publish_folder(tmp, folder)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

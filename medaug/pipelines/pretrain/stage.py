@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medaug.io.atomic import write_csv_atomic, write_json_atomic
+from medaug.io.atomic import publish_folder, write_csv_atomic, write_json_atomic
 from medaug.models import build_classifier
 from medaug.pipelines.pretrain.pool import Pool, build_pool, pool_settings, study_images
 from medaug.pipelines.pretrain.simclr import SimCLRSettings, fit_simclr, knn_probe, view_transform
@@ -313,10 +313,7 @@ class PretrainStage:
             write_json_atomic(tmp / "pretrain.json", info)
             write_csv_atomic(tmp / "skipped.csv", pool.skipped, ["path", "reason"])
             plot_curves(history, tmp / "pretrain_curves.png", f"{self.method} {self.network}")
-            try:
-                os.replace(tmp, folder)
-            except OSError:  # a parallel run finished the same key first: its result is the same
-                shutil.rmtree(tmp, ignore_errors=True)
+            publish_folder(tmp, folder)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
