@@ -59,6 +59,23 @@ CUTS = {"full": None, "minority_25pct": 0.25}
 REPORTED = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "mcc")
 
 
+def run_bundle(overrides: dict, out_dir: Path, run_name: str) -> tuple[dict, float]:
+    """One ``python -m monai.bundle run`` of the default bundle's train.json with ``overrides``, its
+    MLflow store in ``out_dir``; returns the run's metrics.json and its wall time (benchmarks/pretraining.py
+    runs its models through this too)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.json")]
+    cmd += ["--bundle_root", str(BUNDLE)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out_dir / 'mlflow.db'}"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{run_name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads((out_dir / run_name / "metrics.json").read_text()), seconds
+
+
 def run_one(dataset: str, cut: str, method: str, seed: int, args, out_dir: Path) -> dict:
     spec = DATASETS[dataset]
     run_name = f"{dataset}-{cut}-{method}-seed{seed}"
@@ -79,25 +96,7 @@ def run_one(dataset: str, cut: str, method: str, seed: int, args, out_dir: Path)
     }
     if CUTS[cut] is not None:
         overrides["imbalance"] = {"class": spec["minority"], "keep_fraction": CUTS[cut]}
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(BUNDLE / "configs" / "train.json"),
-        "--bundle_root",
-        str(BUNDLE),
-    ]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out_dir / 'mlflow.db'}"}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{run_name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    results = json.loads((out_dir / run_name / "metrics.json").read_text())
+    results, seconds = run_bundle(overrides, out_dir, run_name)
     return {
         "dataset": dataset,
         "train": cut,

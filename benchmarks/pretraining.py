@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "imbalance_baselines"
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from baselines import run_bundle  # noqa: E402  (the one bundle-run helper of the benchmarks)
 
 DATASETS = {
     "breastmnist_64": {
@@ -90,17 +90,7 @@ def run_medaug(dataset: str, network: str, init: str, seed: int, args, out_dir: 
     if args.max_epochs is not None:
         overrides["max_epochs"] = args.max_epochs
     overrides.update(json.loads(args.overrides))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.json")]
-    cmd += ["--bundle_root", str(BUNDLE)]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out_dir / 'mlflow.db'}"}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{run_name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    results = json.loads((out_dir / run_name / "metrics.json").read_text())
+    results, seconds = run_bundle(overrides, out_dir, run_name)
     pretrain = pretraining_record(out_dir, run_name) if init != "scratch" else None
     fitted = pretrain is not None and not pretrain.get("cache_hit", True)
     return {
