@@ -21,6 +21,7 @@ from medaug.io.atomic import write_csv_atomic, write_json_atomic
 from medaug.io.leaks import describe_leaks
 from medaug.pipelines.evaluate import metrics as M
 from medaug.pipelines.evaluate import plots
+from medaug.pipelines.evaluate import robustness as R
 from medaug.settings import SettingsError, did_you_mean
 
 logger = logging.getLogger("medaug.evaluate")
@@ -142,6 +143,11 @@ class TestEvaluation:
         data_leaks: the study data's ``leak_summary`` (:mod:`medaug.io.leaks`): written to
             ``metrics.json`` as ``data_leaks``, logged as ``data_leaked_test_images`` (found) and
             ``data_leaked_test_images_dropped`` (left out of scoring), and printed under the table.
+        robustness: the bundle's ``evaluate#robustness`` settings (see
+            :class:`~medaug.pipelines.evaluate.robustness.RobustnessEvaluation`): after the clean
+            metrics, the same checkpoint and inferer score the test split under each corruption x
+            severity; written to ``metrics.json`` (``robustness``), ``robustness.csv`` and
+            ``robustness_curves.png`` and logged as ``robust_*`` metrics. None or disabled: skipped.
     """
 
     def __init__(
@@ -157,6 +163,7 @@ class TestEvaluation:
         curves: Sequence[str] = ("train_loss", "val_balanced_accuracy", "val_auc"),
         prefix: str = "test",
         data_leaks: Mapping | None = None,
+        robustness: Mapping | R.RobustnessEvaluation | None = None,
     ) -> None:
         self.evaluator = evaluator
         self.class_names = list(class_names)
@@ -169,6 +176,7 @@ class TestEvaluation:
         self.curves = tuple(curves)
         self.prefix = prefix
         self.data_leaks = dict(data_leaks) if data_leaks is not None else None
+        self.robustness = R.RobustnessEvaluation.from_config(robustness)  # bad settings fail before training
         self.collector = PredictionCollector()
         self.collector.attach(evaluator)
         self.results: dict = {}
@@ -206,6 +214,26 @@ class TestEvaluation:
         if self.data_leaks is not None:
             self.results["data_leaks"] = self.data_leaks | {"summary": describe_leaks(self.data_leaks)}
         out = self.output_dir
+        robust_artifacts, robust_logged = [], {}
+        if self.robustness is not None:
+            robust = self.robustness.score(
+                self.evaluator.network,
+                self.evaluator.inferer,
+                self.evaluator.data_loader.dataset,
+                clean=metrics,
+                class_names=self.class_names,
+                positive_class=self.positive_class,
+                device=self.evaluator.state.device,
+                amp=bool(getattr(self.evaluator, "amp", False)),
+                n_bootstrap=self.n_bootstrap,
+                seed=self.seed,
+            )
+            self.results["robustness"] = robust
+            robust_logged = R.robustness_metrics(robust)
+            robust_artifacts = [
+                R.write_robustness_csv(robust, out / "robustness.csv"),
+                R.plot_robustness_curves(robust, out / "robustness_curves.png"),
+            ]
         artifacts = [
             write_json_atomic(out / "metrics.json", self.results),
             self._write_predictions(y_prob),
@@ -224,12 +252,19 @@ class TestEvaluation:
                 positive_class=self.positive_class,
                 title=f"{self.prefix} ROC",
             ),
+            *robust_artifacts,
         ]
         if self.tracker is not None and self.tracker.run_id:
             history = self.tracker.metric_history(*self.curves)
             if any(history.values()):
                 artifacts.append(plots.plot_training_curves(history, out / "training_curves.png"))
             self.tracker.log_metrics(logged)
+            if robust_logged:
+                self.tracker.log_metrics(robust_logged)
+                summary = self.results["robustness"]["summary"]
+                self.tracker.set_tags(
+                    {"robust_suite": self.robustness.suite_name, "robust_worst_corruption": summary["worst_corruption"]}
+                )
             if self.data_leaks is not None:
                 self.tracker.log_metrics(leak_metrics(self.data_leaks))
             if self.checkpoint and Path(self.checkpoint).is_file():
@@ -245,6 +280,7 @@ class TestEvaluation:
             f"({positive_class_label(self.positive_class, self.class_names)}; 95% stratified bootstrap CIs, "
             f"{self.n_bootstrap} resamples):\n{table}\n"
             + (f"{describe_leaks(self.data_leaks)}\n" if self.data_leaks is not None else "")
+            + (f"{R.describe(self.results['robustness'])}\n" if "robustness" in self.results else "")
             + f"Outputs: {out}"
         )
         return self.results

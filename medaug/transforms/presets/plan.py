@@ -43,7 +43,7 @@ from monai.bundle import ConfigParser
 # The public names are re-exported (and listed in __all__) by the presets package's face.
 
 PRESET_DIR = Path(__file__).resolve().parent
-PRESET_KEYS = {"name", "description", "modalities", "anatomy", "transforms"}
+PRESET_KEYS = {"name", "description", "modalities", "anatomy", "transforms", "corruptions"}
 RULES = {"vertical_flip", "left_right_flip", "rotate90", "max_rotation_deg"}
 RULE_VALUES = {"never", "if_allowed", "allowed"}
 CONTAINERS = {"OneOf", "SomeOf", "Compose", "RandomOrder"}
