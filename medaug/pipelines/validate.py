@@ -110,6 +110,7 @@ NAMED_SETTINGS: dict[str, tuple[Callable, Callable | None, Callable]] = {
     "oversample#hybrid#generator": (_generators, None, lambda v: False),
     "pretrain#method": (_pretrain_methods, None, lambda v: False),
     "augment#preset": (_presets, None, _is_preset_file),
+    "evaluate#robustness#suite": (_presets, None, _is_preset_file),
     "augment#mix#method": (_mix_methods, None, lambda v: False),
     "select_on": (_selection_criteria, None, lambda v: False),
     "tta": (_tta_modes, None, lambda v: False),
@@ -124,7 +125,7 @@ def named_choices(values: Mapping[str, object]) -> None:
             continue
         choices, fold, exempt = NAMED_SETTINGS[key]
         if not exempt(value):
-            what = "a preset (or a YAML file):" if key == "augment#preset" else "one of"
+            what = "a preset (or a YAML file):" if key in ("augment#preset", "evaluate#robustness#suite") else "one of"
             check_choice(key, value, choices(), what=what, normalize=fold)
 
 
@@ -221,6 +222,10 @@ def check_bundle_settings() -> None:
     if found is not None:
         check_override_keys(*found)
     named_choices({key: parser.get_parsed_content(key) for key in NAMED_SETTINGS if key in parser})
+    if "evaluate#robustness" in parser:  # corruption names and severities, before hours of training
+        from medaug.pipelines.evaluate.robustness import RobustnessEvaluation
+
+        RobustnessEvaluation.from_config(parser.get_parsed_content("evaluate#robustness"))
     if "dataset_dir" in parser:
         check_dataset_dir(parser.get_parsed_content("dataset_dir"))
     if "positive_class" in parser and "study_data" in parser:
