@@ -434,7 +434,8 @@ def reference_of(image) -> str:
     path (``data/breastmnist_64.npz#test/12``, ``malignant/case7.dcm``) and its frame, so the seed
     does not change with where the dataset is stored."""
     meta = getattr(image, "meta", {}) or {}
-    ref = "/".join(str(meta.get("filename_or_obj", "")).replace("\\", "/").split("/")[-2:])
+    path, hash_, inside = str(meta.get("filename_or_obj", "")).replace("\\", "/").partition("#")
+    ref = "/".join(path.split("/")[-2:]) + hash_ + inside  # an archive member's own name kept whole
     frame = meta.get("frame")
     return ref if frame is None else f"{ref}#{frame}"
 

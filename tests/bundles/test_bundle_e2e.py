@@ -84,6 +84,12 @@ def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy,
         "true",
         "--pretrain#method",
         "simclr",
+        "--evaluate#robustness#enabled",
+        "true",
+        "--evaluate#robustness#corruptions",
+        "['speckle', 'jpeg']",
+        "--evaluate#robustness#severities",
+        "[1, 3]",
     )
     client, runs = finished_runs(out)
     by_stage = {r.data.tags["stage"]: r for r in runs}
@@ -137,6 +143,22 @@ def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy,
         and "#train/115" in (run_dir / "conflicting_duplicates.csv").read_text()
     )
     assert not (REPO / "mlruns").exists() and not (bundle_copy / "runs").exists()
+    # robustness: the test split under the ultrasound suite's speckle and JPEG, in MLflow and metrics.json
+    for cell in ("speckle_s1", "speckle_s3", "jpeg_s1", "jpeg_s3"):
+        assert 0.0 <= metrics[f"robust_balanced_accuracy_{cell}"] <= 1.0 and f"robust_auc_{cell}" in metrics
+    low, high = metrics["robust_mean_balanced_accuracy_ci_low"], metrics["robust_mean_balanced_accuracy_ci_high"]
+    assert low <= metrics["robust_mean_balanced_accuracy"] <= high
+    assert (
+        run.data.tags["robust_worst_corruption"] in ("speckle", "jpeg")
+        and run.data.tags["robust_suite"] == "ultrasound"
+    )
+    assert {"robustness_curves.png", "robustness.csv"} <= artifact_paths(client, run.info.run_id)
+    assert "robustness (ultrasound suite, severities 1, 3" in result.stdout
+    robust = json.loads((run_dir / "metrics.json").read_text())["robustness"]
+    scored = [line.split(",")[0] for line in predictions.splitlines()[1:]]
+    assert robust["images"] == ["/".join(ref.split("/")[-3:]) for ref in scored]  # the test split, in its order
+    train_val = {e["image"] for e in json.loads((run_dir / "datalist.json").read_text()) if e["split"] != "test"}
+    assert all("#test/" in ref for ref in robust["images"]) and not any("#test/" in ref for ref in train_val)
 
 
 def test_same_seed_same_metrics_and_strategies_swap_by_override(bundle_copy, tmp_path):

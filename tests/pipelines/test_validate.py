@@ -46,6 +46,7 @@ BAD_SETTINGS = {  # override -> (key named, text of the fix)
     "oversample#method": ("gann", "oversample#method", "did you mean 'gan'?"),
     "positive_class": ("Malignant", "positive_class", "did you mean 'malignant'?"),
     "dataset_dir": ("/no/such/folder", "dataset_dir", "set --dataset_dir to"),
+    "evaluate#robustness#corruptions": (["jpg"], "evaluate#robustness#corruptions", "did you mean 'jpeg'?"),
 }
 
 

@@ -81,7 +81,8 @@ class RobustnessEvaluation:
         try:
             self.suite = suite_for(self.suite_name, corruptions)
         except ValueError as err:
-            raise SettingsError("evaluate#robustness", str(err)) from err
+            key = "corruptions" if corruptions is not None else "suite"
+            raise SettingsError(f"evaluate#robustness#{key}", str(err)) from err
         severities = [int(s) for s in ([severities] if isinstance(severities, int) else severities)]
         if not severities or any(not 1 <= s <= len(SEVERITIES) for s in severities):
             raise SettingsError(
@@ -167,6 +168,7 @@ class RobustnessEvaluation:
         from tqdm.auto import tqdm
 
         images, y_true = self.test_images(dataset)
+        references = [reference_of(image) for image in images]
         kw = {"num_classes": len(class_names), "positive_class": positive_class, "class_names": list(class_names)}
         rng = np.random.default_rng(seed)
         idx = M.draw_indices(y_true, n_bootstrap, rng, stratified=True) if n_bootstrap > 0 else None
@@ -204,6 +206,7 @@ class RobustnessEvaluation:
                 for c in self.suite
             },
             "n_images": int(len(y_true)),
+            "images": references,  # what was corrupted: the test split's images, never train or val
             "cells": cells,
             "summary": summary,
         }
