@@ -36,6 +36,7 @@ from medaug.io.atomic import write_csv_atomic
 from medaug.pipelines.evaluate import metrics as M
 from medaug.pipelines.evaluate.plots import new_figure, save_figure
 from medaug.settings import SettingsError, did_you_mean
+from medaug.transforms.base import plain
 from medaug.transforms.corruptions import SEVERITIES, Corrupt, image_seed, reference_of, suite_for
 
 logger = logging.getLogger("medaug.evaluate")
@@ -136,7 +137,7 @@ class RobustnessEvaluation:
         out = []
         for image in images:
             transform.set_random_state(image_seed(reference_of(image), corruption, self.seed))
-            out.append(torch.as_tensor(transform(image)))
+            out.append(transform(plain(image)))  # no meta: MetaTensor bookkeeping would cost more than the corruption
         return torch.stack(out)
 
     def _probabilities(self, network, inferer, batch: torch.Tensor, device, amp: bool) -> np.ndarray:
