@@ -549,7 +549,14 @@ def _comparison_row(c: dict, robust: bool = False) -> list[str]:
     row += [f"{m.get('b', 'n/a')}/{m.get('c', 'n/a')}", f"{_p(m.get('p'))} ({_p(m.get('p_holm'))})"]
     if robust:
         for test in ROBUST_TESTS:
-            row += _delta_cells(r.get(test, {}), "not scored under corruption by both")
+            t = r.get(test, {})
+            if "note" in t:  # fewer than two seeds scored under corruption on both sides
+                cells = [t["note"], "n/a"]
+            else:
+                cells = _delta_cells(t, "not scored under corruption by both")
+            if "diff" in t and "note" not in t and t["seeds"] < len(r.get("seeds", [])):  # some runs not scored
+                cells[0] += f" ({t['seeds']} seeds)"
+            row += cells
     return row
 
 

@@ -320,9 +320,10 @@ def _robust(mean, drop, jpeg, brightness):
 
 
 def test_robustness_columns_interval_over_seeds_and_paired_t_test_against_the_baseline(store, tmp_path):
-    """none and preset scored under corruption on three seeds, geometric (an older run) not: the
-    strategy table gains the corrupted balanced accuracy and the relative drop (mean ± sd [t-interval]),
-    the comparisons a paired t-test over seeds of each, Holm-corrected; geometric's cells stay empty."""
+    """none and preset scored under corruption on three seeds, geometric on one (its other runs are
+    older, without robustness): the strategy table gains the corrupted balanced accuracy and the
+    relative drop (mean ± sd [t-interval]), the comparisons a paired t-test over seeds of each,
+    Holm-corrected; geometric's cells say on how few seeds they stand."""
     client, folder = store
     experiment_id = client.create_experiment("robust", (tmp_path / "mlruns").as_uri())
     rng = np.random.default_rng(3)
@@ -333,6 +334,8 @@ def test_robustness_columns_interval_over_seeds_and_paired_t_test_against_the_ba
     for seed in range(3):
         for strategy in ("none", "preset", "geometric"):
             extra = _robust(*robust[strategy][seed]) if strategy in robust else None
+            if strategy == "geometric" and seed == 0:
+                extra = _robust(0.65, 0.15, 0.70, 0.60)
             _log_run(
                 client,
                 experiment_id,
@@ -363,7 +366,7 @@ def test_robustness_columns_interval_over_seeds_and_paired_t_test_against_the_ba
     header, rows = table("Test metrics by strategy")
     assert header[-2:] == ["balanced_accuracy under corruption", "relative drop from clean"]
     assert rows["preset"][-2:] == ["0.720 ± 0.026 [0.654, 0.786]", "0.077 ± 0.025 [0.014, 0.139]"]
-    assert rows["geometric"][-2:] == ["n/a", "n/a"]  # an older run: no robustness metrics, still reported
+    assert rows["geometric"][-2:] == ["0.650 ± n/a (1 of 3 seeds)", "0.150 ± n/a (1 of 3 seeds)"]
 
     header, rows = table("Paired comparisons")
     by_cell = {c["cell"]: c["result"] for c in data["comparisons"]}
@@ -376,20 +379,21 @@ def test_robustness_columns_interval_over_seeds_and_paired_t_test_against_the_ba
         test = by_cell["preset"][name]
         assert test["p"] == pytest.approx(expected.pvalue) and test["seeds"] == 3
         assert test["diff"] == pytest.approx(np.mean(np.subtract(a, b)))
-        assert test["p_holm"] == pytest.approx(test["p"])  # the only comparison scored under corruption
-        assert name not in by_cell["geometric"]
+        assert test["p_holm"] == pytest.approx(test["p"])  # the only comparison with a p-value: Holm counts one
+        assert by_cell["geometric"][name]["seeds"] == 1 and np.isnan(by_cell["geometric"][name]["p"])
         assert header[column].endswith("(paired t, seeds)") and header[column + 1] == "p (Holm)"
         assert rows["preset"][column + 1] == f"{test['p']:.3f} ({test['p_holm']:.3f})"
-        assert rows["geometric"][column] == "not scored under corruption by both"
+        geometric = rows["geometric"][column], rows["geometric"][column + 1]
+        assert geometric == ("1 seed(s) with the metric on both sides: no test over seeds", "n/a")
     assert by_cell["preset"]["robust_mean_balanced_accuracy"]["diff"] == pytest.approx(0.1)
     assert by_cell["preset"]["robust_relative_drop_balanced_accuracy"]["diff"] == pytest.approx(-0.31 / 3)
 
     header, rows = table("Balanced accuracy by corruption")
     assert header == ["strategy", "seeds", "brightness", "jpeg", "worst"]
     assert rows["none"][2:] == ["0.520 ± 0.020", "0.720 ± 0.020", "brightness"]
-    assert rows["geometric"][2:] == ["n/a", "n/a", "n/a"]
+    assert rows["geometric"][2:] == ["0.600 ± n/a", "0.700 ± n/a", "brightness"]
     listed = [x.split("|")[1:3] for x in markdown.split("## All test metrics")[1].splitlines() if "| robust_" in x]
-    assert [" robust_mean_balanced_accuracy ", " preset "] in listed and not any("geometric" in c for _, c in listed)
+    assert [" robust_mean_balanced_accuracy ", " preset "] in listed and [" robust_mean_auc ", " geometric "] in listed
     assert data["robustness"]["per_corruption"]["preset"]["jpeg"]["mean"] == pytest.approx(0.7367, abs=1e-4)
     assert (tmp_path / "report" / "robust_vs_clean.png").is_file()
     assert "paired t-tests over the common seeds" in markdown
