@@ -1009,11 +1009,14 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="HTML and Markdown report of a study: mean ± sd, CIs, paired tests, plots",
         description="Read the runs of an MLflow experiment (a study's child runs, or all finished runs), and write "
-        "an HTML and a Markdown report: per strategy mean ± sd over seeds and 95%% CI of every test metric; paired "
+        "an HTML and a Markdown report: per strategy mean ± sd over seeds and 95% CI of every test metric; paired "
         "tests against the baseline on the same seeds and test images (McNemar, DeLong, paired bootstrap of "
-        "balanced accuracy and Youden's J) with Holm correction; plots. Cells of smoke or short runs, with fewer "
-        "seeds than --min-seeds, or whose models predicted one class or sit at chance are marked, and a comparison "
-        "so marked gives the reason instead of a verdict. The reports are logged to the parent run.",
+        "balanced accuracy and Youden's J) with Holm correction; for runs scored under corruption "
+        "(evaluate#robustness) the mean balanced accuracy under corruption and the relative drop from clean, with "
+        "paired t-tests over seeds against the baseline, and a strategy x corruption table; plots. Cells of smoke "
+        "or short runs, with fewer seeds than --min-seeds, or whose models predicted one class or sit at chance are "
+        "marked, and a comparison so marked gives the reason instead of a verdict. The reports are logged to the "
+        "parent run.",
     )
     rep.add_argument("--experiment", required=True, help="MLflow experiment (a bundle's name)")
     rep.add_argument("--baseline", help="strategy to test against (default: the grid's baseline)")

@@ -9,6 +9,8 @@ test here is *paired*:
   Letters* 21:1389-1393).
 * :func:`paired_bootstrap` -- the difference in balanced accuracy or Youden's J with a percentile
   interval and a bootstrap p-value, resampling the same test images for both strategies.
+* :func:`paired_seed_test` -- a paired t-test over seeds, for run-level numbers that have no
+  per-image predictions behind them in the report (the mean balanced accuracy under corruption).
 * :func:`holm` -- Holm's step-down correction across comparisons (statsmodels).
 * :func:`mean_sd_ci` -- mean, sample standard deviation and t-interval of a metric over seeds.
 
@@ -45,6 +47,7 @@ __all__ = [
     "delong_auc_covariance",
     "delong_test",
     "paired_bootstrap",
+    "paired_seed_test",
     "holm",
     "Block",
     "BOOTSTRAP_METRICS",
@@ -243,6 +246,39 @@ def paired_bootstrap(
         "n_resamples": int(boot.size),
         "seeds": seeds,
     }
+
+
+def paired_seed_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+    """Paired Student t-test of mean(a - b) over seeds: ``a[i]`` and ``b[i]`` are one run-level value
+    (e.g. ``robust_mean_balanced_accuracy``) of the two strategies on seed ``i``.
+
+    For numbers a run logs without the per-image predictions a paired bootstrap or DeLong would
+    resample, the seeds are the only pairing left; the inference is then over training seeds, not
+    over test images. A pair with a nan side is left out. The difference and its t-interval are
+    :func:`mean_sd_ci` of the per-seed differences, the p-value SciPy's ``ttest_rel``; fewer than two
+    pairs give a nan p, and identical differences on every seed (sd 0) a p of 0 (1 when they are 0).
+    """
+    pairs = [(float(x), float(y)) for x, y in zip(a, b, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    diffs = [x - y for x, y in pairs]
+    spread = mean_sd_ci(diffs, confidence)
+    out = {
+        "diff": spread["mean"],
+        "sd": spread["sd"],
+        "ci_low": spread["ci_low"],
+        "ci_high": spread["ci_high"],
+        "statistic": math.nan,
+        "p": math.nan,
+        "seeds": len(pairs),
+    }
+    if len(pairs) < 2:
+        out["note"] = f"{len(pairs)} seed(s) with the metric on both sides: no test over seeds"
+    elif spread["sd"] == 0.0:
+        out["statistic"] = 0.0 if spread["mean"] == 0.0 else math.copysign(math.inf, spread["mean"])
+        out["p"] = 1.0 if spread["mean"] == 0.0 else 0.0
+    else:
+        res = sps.ttest_rel([x for x, _ in pairs], [y for _, y in pairs])
+        out["statistic"], out["p"] = float(res.statistic), float(res.pvalue)
+    return out
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -13,6 +13,12 @@ artifacts, and writes ``report.html`` (figures embedded), ``report.md`` (figures
   Holm's correction across the comparisons, per test;
 * figures: metrics by strategy with CIs, amount-sweep curves (grids with an ``amount_key``),
   image quality vs gain (runs with an FID-like metric), confusion matrices summed over seeds;
+* robustness (runs whose test evaluation scored ``evaluate#robustness``): the mean balanced
+  accuracy under corruption with its interval over seeds and the relative drop from clean, next to
+  the clean metrics; paired t-tests over seeds of both against the baseline (the runs log no per-image
+  predictions under corruption), Holm-corrected like the other tests; a strategy x corruption
+  table and a figure of corrupted vs clean balanced accuracy. Runs without ``robust_*`` metrics
+  leave these cells empty; when no run has them, they are left out;
 * sanity marks (:mod:`.report_flags`): cells of smoke or short runs, with fewer seeds than the
   protocol asks, or whose models predicted one class or sit at chance; a comparison so marked
   shows the reason instead of a verdict.
@@ -27,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -61,6 +68,20 @@ TEST_TITLES = {
     "auc": "Δ AUC (DeLong)",
     "mcnemar": "McNemar b/c",
 }
+# Run-level summaries of evaluate#robustness (medaug.pipelines.evaluate.robustness.robustness_metrics).
+ROBUST_SUMMARY = re.compile(r"robust_(mean|relative_drop|worst)_([a-z]+(?:_[a-z]+)*)")
+ROBUST_COLUMNS = {
+    "robust_mean_balanced_accuracy": "balanced_accuracy under corruption",
+    "robust_relative_drop_balanced_accuracy": "relative drop from clean",
+}
+"""Robustness columns of the strategy table, next to the clean metrics: MLflow name -> column."""
+ROBUST_TESTS = ("robust_mean_balanced_accuracy", "robust_relative_drop_balanced_accuracy")
+"""Run-level robustness metrics tested against the baseline by a paired t-test over seeds."""
+ROBUST_TEST_TITLES = {
+    "robust_mean_balanced_accuracy": "Δ balanced accuracy under corruption [95% CI] (paired t, seeds)",
+    "robust_relative_drop_balanced_accuracy": "Δ relative drop [95% CI] (paired t, seeds)",
+}
+PER_CORRUPTION = re.compile(r"robust_balanced_accuracy_(.+)_mean")
 
 
 class ReportError(ValueError):
@@ -235,7 +256,13 @@ SIGNED_METRICS = ("mcc", "kappa", "youden")  # range [-1, 1]; the other test met
 
 
 def metric_range(name: str) -> tuple[float, float] | None:
-    """The values a ``test_<metric>`` can take, or None for a metric medaug does not define."""
+    """The values a ``test_<metric>`` (or its ``robust_mean_`` / ``robust_worst_`` summary) can take,
+    or None for a metric medaug does not define. A relative drop from clean is at most 1."""
+    robust = ROBUST_SUMMARY.fullmatch(name)
+    if robust:
+        if robust.group(1) == "relative_drop":
+            return (-math.inf, 1.0)
+        name = f"test_{robust.group(2)}"
     base = name[len("test_") :].split("_class_")[0]
     if base in SIGNED_METRICS:
         return (-1.0, 1.0)
@@ -267,6 +294,10 @@ def leak_note(records: list[RunRecord]) -> str:
 def summarize(records: list[RunRecord]) -> tuple[list[str], list[str], dict, dict]:
     """Cells, metric names, per-seed values ``values[cell][metric]`` and ``summary[cell][metric]``.
 
+    The metrics are every ``test_<metric>`` and the robustness summaries (``robust_mean_<metric>``,
+    ``robust_relative_drop_<metric>``, ``robust_worst_<metric>``) that some run logged; a run without
+    one counts as nan there and is left out of that metric's mean (``n`` says how many had it).
+
     A t-interval over few seeds can reach past what a metric can be (a balanced accuracy above 1):
     it is clipped to the metric's range, as a reader would.
     """
@@ -275,7 +306,16 @@ def summarize(records: list[RunRecord]) -> tuple[list[str], list[str], dict, dic
         {k for r in records for k in r.metrics if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high"))}
     )
     main = [f"test_{m}" for m in MAIN_METRICS if f"test_{m}" in metric_names]
-    ordered = main + [m for m in metric_names if m not in main]
+    robust = sorted(
+        {
+            k
+            for r in records
+            for k in r.metrics
+            if ROBUST_SUMMARY.fullmatch(k) and not k.endswith(("_ci_low", "_ci_high"))
+        }
+    )
+    robust = [m for m in ROBUST_COLUMNS if m in robust] + [m for m in robust if m not in ROBUST_COLUMNS]
+    ordered = main + [m for m in metric_names if m not in main] + robust
     values: dict = defaultdict(lambda: defaultdict(list))
     for r in records:
         for m in ordered:
@@ -331,6 +371,42 @@ def cost_rows(cells: list[str], by_cell: dict) -> list[list[str]]:
             row.append(_f(float(np.mean(vals)), 1) if vals else "–")
         rows.append(row)
     return rows
+
+
+def per_corruption(cells: list[str], by_cell: dict) -> dict:
+    """``{cell: {corruption: mean_sd_ci}}`` of the runs' ``robust_balanced_accuracy_<corruption>_mean``
+    (each run's mean over the severities it scored), over seeds; corruptions in name order. Empty
+    when no run was scored under corruption."""
+    names = sorted(
+        {m.group(1) for c in cells for r in by_cell[c] for m in map(PER_CORRUPTION.fullmatch, r.metrics) if m}
+    )
+    if not names:
+        return {}
+    return {
+        c: {
+            n: stats.mean_sd_ci([r.metrics.get(f"robust_balanced_accuracy_{n}_mean", math.nan) for r in by_cell[c]])
+            for n in names
+        }
+        for c in cells
+    }
+
+
+def corruption_rows(table: dict, by_cell: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the strategy x corruption table (:func:`per_corruption`), the worst
+    corruption of each strategy (lowest mean) last."""
+    if not table:
+        return [], []
+    names = list(next(iter(table.values())))
+    rows = []
+    for cell, by_name in table.items():
+        means = {n: s["mean"] for n, s in by_name.items() if s["n"]}
+        worst = min(means, key=means.get) if means else "n/a"
+        rows.append(
+            [cell, str(len(by_cell[cell]))]
+            + [f"{_f(s['mean'])} ± {_f(s['sd'])}" if s["n"] else "n/a" for s in by_name.values()]
+            + [worst]
+        )
+    return ["strategy", "seeds", *names, "worst"], rows
 
 
 def _baseline_cell(cell_rec: RunRecord, baselines: dict[str, RunRecord]) -> str | None:
@@ -406,6 +482,23 @@ def compare(
             out["auc"] = {"p": math.nan, "note": str(err)}
     else:
         out["auc"] = {"p": math.nan, "note": "DeLong on macro one-vs-rest AUC is not defined here (multi-class)"}
+    out.update(compare_robustness(a_runs, b_runs))
+    return out
+
+
+def compare_robustness(a_runs: list[RunRecord], b_runs: list[RunRecord]) -> dict:
+    """Paired t-tests over the common seeds of the :data:`ROBUST_TESTS` that both sides logged (on
+    at least one seed); empty when either side has no robustness metrics."""
+    by_seed_b = {r.seed: r for r in b_runs}
+    out = {}
+    for name in ROBUST_TESTS:
+        pairs = [
+            (r.metrics[name], by_seed_b[r.seed].metrics[name])
+            for r in sorted(a_runs, key=lambda r: r.seed)
+            if r.seed in by_seed_b and name in r.metrics and name in by_seed_b[r.seed].metrics
+        ]
+        if pairs:
+            out[name] = stats.paired_seed_test([a for a, _ in pairs], [b for _, b in pairs])
     return out
 
 
@@ -426,30 +519,44 @@ def _p(value) -> str:
     return "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
-def _cell_text(s: dict) -> str:
+def _cell_text(s: dict, of: int | None = None) -> str:
+    """``mean ± sd [CI]``; with ``of`` (the cell's seeds), how many had the metric when not all did."""
     if s["n"] == 0:
         return "n/a"
     text = f"{_f(s['mean'])} ± {_f(s['sd'])}"
-    return text + (f" [{_f(s['ci_low'])}, {_f(s['ci_high'])}]" if math.isfinite(s["ci_low"]) else "")
+    text += f" [{_f(s['ci_low'])}, {_f(s['ci_high'])}]" if math.isfinite(s["ci_low"]) else ""
+    return text + (f" ({s['n']} of {of} seeds)" if of is not None and s["n"] < of else "")
 
 
-def _comparison_row(c: dict) -> list[str]:
+def _delta_cells(t: dict, fallback: str = "n/a") -> list[str]:
+    if "diff" not in t:
+        return [t.get("note", fallback), "n/a"]
+    interval = f" [{_f(t['ci_low'])}, {_f(t['ci_high'])}]" if math.isfinite(t["ci_low"]) else ""
+    return [f"{_f(t['diff'], 3)}{interval}", f"{_p(t['p'])} ({_p(t.get('p_holm'))})"]
+
+
+def _comparison_row(c: dict, robust: bool = False) -> list[str]:
+    """One row of the comparison table; ``robust``: with the :data:`ROBUST_TESTS` columns."""
+    header = comparison_header(robust)
     r = c["result"]
     row = [c["cell"], c["baseline_cell"], ", ".join(map(str, r.get("seeds", []))), str(r.get("images", "n/a"))]
     row.append(report_flags.comparison_text(c["flags"]))
     if not c["flags"]["verdict"]:  # not an answer: no Δ, p or Holm to be read as one
-        return row + ["–"] * (len(COMPARISON_HEADER) - len(row))
+        return row + ["–"] * (len(header) - len(row))
     for test in ("balanced_accuracy", "youden", "auc"):
-        t = r.get(test, {})
-        if "diff" in t:
-            row += [
-                f"{_f(t['diff'], 3)} [{_f(t['ci_low'])}, {_f(t['ci_high'])}]",
-                f"{_p(t['p'])} ({_p(t.get('p_holm'))})",
-            ]
-        else:
-            row += [t.get("note", r.get("note", "n/a")), "n/a"]
+        row += _delta_cells(r.get(test, {}), r.get("note", "n/a"))
     m = r.get("mcnemar", {})
     row += [f"{m.get('b', 'n/a')}/{m.get('c', 'n/a')}", f"{_p(m.get('p'))} ({_p(m.get('p_holm'))})"]
+    if robust:
+        for test in ROBUST_TESTS:
+            t = r.get(test, {})
+            if "note" in t:  # fewer than two seeds scored under corruption on both sides
+                cells = [t["note"], "n/a"]
+            else:
+                cells = _delta_cells(t, "not scored under corruption by both")
+            if "diff" in t and "note" not in t and t["seeds"] < len(r.get("seeds", [])):  # some runs not scored
+                cells[0] += f" ({t['seeds']} seeds)"
+            row += cells
     return row
 
 
@@ -469,6 +576,13 @@ COMPARISON_HEADER = [
     "p (Holm)",
 ]
 
+
+def comparison_header(robust: bool = False) -> list[str]:
+    """:data:`COMPARISON_HEADER`, with the robustness tests' columns when some run was scored under corruption."""
+    extra = [col for test in ROBUST_TESTS for col in (ROBUST_TEST_TITLES[test], "p (Holm)")] if robust else []
+    return COMPARISON_HEADER + extra
+
+
 METHODS = (
     "Each row is a strategy with its other grid settings (a cell), over the seeds it ran. "
     "Mean ± sample sd over seeds; [95% CI] is the Student-t interval of the mean over seeds (spread of training "
@@ -481,6 +595,15 @@ METHODS = (
     "binomial below 25 discordant pairs). p-values in parentheses are Holm-adjusted across the comparisons of the "
     "report (marked ones included), separately per test. The paired tests measure uncertainty over test images "
     "for these trained models; seed-to-seed spread is in the first table."
+)
+ROBUST_METHODS = (
+    "Robustness (runs that scored evaluate#robustness): balanced accuracy under corruption is each run's mean "
+    "over every corruption x severity of its suite, the relative drop (clean − corrupted) / clean; both with mean "
+    "± sd and the t-interval over seeds (one seed: the run's bootstrap interval over test images). Their "
+    "comparisons are paired t-tests over the common seeds (the runs log no per-image predictions under "
+    "corruption, so the inference is over training seeds), Holm-adjusted across the comparisons per metric; a "
+    "negative Δ relative drop means the strategy loses less than the baseline under corruption. The per-corruption "
+    "table gives each corruption's balanced accuracy, averaged over its severities and the seeds."
 )
 
 
@@ -508,7 +631,7 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
         (
             f"Paired comparisons against {ctx['baseline']!r}",
             "difference strategy − baseline",
-            COMPARISON_HEADER,
+            ctx.get("comparison_header", COMPARISON_HEADER),
             ctx["comparison_rows"],
         ),
         (
@@ -518,6 +641,16 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
             ctx["all_rows"],
         ),
     ]
+    if ctx.get("corruption_rows"):
+        sections.insert(
+            1,
+            (
+                "Balanced accuracy by corruption",
+                "mean ± sd over seeds of each run's mean over the corruption's severities",
+                ctx["corruption_header"],
+                ctx["corruption_rows"],
+            ),
+        )
     if ctx.get("cost_rows"):
         sections.insert(
             1,
@@ -539,8 +672,9 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
     md += [f"**Sanity marks.** {ctx['sanity']} {report_flags.LEGEND}", ""]
     for title, sub, header, rows in sections:
         md += [f"## {title}", "", f"_{sub}_", "", _md_table(header, rows) if rows else "(none)", ""]
+    methods = METHODS + (" " + ROBUST_METHODS if ctx.get("robust") else "")
     md += (
-        ["## Figures", ""] + [f"![{cap}]({p.name})" for cap, p in ctx["figures"]] + ["", "## Methods", "", METHODS, ""]
+        ["## Figures", ""] + [f"![{cap}]({p.name})" for cap, p in ctx["figures"]] + ["", "## Methods", "", methods, ""]
     )
     md_path = _write_text(out / "report.md", "\n".join(md))
 
@@ -562,7 +696,7 @@ def _render(ctx: dict, out: Path) -> tuple[Path, Path]:
             f"<h2>{html.escape(title)}</h2><p><em>{html.escape(sub)}</em></p>",
             _html_table(header, rows) if rows else "<p>(none)</p>",
         ]
-    body += ["<h2>Figures</h2>", figures, "<h2>Methods</h2>", f"<p>{html.escape(METHODS)}</p>"]
+    body += ["<h2>Figures</h2>", figures, "<h2>Methods</h2>", f"<p>{html.escape(methods)}</p>"]
     style = (
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 6px}"
@@ -658,13 +792,15 @@ def write_study_report(
             min_epochs=min_epochs,
         )
         comparisons.append({"cell": cell, "baseline_cell": base, "result": result, "flags": marks})
-    for test in TESTS:
+    for test in (*TESTS, *ROBUST_TESTS):
         ps = [c["result"].get(test, {}).get("p", math.nan) for c in comparisons]
         for c, adjusted in zip(comparisons, stats.holm(ps)):
             if test in c["result"]:
                 c["result"][test]["p_holm"] = adjusted
 
-    main = [m for m in metric_names if m[len("test_") :] in MAIN_METRICS]
+    main = [m for m in metric_names if m.startswith("test_") and m[len("test_") :] in MAIN_METRICS]
+    robust_columns = [m for m in ROBUST_COLUMNS if m in metric_names]
+    corruption_table = per_corruption(cells, by_cell)
     figures = [
         (
             "Test metrics by strategy (seeds, mean, 95% CI)",
@@ -714,6 +850,19 @@ def write_study_report(
         )
         quality["metric"] = q
         figures.append((f"Image quality ({q}) vs gain in balanced accuracy", path))
+    if robust_columns and "test_balanced_accuracy" in metric_names:
+        figures.append(
+            (
+                "Balanced accuracy under corruption vs clean (mean over seeds, 95% CI)",
+                report_plots.plot_robust_vs_clean(
+                    cells,
+                    summary,
+                    out / "robust_vs_clean.png",
+                    clean="test_balanced_accuracy",
+                    robust="robust_mean_balanced_accuracy",
+                ),
+            )
+        )
     for i, cell in enumerate(cells):
         runs = by_cell[cell]
         p0 = preds[runs[0].run_id]
@@ -729,8 +878,12 @@ def write_study_report(
         )
 
     summary_header = ["strategy", "seeds", "sanity"] + [m[len("test_") :] for m in main]
+    summary_header += [ROBUST_COLUMNS[m] for m in robust_columns]
     summary_rows = [
-        [c, str(len(by_cell[c])), flags[c].text()] + [_cell_text(summary[c][m]) for m in main] for c in cells
+        [c, str(len(by_cell[c])), flags[c].text()]
+        + [_cell_text(summary[c][m]) for m in main]
+        + [_cell_text(summary[c][m], of=len(by_cell[c])) for m in robust_columns]
+        for c in cells
     ]
     first = preds[records[0].run_id]
     repeated = report_flags.redundant_binary_metrics(metric_names, first.class_names, first.positive)
@@ -739,6 +892,7 @@ def write_study_report(
         for m in metric_names
         if m not in repeated
         for c in cells
+        if summary[c][m]["n"] or not m.startswith("robust_")  # cells not scored under corruption: no row
     ]
     source = (
         f"study parent run `{parent.info.run_id}` ({parent.info.run_name})"
@@ -763,7 +917,10 @@ def write_study_report(
         "summary_header": summary_header,
         "summary_rows": summary_rows,
         "all_rows": all_rows,
-        "comparison_rows": [_comparison_row(c) for c in comparisons],
+        "comparison_header": comparison_header(bool(robust_columns)),
+        "comparison_rows": [_comparison_row(c, bool(robust_columns)) for c in comparisons],
+        "robust": bool(robust_columns),
+        **dict(zip(("corruption_header", "corruption_rows"), corruption_rows(corruption_table, by_cell))),
         "figures": figures,
         "cost_rows": cost_rows(cells, by_cell),
         "sanity": _sanity_line(flags, comparisons, min_seeds, min_epochs),
@@ -777,6 +934,7 @@ def write_study_report(
         "summary": summary,
         "comparisons": comparisons,
         "quality_vs_gain": quality,
+        "robustness": {"per_corruption": corruption_table} if corruption_table else None,
         "notes": notes,
         "sanity": {
             "min_seeds": min_seeds,

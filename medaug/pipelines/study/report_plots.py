@@ -1,4 +1,5 @@
-"""Figures of a study report: metrics by strategy with CIs, amount sweeps, image quality vs gain.
+"""Figures of a study report: metrics by strategy with CIs, amount sweeps, image quality vs gain,
+balanced accuracy under corruption vs clean.
 
 Headless and atomic like :mod:`medaug.pipelines.evaluate.plots` (whose figure helpers they share).
 """
@@ -14,7 +15,7 @@ from scipy.stats import spearmanr
 
 from medaug.pipelines.evaluate.plots import new_figure, save_figure
 
-__all__ = ["plot_metrics_by_strategy", "plot_amount_sweep", "plot_quality_vs_gain"]
+__all__ = ["plot_metrics_by_strategy", "plot_amount_sweep", "plot_quality_vs_gain", "plot_robust_vs_clean"]
 
 
 def _finite(values) -> list[float]:
@@ -123,3 +124,32 @@ def plot_quality_vs_gain(
     )
     ax.grid(alpha=0.3)
     return save_figure(fig, path), {"spearman_rho": rho, "p": p, "n": len(pts)}
+
+
+def plot_robust_vs_clean(cells: Sequence[str], summary: Mapping, path, *, clean: str, robust: str) -> Path:
+    """One point per strategy (cell): its mean ``clean`` metric (x) against its mean ``robust`` one
+    (y), each with its 95% CI over seeds as error bars; the diagonal is "no drop under corruption",
+    so a strategy's distance below it is what corruption costs it. Cells without both are left out."""
+    fig = new_figure(6.0, 5.0)
+    ax = fig.add_subplot()
+    lows = []
+    for i, cell in enumerate(cells):
+        sx, sy = summary.get(cell, {}).get(clean, {}), summary.get(cell, {}).get(robust, {})
+        x, y = sx.get("mean", math.nan), sy.get("mean", math.nan)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+
+        def err(s, mean):
+            low, high = s.get("ci_low", math.nan), s.get("ci_high", math.nan)
+            return [[mean - low], [high - mean]] if math.isfinite(low) and math.isfinite(high) else None
+
+        ax.errorbar(x, y, xerr=err(sx, x), yerr=err(sy, y), fmt="o", color=f"C{i % 10}", capsize=3, label=cell)
+        lows += _finite([x, y, sx.get("ci_low"), sy.get("ci_low")])
+    low = min(lows, default=0.0)
+    ax.plot([low, 1.0], [low, 1.0], color="grey", lw=1, ls=":", label="no drop")
+    ax.set_xlabel(f"clean {clean}")
+    ax.set_ylabel(f"{robust} (mean over corruptions)")
+    ax.set_title("under corruption vs clean: mean over seeds with 95% CI")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    return save_figure(fig, path)

@@ -14,6 +14,7 @@ from medaug.pipelines.evaluate.stats import (
     mcnemar_test,
     mean_sd_ci,
     paired_bootstrap,
+    paired_seed_test,
 )
 from tests.conftest import REPO
 
@@ -122,3 +123,17 @@ def test_paired_bootstrap_is_seeded_and_resamples_both_strategies_together():
     assert first["ci_low"] <= first["diff"] <= first["ci_high"] and 0 < first["p"] <= 1
     with pytest.raises(ValueError, match="metric must be one of"):
         paired_bootstrap([(y, a, b)], "auc")
+
+
+def test_paired_seed_test_is_a_paired_t_test_over_seeds():
+    from scipy.stats import ttest_rel
+
+    a, b = [0.70, 0.71, 0.75, math.nan], [0.60, 0.62, 0.64, 0.61]  # the last seed has no value for a: left out
+    result = paired_seed_test(a, b)
+    assert result["seeds"] == 3 and result["diff"] == pytest.approx(0.1)
+    assert result["p"] == pytest.approx(ttest_rel(a[:3], b[:3]).pvalue)
+    spread = mean_sd_ci([0.10, 0.09, 0.11])  # the interval is the t-interval of the per-seed differences
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((spread["ci_low"], spread["ci_high"]))
+    one = paired_seed_test([0.7], [0.6])
+    assert math.isnan(one["p"]) and one["diff"] == pytest.approx(0.1) and "no test over seeds" in one["note"]
+    assert paired_seed_test([0.5, 0.6], [0.5, 0.6])["p"] == 1.0  # identical on every seed

@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.entities import Metric, Param
+from scipy import stats as scipy_stats
 
 from medaug.pipelines.evaluate import stats
 from medaug.pipelines.evaluate.metrics import compute_metrics
@@ -278,6 +279,9 @@ def test_a_collapsed_model_gets_no_verdict_while_a_healthy_cell_keeps_its_own(st
     verdicts = {c["cell"]: c["flags"]["verdict"] for c in data["comparisons"]}
     assert verdicts == {"class_weight": False, "oversample": True}
     assert "Sanity marks." in markdown and report_flags.LEGEND in markdown
+    # Runs not scored under corruption (evaluate#robustness off, or older runs): no robustness columns at all.
+    assert "corruption" not in markdown and data["robustness"] is None
+    assert len(row("Paired comparisons", "oversample")) == 13
 
 
 def test_the_leak_note_says_how_many_test_images_leaked_and_what_was_done():
@@ -292,3 +296,104 @@ def test_the_leak_note_says_how_many_test_images_leaked_and_what_was_done():
         ": 216 per run; scored in 1 run(s), dropped before scoring (leaks: drop_test) in 1 run(s)"
     )
     assert leak_note(runs({}, {})) == "leaked test images: not recorded by these runs"
+
+
+def _robust(mean, drop, jpeg, brightness):
+    """What evaluate#robustness logs for one run (two corruptions at severities 1 and 3)."""
+    cells = {
+        f"robust_balanced_accuracy_{c}_s{k}": v + d
+        for c, v in (("jpeg", jpeg), ("brightness", brightness))
+        for k, d in ((1, 0.05), (3, -0.05))
+    }
+    return {
+        **cells,
+        "robust_balanced_accuracy_jpeg_mean": jpeg,
+        "robust_balanced_accuracy_brightness_mean": brightness,
+        "robust_mean_balanced_accuracy": mean,
+        "robust_mean_balanced_accuracy_ci_low": mean - 0.1,
+        "robust_mean_balanced_accuracy_ci_high": mean + 0.1,
+        "robust_relative_drop_balanced_accuracy": drop,
+        "robust_worst_balanced_accuracy": min(jpeg, brightness),
+        "robust_mean_auc": mean + 0.05,
+        "robust_mean_sensitivity": mean - 0.05,
+    }
+
+
+def test_robustness_columns_interval_over_seeds_and_paired_t_test_against_the_baseline(store, tmp_path):
+    """none and preset scored under corruption on three seeds, geometric on one (its other runs are
+    older, without robustness): the strategy table gains the corrupted balanced accuracy and the
+    relative drop (mean ± sd [t-interval]), the comparisons a paired t-test over seeds of each,
+    Holm-corrected; geometric's cells say on how few seeds they stand."""
+    client, folder = store
+    experiment_id = client.create_experiment("robust", (tmp_path / "mlruns").as_uri())
+    rng = np.random.default_rng(3)
+    robust = {
+        "none": [(0.60, 0.20, 0.70, 0.50), (0.62, 0.18, 0.72, 0.52), (0.64, 0.16, 0.74, 0.54)],
+        "preset": [(0.70, 0.08, 0.72, 0.68), (0.71, 0.10, 0.73, 0.69), (0.75, 0.05, 0.76, 0.74)],
+    }
+    for seed in range(3):
+        for strategy in ("none", "preset", "geometric"):
+            extra = _robust(*robust[strategy][seed]) if strategy in robust else None
+            if strategy == "geometric" and seed == 0:
+                extra = _robust(0.65, 0.15, 0.70, 0.60)
+            _log_run(
+                client,
+                experiment_id,
+                tmp_path,
+                f"{strategy}-{seed}",
+                {"strategy": strategy, "seed": str(seed)},
+                _predictions(rng, 0.9),
+                ["minority", "majority"],
+                extra,
+                params={"max_epochs": "40"},
+            )
+    write_study_report(
+        "robust", runs_dir=folder, out_dir=tmp_path / "report", n_bootstrap=100, min_seeds=3, log_to_mlflow=False
+    )
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    markdown = (tmp_path / "report" / "report.md").read_text()
+
+    def table(section: str) -> tuple[list[str], dict]:
+        lines = [x for x in markdown.split(f"## {section}")[1].split("\n## ")[0].splitlines() if x.startswith("| ")]
+        split = [[c.strip() for c in x.strip("|").split("|")] for x in lines]
+        return split[0], {row[0]: row for row in split[1:]}
+
+    preset = [m[0] for m in robust["preset"]]
+    spread = stats.mean_sd_ci(preset)
+    summary = data["summary"]["preset"]["robust_mean_balanced_accuracy"]
+    assert {k: summary[k] for k in spread} == pytest.approx(spread) and summary["ci_source"] == "seeds"
+    assert spread["mean"] == pytest.approx(0.72) and spread["ci_low"] == pytest.approx(0.72 - 0.0657, abs=1e-4)
+    header, rows = table("Test metrics by strategy")
+    assert header[-2:] == ["balanced_accuracy under corruption", "relative drop from clean"]
+    assert rows["preset"][-2:] == ["0.720 ± 0.026 [0.654, 0.786]", "0.077 ± 0.025 [0.014, 0.139]"]
+    assert rows["geometric"][-2:] == ["0.650 ± n/a (1 of 3 seeds)", "0.150 ± n/a (1 of 3 seeds)"]
+
+    header, rows = table("Paired comparisons")
+    by_cell = {c["cell"]: c["result"] for c in data["comparisons"]}
+    for name, column in (("robust_mean_balanced_accuracy", -4), ("robust_relative_drop_balanced_accuracy", -2)):
+        a, b = (
+            [m[0 if "mean" in name else 1] for m in robust["preset"]],
+            [m[0 if "mean" in name else 1] for m in robust["none"]],
+        )
+        expected = scipy_stats.ttest_rel(a, b)
+        test = by_cell["preset"][name]
+        assert test["p"] == pytest.approx(expected.pvalue) and test["seeds"] == 3
+        assert test["diff"] == pytest.approx(np.mean(np.subtract(a, b)))
+        assert test["p_holm"] == pytest.approx(test["p"])  # the only comparison with a p-value: Holm counts one
+        assert by_cell["geometric"][name]["seeds"] == 1 and np.isnan(by_cell["geometric"][name]["p"])
+        assert header[column].endswith("(paired t, seeds)") and header[column + 1] == "p (Holm)"
+        assert rows["preset"][column + 1] == f"{test['p']:.3f} ({test['p_holm']:.3f})"
+        geometric = rows["geometric"][column], rows["geometric"][column + 1]
+        assert geometric == ("1 seed(s) with the metric on both sides: no test over seeds", "n/a")
+    assert by_cell["preset"]["robust_mean_balanced_accuracy"]["diff"] == pytest.approx(0.1)
+    assert by_cell["preset"]["robust_relative_drop_balanced_accuracy"]["diff"] == pytest.approx(-0.31 / 3)
+
+    header, rows = table("Balanced accuracy by corruption")
+    assert header == ["strategy", "seeds", "brightness", "jpeg", "worst"]
+    assert rows["none"][2:] == ["0.520 ± 0.020", "0.720 ± 0.020", "brightness"]
+    assert rows["geometric"][2:] == ["0.600 ± n/a", "0.700 ± n/a", "brightness"]
+    listed = [x.split("|")[1:3] for x in markdown.split("## All test metrics")[1].splitlines() if "| robust_" in x]
+    assert [" robust_mean_balanced_accuracy ", " preset "] in listed and [" robust_mean_auc ", " geometric "] in listed
+    assert data["robustness"]["per_corruption"]["preset"]["jpeg"]["mean"] == pytest.approx(0.7367, abs=1e-4)
+    assert (tmp_path / "report" / "robust_vs_clean.png").is_file()
+    assert "paired t-tests over the common seeds" in markdown
