@@ -1,6 +1,7 @@
 """End to end through MONAI's bundle runner, the way users run a study: the smoke overlay trains a
 tiny model for two epochs, scores the test split and leaves a finished MLflow run behind."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -73,6 +74,8 @@ def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy,
     the MLflow model, asked for with tracker#log_model; and a SimCLR pretraining of the smoke budget
     (pretrain#method simclr): cached, with an MLflow run of its own, and the network built from it."""
     out = tmp_path / "out"
+    shipped = REPO / "data" / "breastmnist_64.npz"
+    before = hashlib.sha256(shipped.read_bytes()).hexdigest()
     result = run_bundle(
         bundle_copy,
         out,
@@ -157,6 +160,7 @@ def test_smoke_run_on_the_shipped_data_leaves_a_finished_mlflow_run(bundle_copy,
     robust = json.loads((run_dir / "metrics.json").read_text())["robustness"]
     scored = [line.split(",")[0] for line in predictions.splitlines()[1:]]
     assert robust["images"] == ["/".join(ref.split("/")[-3:]) for ref in scored]  # the test split, in its order
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before  # corrupted in memory only
     train_val = {e["image"] for e in json.loads((run_dir / "datalist.json").read_text()) if e["split"] != "test"}
     assert all("#test/" in ref for ref in robust["images"]) and not any("#test/" in ref for ref in train_val)
 
