@@ -422,14 +422,10 @@ def _bundle_of_run(run: Path) -> str | None:
     return str(candidate) if (candidate / "configs" / "inference.json").is_file() else None
 
 
-def show_augmentations(args: argparse.Namespace) -> int:
-    import torch
-    from monai.transforms import Resize
-
-    from medaug.io import read_entry_image
+def _image_arg(args: argparse.Namespace) -> tuple[str, Path]:
+    """``(datalist reference, file)`` of --image (an .npz archive taken at --split/--index), checked;
+    --out checked too, before anything is read."""
     from medaug.io.npz import parse_npz_ref
-    from medaug.pipelines.train import plot_augmentation_grid
-    from medaug.transforms.presets import AugmentationPlan, PresetError
 
     image = args.image
     if not image:
@@ -441,17 +437,37 @@ def show_augmentations(args: argparse.Namespace) -> int:
         raise UsageError(f"--image: file {args.image!r} not found")
     if not args.out:
         raise UsageError("--out: required (the grid image to write, e.g. grid.png)")
+    return image, Path(path)
+
+
+def _read_image_arg(image: str, args: argparse.Namespace):
+    """--image's pixels as a (C, H, W) tensor in [0, 1] and its reader's meta, resized to --size as a
+    bundle's preprocessing would (area), else as read."""
+    import torch
+    from monai.transforms import Resize
+
+    from medaug.io import read_entry_image
+
     try:
-        overrides = json.loads(args.overrides) if args.overrides else None
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--overrides: not valid JSON ({err})") from err
-    try:
-        pixels, _ = read_entry_image(image, channels=args.channels)
+        pixels, meta = read_entry_image(image, channels=args.channels)
     except Exception as err:
         raise UsageError(f"--image: cannot be read ({type(err).__name__}: {err})") from err
     tensor = torch.from_numpy(pixels)
     if args.size:
         tensor = Resize(spatial_size=args.size, mode="area")(tensor)
+    return tensor, meta
+
+
+def show_augmentations(args: argparse.Namespace) -> int:
+    from medaug.pipelines.train import plot_augmentation_grid
+    from medaug.transforms.presets import AugmentationPlan, PresetError
+
+    image, path = _image_arg(args)
+    try:
+        overrides = json.loads(args.overrides) if args.overrides else None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--overrides: not valid JSON ({err})") from err
+    tensor, _ = _read_image_arg(image, args)
     try:
         plan = AugmentationPlan(
             args.preset,
@@ -463,10 +479,35 @@ def show_augmentations(args: argparse.Namespace) -> int:
         )
     except PresetError as err:
         raise UsageError(str(err) if str(err).startswith("--") else f"--preset: {err}") from err
-    out = plot_augmentation_grid(
-        plan, [tensor], args.out, samples=args.samples, seed=args.seed, titles=[Path(path).name]
-    )
+    out = plot_augmentation_grid(plan, [tensor], args.out, samples=args.samples, seed=args.seed, titles=[path.name])
     print(f"{out}: {len(plan.steps())} transforms of preset {plan.name!r} ({plan.source}), {args.samples} samples each")
+    return EXIT_OK
+
+
+def show_corruptions(args: argparse.Namespace) -> int:
+    """``medaug show-corruptions``: the robustness suite of a preset on one image, one row per corruption,
+    one column per severity (0 = clean), as the evaluation corrupts that image (seeded by its reference)."""
+    from monai.data import MetaTensor
+
+    from medaug.pipelines.train import plot_corruption_grid
+    from medaug.transforms.corruptions import CorruptionError, suite_for
+    from medaug.transforms.presets import PresetError
+
+    image, path = _image_arg(args)
+    try:
+        suite = suite_for(args.preset, args.corruptions)
+    except PresetError as err:
+        raise UsageError(f"--preset: {err}") from err
+    except CorruptionError as err:
+        raise UsageError(f"--corruptions: {err}") from err
+    tensor, meta = _read_image_arg(image, args)
+    frame = {"frame": meta["frame"]} if isinstance(meta.get("frame"), int) else {}
+    tensor = MetaTensor(tensor, meta={"filename_or_obj": image, **frame})  # what seeds a test image's corruption
+    out = plot_corruption_grid(suite, tensor, args.out, seed=args.seed, title=f"preset {args.preset!r}")
+    print(
+        f"{out}: {len(suite)} corruptions of preset {args.preset!r} x severities 0 (clean) to 5 "
+        f"({', '.join(c.name for c in suite)})"
+    )
     return EXIT_OK
 
 
@@ -923,6 +964,37 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--overrides", help='JSON, as augment#overrides: {"affine": {"prob": 1.0}}')
     show.add_argument("--allow", nargs="*", default=[], metavar="RULE", help="'if_allowed' anatomy rules to lift")
     show.set_defaults(handler=show_augmentations)
+
+    corr = commands.add_parser(
+        "show-corruptions",
+        help="draw the test-time corruption suite of a preset on an image (rows corruption, columns severity)",
+        description="Read one image (DICOM, PNG/JPEG, NIfTI, or an .npz archive with --index) and draw the "
+        "robustness suite of the preset (its YAML's corruptions list; generic and none: the acquisition-pipeline "
+        "corruptions) to --out: one row per corruption, one column per severity, 0 (clean) to 5, each cell "
+        "labelled with its physical parameter (dose fraction, JPEG quality, blur width, ...). The image is "
+        "corrupted as evaluate#robustness corrupts a test image: seeded by its reference and --seed (the "
+        "bundle's evaluate#robustness#seed), so the same image looks the same in every run.",
+    )
+    corr.add_argument("--preset", default="generic", help="preset name or YAML file (default: generic)")
+    corr.add_argument(
+        "--image", help="image file: DICOM, PNG/JPEG, NIfTI, .npz (with --index), or 'archive.npz#split/index'"
+    )
+    corr.add_argument("--out", help="grid image to write (PNG; written atomically)")
+    corr.add_argument(
+        "--corruptions", nargs="+", metavar="NAME", help="draw only these corruptions (default: the preset's suite)"
+    )
+    corr.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0, as the bundles')")
+    corr.add_argument(
+        "--size",
+        type=_positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize the image first, as a bundle's preprocessing would (default: as read)",
+    )
+    corr.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 grayscale, 3 RGB")
+    corr.add_argument("--index", type=int, default=0, help="image index in an .npz archive")
+    corr.add_argument("--split", default="test", help="split of an .npz archive (default test)")
+    corr.set_defaults(handler=show_corruptions)
     pre = commands.add_parser(
         "pretrain",
         help="pretrain a zoo classifier without labels (SimCLR) on folders of images, for pretrained_path",
