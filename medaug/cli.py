@@ -285,11 +285,13 @@ def _override_value(text: str):
         return text
 
 
-def config_overrides(extra: list[str], config: dict) -> dict:
-    """``--key value`` / ``--key=value`` pairs of the command line that are no flag of predict, as
-    overrides of the inference config's keys (``#`` for nested keys, e.g. ``--prediction#batch_size 8``),
-    as ``monai.bundle run`` takes them; a key the config does not have, or one a flag sets, is a usage
-    error naming it."""
+def config_overrides(
+    extra: list[str], config: dict, owned: dict = FLAG_OWNED_KEYS, config_name: str = "configs/inference.json"
+) -> dict:
+    """``--key value`` / ``--key=value`` pairs of the command line that are no flag of the command, as
+    overrides of the config's keys (``#`` for nested keys, e.g. ``--prediction#batch_size 8``), as
+    ``monai.bundle run`` takes them; a key the config does not have, or one a flag sets (``owned``: key ->
+    flag), is a usage error naming it."""
     from medaug.settings import did_you_mean
 
     overrides, items = {}, list(extra)
@@ -303,12 +305,12 @@ def config_overrides(extra: list[str], config: dict) -> dict:
                 raise UsageError(f'{flag}: needs a value (e.g. --image_size "[32,32]")')
             text = items.pop(0)
         top = key.split("#")[0]
-        if top in FLAG_OWNED_KEYS:
-            raise UsageError(f"{flag}: set by {FLAG_OWNED_KEYS[top]}; use that flag")
+        if owner := owned.get(key) or owned.get(top):
+            raise UsageError(f"{flag}: set by {owner}; use that flag")
         if top not in config:
             near = did_you_mean(top, [k for k in config if isinstance(k, str)])
             hint = f"; did you mean --{near}?" if near else ""
-            raise UsageError(f"{flag}: not a key of the bundle's configs/inference.json{hint}")
+            raise UsageError(f"{flag}: not a key of the bundle's {config_name}{hint}")
         overrides[key] = _override_value(text)
     return overrides
 
@@ -422,14 +424,168 @@ def _bundle_of_run(run: Path) -> str | None:
     return str(candidate) if (candidate / "configs" / "inference.json").is_file() else None
 
 
-def show_augmentations(args: argparse.Namespace) -> int:
-    import torch
-    from monai.transforms import Resize
+#: ``medaug evaluate``'s flags and the bundle keys they set (an override of one is refused, naming the flag)
+EVALUATE_FLAG_KEYS = {
+    "bundle_root": "--bundle",
+    "ckpt_path": "--checkpoint",
+    "dataset_dir": "--dataset-dir",
+    "output_dir": "--output-dir",
+    "evaluate#robustness#enabled": "--robustness/--no-robustness",
+    "evaluate#robustness#suite": "--suite",
+    "evaluate#robustness#corruptions": "--corruptions",
+    "evaluate#robustness#severities": "--severities",
+}
+#: bundle keys a checkpoint's model record sets (model.json key -> bundle key); the network keys must agree
+RECORD_KEYS = {"classifier": "classifier", "image_size": "image_size", "channels": "channels"}
+RECORD_KEYS |= {"class_names": "class_names", "positive_class": "positive_class"}
 
-    from medaug.io import read_entry_image
+
+def record_overrides(record: dict | None, given: dict, source: str) -> dict:
+    """The bundle keys the checkpoint's model record says (:data:`RECORD_KEYS`, and the frames of its
+    preprocessing), for those the user did not give; a given network key that contradicts the record is a
+    usage error (the weights would not load into that network)."""
+    if not record:
+        return {}
+    said = {key: record[name] for name, key in RECORD_KEYS.items() if name in record}
+    frames = (record.get("preprocessing") or {}).get("frames")
+    if frames:
+        said["frames"] = frames
+    for key in ("classifier", "image_size", "channels", "class_names"):
+        if key in given and key in said and list(_as_list(given[key])) != list(_as_list(said[key])):
+            raise UsageError(
+                f"--{key}: {given[key]!r} contradicts the checkpoint's record ({source}: {said[key]!r}); drop it"
+            )
+    return {key: value for key, value in said.items() if key not in given}
+
+
+def _as_list(value):
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+def _evaluate_config_files(args: argparse.Namespace, bundle: Path) -> list[Path]:
+    """configs/train.json, the --config overlays, then configs/evaluate.json (which overlays train.json:
+    its own run name, ckpt_path, initialize and run, no training and no pretraining)."""
+    if not (bundle / "configs" / "train.json").is_file() or not (bundle / "configs" / "evaluate.json").is_file():
+        raise UsageError(f"--bundle: {str(bundle)!r} is not a bundle with configs/train.json and configs/evaluate.json")
+    overlays = [_resolve_overlay(bundle, name) for name in args.config]
+    return [bundle / "configs" / "train.json", *overlays, bundle / "configs" / "evaluate.json"]
+
+
+def evaluate_overrides(args: argparse.Namespace, bundle: Path, checkpoint: Path) -> dict:
+    """The bundle keys ``medaug evaluate``'s flags set (:data:`EVALUATE_FLAG_KEYS`), given ones only,
+    besides bundle_root and ckpt_path."""
+    keys = {"bundle_root": str(bundle), "ckpt_path": str(checkpoint.resolve())}
+    section = "evaluate#robustness#"
+    for flag, key in (
+        ("dataset_dir", "dataset_dir"),
+        ("output_dir", "output_dir"),
+        ("robustness", section + "enabled"),
+        ("suite", section + "suite"),
+        ("corruptions", section + "corruptions"),
+        ("severities", section + "severities"),
+    ):
+        if getattr(args, flag) is not None:
+            keys[key] = getattr(args, flag)
+    return keys
+
+
+def _check_evaluate_flags(args: argparse.Namespace) -> None:
+    """--dataset-dir, --suite and --corruptions checked before the bundle is built."""
+    from medaug.transforms.corruptions import CorruptionError, suite_for
+    from medaug.transforms.presets import PresetError
+
+    if args.dataset_dir is not None and not Path(args.dataset_dir).exists():
+        raise UsageError(f"--dataset-dir: {args.dataset_dir!r} does not exist")
+    try:
+        if args.suite is not None:
+            suite_for(args.suite)
+        if args.corruptions is not None:
+            suite_for("generic", args.corruptions)
+    except PresetError as err:
+        raise UsageError(f"--suite: {err}") from err
+    except CorruptionError as err:
+        raise UsageError(f"--corruptions: {err}") from err
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:  # the component's own error, not MONAI's "Failed to instantiate"
+        err = err.__cause__
+    return err
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``medaug evaluate``: MONAI's bundle workflow of configs/train.json + configs/evaluate.json (as
+    ``python -m monai.bundle run`` builds it, in this process, so the outputs' folder can be named at the
+    end) on --checkpoint: the clean test metrics and, as the bundle's evaluate#robustness says or the flags
+    ask, the corruption suite."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import create_workflow
+
+    from medaug.io.model_record import ModelRecordError, find_model_record
+    from medaug.pipelines import predict as P
+    from medaug.pipelines.validate import check_override_keys
+    from medaug.settings import SettingsError
+
+    bundle_arg = args.bundle or os.environ.get(BUNDLE_ENV)
+    if not bundle_arg:
+        raise UsageError(f"--bundle: required (or set {BUNDLE_ENV})")
+    bundle = Path(bundle_arg)
+    config_files = _evaluate_config_files(args, bundle)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else bundle / "models" / "model.pt"
+    if not checkpoint.is_file():
+        raise UsageError(
+            f"--checkpoint: file {str(checkpoint)!r} not found"
+            + ("" if args.checkpoint else " (none given: the bundle's models/model.pt, filled by medaug export)")
+        )
+    if P.is_torchscript(checkpoint):
+        raise UsageError("--checkpoint: a TorchScript export holds no training checkpoint; give the run's model.pt")
+    _check_evaluate_flags(args)
+    config = dict(ConfigParser.load_config_files([str(f) for f in config_files]))
+    given = config_overrides(args.config_overrides, config, EVALUATE_FLAG_KEYS, "configs/train.json")
+    try:
+        record, source = find_model_record(checkpoint)
+    except ModelRecordError as err:
+        raise UsageError(f"--checkpoint: {err}") from err
+    from_record = {k: v for k, v in record_overrides(record, given, source).items() if k in config}
+    overrides = {**from_record, **given, **evaluate_overrides(args, bundle, checkpoint)}
+    try:
+        check_override_keys(given, config)
+    except SettingsError as err:
+        raise UsageError(f"--{err}") from err
+    if from_record:
+        print(f"from the checkpoint's record ({source}): {', '.join(sorted(from_record))}", file=sys.stderr)
+    try:  # what monai.bundle.scripts.run does, keeping the workflow to name its outputs
+        workflow = create_workflow(config_file=[str(f) for f in config_files], **overrides)
+    except Exception as err:
+        root = _root_cause(err)
+        if isinstance(root, (SettingsError, FileNotFoundError)):
+            raise UsageError(str(root)) from err
+        raise
+    try:
+        workflow.run()
+    except RuntimeError as err:  # CheckpointLoader: weights of another network than the bundle builds
+        if "loading state_dict" not in str(_root_cause(err)):
+            raise
+        raise UsageError(
+            f"--checkpoint: does not load into the bundle's network ({str(_root_cause(err)).splitlines()[0]}); "
+            "without a model.json beside it, give the --classifier, --image_size, --channels and --class_names "
+            "it was trained with"
+        ) from err
+    workflow.finalize()
+    evaluation = workflow.parser.get_parsed_content("test#evaluation")
+    out = Path(evaluation.output_dir)
+    print(f"metrics: {out / 'metrics.json'}")
+    if "robustness" in evaluation.results:
+        print(f"robustness: {out / 'robustness.csv'} (curves: {out / 'robustness_curves.png'})")
+    else:
+        print("robustness: not scored (evaluate#robustness#enabled is false; --robustness scores it)")
+    return EXIT_OK
+
+
+def _image_arg(args: argparse.Namespace) -> tuple[str, Path]:
+    """``(datalist reference, file)`` of --image (an .npz archive taken at --split/--index), checked;
+    --out checked too, before anything is read."""
     from medaug.io.npz import parse_npz_ref
-    from medaug.pipelines.train import plot_augmentation_grid
-    from medaug.transforms.presets import AugmentationPlan, PresetError
 
     image = args.image
     if not image:
@@ -441,17 +597,37 @@ def show_augmentations(args: argparse.Namespace) -> int:
         raise UsageError(f"--image: file {args.image!r} not found")
     if not args.out:
         raise UsageError("--out: required (the grid image to write, e.g. grid.png)")
+    return image, Path(path)
+
+
+def _read_image_arg(image: str, args: argparse.Namespace):
+    """--image's pixels as a (C, H, W) tensor in [0, 1] and its reader's meta, resized to --size as a
+    bundle's preprocessing would (area), else as read."""
+    import torch
+    from monai.transforms import Resize
+
+    from medaug.io import read_entry_image
+
     try:
-        overrides = json.loads(args.overrides) if args.overrides else None
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--overrides: not valid JSON ({err})") from err
-    try:
-        pixels, _ = read_entry_image(image, channels=args.channels)
+        pixels, meta = read_entry_image(image, channels=args.channels)
     except Exception as err:
         raise UsageError(f"--image: cannot be read ({type(err).__name__}: {err})") from err
     tensor = torch.from_numpy(pixels)
     if args.size:
         tensor = Resize(spatial_size=args.size, mode="area")(tensor)
+    return tensor, meta
+
+
+def show_augmentations(args: argparse.Namespace) -> int:
+    from medaug.pipelines.train import plot_augmentation_grid
+    from medaug.transforms.presets import AugmentationPlan, PresetError
+
+    image, path = _image_arg(args)
+    try:
+        overrides = json.loads(args.overrides) if args.overrides else None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--overrides: not valid JSON ({err})") from err
+    tensor, _ = _read_image_arg(image, args)
     try:
         plan = AugmentationPlan(
             args.preset,
@@ -463,10 +639,35 @@ def show_augmentations(args: argparse.Namespace) -> int:
         )
     except PresetError as err:
         raise UsageError(str(err) if str(err).startswith("--") else f"--preset: {err}") from err
-    out = plot_augmentation_grid(
-        plan, [tensor], args.out, samples=args.samples, seed=args.seed, titles=[Path(path).name]
-    )
+    out = plot_augmentation_grid(plan, [tensor], args.out, samples=args.samples, seed=args.seed, titles=[path.name])
     print(f"{out}: {len(plan.steps())} transforms of preset {plan.name!r} ({plan.source}), {args.samples} samples each")
+    return EXIT_OK
+
+
+def show_corruptions(args: argparse.Namespace) -> int:
+    """``medaug show-corruptions``: the robustness suite of a preset on one image, one row per corruption,
+    one column per severity (0 = clean), as the evaluation corrupts that image (seeded by its reference)."""
+    from monai.data import MetaTensor
+
+    from medaug.pipelines.train import plot_corruption_grid
+    from medaug.transforms.corruptions import CorruptionError, suite_for
+    from medaug.transforms.presets import PresetError
+
+    image, path = _image_arg(args)
+    try:
+        suite = suite_for(args.preset, args.corruptions)
+    except PresetError as err:
+        raise UsageError(f"--preset: {err}") from err
+    except CorruptionError as err:
+        raise UsageError(f"--corruptions: {err}") from err
+    tensor, meta = _read_image_arg(image, args)
+    frame = {"frame": meta["frame"]} if isinstance(meta.get("frame"), int) else {}
+    tensor = MetaTensor(tensor, meta={"filename_or_obj": image, **frame})  # what seeds a test image's corruption
+    out = plot_corruption_grid(suite, tensor, args.out, seed=args.seed, title=f"preset {args.preset!r}")
+    print(
+        f"{out}: {len(suite)} corruptions of preset {args.preset!r} x severities 0 (clean) to 5 "
+        f"({', '.join(c.name for c in suite)})"
+    )
     return EXIT_OK
 
 
@@ -896,6 +1097,63 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--force", action="store_true", help="replace a different model in <bundle>/models/")
     exp.set_defaults(handler=export)
 
+    ev = commands.add_parser(
+        "evaluate",
+        help="score a saved checkpoint on a dataset's test split, clean and under the corruption suite",
+        description="Run the bundle's configs/train.json + configs/evaluate.json through MONAI's bundle workflow "
+        "(as 'python -m monai.bundle run --config_file \"[train.json, evaluate.json]\" --ckpt_path C' does; "
+        "nothing is trained): the test split of the dataset scored by the checkpoint with bootstrap CIs and, "
+        "as the bundle's evaluate#robustness says (on in every bundle, off in smoke overlays) or --robustness "
+        "asks, under each corruption x severity of the suite. Writes metrics.json (with a 'robustness' "
+        "section), predictions.csv, robustness.csv, robustness_curves.png and the plots to "
+        "<output-dir>/evaluate-<classifier>-seed<seed>-<time>/ and logs them to an MLflow run (tag stage: "
+        "evaluate; $MLFLOW_TRACKING_URI, else the store under --output-dir).",
+        epilog="The checkpoint's record (model.json beside it, written by training and by medaug export) sets "
+        "classifier, image_size, channels, class_names, positive_class and frames, so they need not be repeated; "
+        "a classifier, size, channel count or class list given that contradicts it is a usage error. Any other "
+        "'--key value' overrides that key of the bundle, as with monai.bundle run (e.g. --max_images_per_split 50, "
+        "--tta flip, --evaluate#robustness#seed 1, --data_format folder). The dataset is split as the bundle "
+        "splits it (its seed, split_fractions, or the dataset's own splits); only its test split is scored, and "
+        "corrupted in memory only. Exit 2 on a missing bundle or checkpoint, a bad flag or setting.",
+    )
+    ev.add_argument("--bundle", help=f"bundle folder, e.g. bundles/imbalance_baselines (default: ${BUNDLE_ENV})")
+    ev.add_argument(
+        "--checkpoint",
+        help="training checkpoint, e.g. <bundle>/runs/<run>/model.pt (default: <bundle>/models/model.pt)",
+    )
+    ev.add_argument("--dataset-dir", help="dataset to score (default: the bundle's dataset_dir)")
+    ev.add_argument(
+        "--output-dir", help="where the evaluation run's folder goes (default: the bundle's, <bundle>/runs)"
+    )
+    ev.add_argument(
+        "--robustness",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score the corruption suite too, or not (default: the bundle's evaluate#robustness#enabled)",
+    )
+    ev.add_argument(
+        "--suite", help="preset whose corruption suite is scored (default: the bundle's evaluate#robustness#suite)"
+    )
+    ev.add_argument(
+        "--corruptions", nargs="+", metavar="NAME", help="score only these corruptions (default: the whole suite)"
+    )
+    ev.add_argument(
+        "--severities",
+        nargs="+",
+        type=int,
+        choices=range(1, 6),
+        metavar="K",
+        help="severities 1..5 to score (default: the bundle's, all five)",
+    )
+    ev.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="config overlay merged after configs/train.json, e.g. smoke.json (repeatable)",
+    )
+    ev.set_defaults(handler=evaluate, config_overrides=[])
+
     show = commands.add_parser(
         "show-augmentations",
         help="draw a grid of an image augmented by each transform of a preset",
@@ -923,6 +1181,37 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--overrides", help='JSON, as augment#overrides: {"affine": {"prob": 1.0}}')
     show.add_argument("--allow", nargs="*", default=[], metavar="RULE", help="'if_allowed' anatomy rules to lift")
     show.set_defaults(handler=show_augmentations)
+
+    corr = commands.add_parser(
+        "show-corruptions",
+        help="draw the test-time corruption suite of a preset on an image (rows corruption, columns severity)",
+        description="Read one image (DICOM, PNG/JPEG, NIfTI, or an .npz archive with --index) and draw the "
+        "robustness suite of the preset (its YAML's corruptions list; generic and none: the acquisition-pipeline "
+        "corruptions) to --out: one row per corruption, one column per severity, 0 (clean) to 5, each cell "
+        "labelled with its physical parameter (dose fraction, JPEG quality, blur width, ...). The image is "
+        "corrupted as evaluate#robustness corrupts a test image: seeded by its reference and --seed (the "
+        "bundle's evaluate#robustness#seed), so the same image looks the same in every run.",
+    )
+    corr.add_argument("--preset", default="generic", help="preset name or YAML file (default: generic)")
+    corr.add_argument(
+        "--image", help="image file: DICOM, PNG/JPEG, NIfTI, .npz (with --index), or 'archive.npz#split/index'"
+    )
+    corr.add_argument("--out", help="grid image to write (PNG; written atomically)")
+    corr.add_argument(
+        "--corruptions", nargs="+", metavar="NAME", help="draw only these corruptions (default: the preset's suite)"
+    )
+    corr.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0, as the bundles')")
+    corr.add_argument(
+        "--size",
+        type=_positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize the image first, as a bundle's preprocessing would (default: as read)",
+    )
+    corr.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 grayscale, 3 RGB")
+    corr.add_argument("--index", type=int, default=0, help="image index in an .npz archive")
+    corr.add_argument("--split", default="test", help="split of an .npz archive (default test)")
+    corr.set_defaults(handler=show_corruptions)
     pre = commands.add_parser(
         "pretrain",
         help="pretrain a zoo classifier without labels (SimCLR) on folders of images, for pretrained_path",
@@ -1046,7 +1335,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "handler", None) is not predict:  # only predict takes config overrides
+    if extra and getattr(args, "handler", None) not in (predict, evaluate):  # they take config overrides
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.config_overrides = extra

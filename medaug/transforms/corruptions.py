@@ -372,7 +372,7 @@ def _unknown(name, known: Sequence[str]) -> CorruptionError:
     from medaug.settings import did_you_mean
 
     guess = did_you_mean(name, list(known))
-    hint = f"; did you mean {guess!r}?" if guess else ""
+    hint = f"; did you mean {guess!r}?" if guess else "."
     return CorruptionError(f"unknown corruption {name!r}{hint} Known: {', '.join(known)}")
 
 

@@ -1,10 +1,16 @@
 """Training helpers for MONAI's ``SupervisedTrainer``: take the (oversampled) train datalist, give
 the loss and sampler of the rebalancing baseline, the mixing batch preparation, the epoch metrics and
 model selection criterion, the optimizer's parameter groups and warm-up schedule, the weights' moving
-average and the augmentation grid the bundle's ``train`` section wires in.
+average and the augmentation grid the bundle's ``train`` section wires in (and the test-time corruption
+grid of ``medaug show-corruptions``).
 """
 
-from medaug.pipelines.train.augmentation_grid import AugmentationGridHandler, plot_augmentation_grid
+from medaug.pipelines.train.augmentation_grid import (
+    AugmentationGridHandler,
+    corruption_rows,
+    plot_augmentation_grid,
+    plot_corruption_grid,
+)
 from medaug.pipelines.train.ema import EMAHandler
 from medaug.pipelines.train.engine_metrics import (
     SELECTION_CRITERIA,
@@ -23,6 +29,7 @@ __all__ = [
     "AugmentationGridHandler",
     "EMAHandler",
     "classification_head",
+    "corruption_rows",
     "epoch_metric",
     "lower_is_better",
     "make_distributed_sampler",
@@ -33,6 +40,7 @@ __all__ = [
     "metric_cmp_fn",
     "param_groups",
     "plot_augmentation_grid",
+    "plot_corruption_grid",
     "selection_score",
     "validation_metrics",
 ]

@@ -5,12 +5,17 @@ shows its effect; members of a ``OneOf`` get a row each), and the whole chain as
 (with its real probabilities). Columns: ``samples`` random draws for each image. Every cell uses
 the original image's grey-level range, so brightness and contrast changes stay visible. Figures are
 drawn headless and written atomically (see :mod:`medaug.pipelines.evaluate.plots`).
+
+Its test-time sibling, :func:`plot_corruption_grid`, shows a robustness suite the same way: one row
+per corruption, one column per severity (0 = clean), each cell the image as the evaluation would
+score it (:class:`~medaug.transforms.corruptions.Corruptd`, seeded by the image's reference).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -21,10 +26,17 @@ from monai.transforms import Compose
 
 from medaug.io.atomic import atomic_path
 from medaug.pipelines.evaluate.plots import new_figure, save_figure
+from medaug.transforms.corruptions import SEVERITIES, Corruptd, Corruption
 from medaug.transforms.presets import AugmentationPlan
 
 logger = logging.getLogger("medaug.augmentation")
-__all__ = ["AugmentationGridHandler", "augmentation_rows", "plot_augmentation_grid"]
+__all__ = [
+    "AugmentationGridHandler",
+    "augmentation_rows",
+    "corruption_rows",
+    "plot_augmentation_grid",
+    "plot_corruption_grid",
+]
 
 
 def _display(image: torch.Tensor) -> np.ndarray:
@@ -86,6 +98,50 @@ def plot_augmentation_grid(
     fig.suptitle(
         f"augmentation preset {plan.name!r}: each transform alone (prob 1), then the chain as trained", fontsize=9
     )
+    return save_figure(fig, path)
+
+
+def corruption_rows(
+    suite: Sequence[Corruption], image: torch.Tensor, severities: Sequence[int] = (0, *SEVERITIES), seed: int = 0
+) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """``[(corruption, [(cell label, pixels) per severity])]``: ``image`` (C, H, W in [0, 1], a MetaTensor
+    whose ``filename_or_obj`` names it, as a test image's does) through each corruption at each severity,
+    labelled with the physical parameter (``Corruption.describe``)."""
+    rows = []
+    for corruption in suite:
+        cells = []
+        for severity in severities:
+            corrupted = Corruptd("image", corruption.name, severity, seed=seed)({"image": image.clone()})["image"]
+            cells.append((f"s{severity}: {corruption.describe(severity)}", _display(corrupted)))
+        rows.append((corruption.name, cells))
+    return rows
+
+
+def plot_corruption_grid(
+    suite: Sequence[Corruption],
+    image: torch.Tensor,
+    path: str | os.PathLike,
+    severities: Sequence[int] = (0, *SEVERITIES),
+    seed: int = 0,
+    title: str = "",
+) -> Path:
+    """Draw :func:`corruption_rows` (rows: corruption, columns: severity) to ``path``; every cell on the
+    display range [0, 1], so brightness, contrast and gamma shifts stay visible."""
+    if not suite:
+        raise ValueError("plot_corruption_grid: no corruptions to show")
+    rows = corruption_rows(suite, image, severities, seed)
+    cell = 1.5
+    fig = new_figure(1.6 + cell * len(severities), 0.6 + (cell + 0.45) * len(rows))
+    axes = fig.subplots(len(rows), len(severities), squeeze=False)
+    for r, (name, cells) in enumerate(rows):
+        for c, (label, pixels) in enumerate(cells):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(pixels, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(textwrap.fill(label, 26), fontsize=6)
+        axes[r][0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"corruption suite{' of ' + title if title else ''}: rows corruption, columns severity", fontsize=9)
     return save_figure(fig, path)
 
 
