@@ -948,6 +948,25 @@ exit codes:
 """
 
 
+def _add_grid_image_arguments(parser: argparse.ArgumentParser, split: str) -> None:
+    """The preset, image and output options show-augmentations and show-corruptions share."""
+    parser.add_argument("--preset", default="generic", help="preset name or YAML file (default: generic)")
+    parser.add_argument(
+        "--image", help="image file: DICOM, PNG/JPEG, NIfTI, .npz (with --index), or 'archive.npz#split/index'"
+    )
+    parser.add_argument("--out", help="grid image to write (PNG; written atomically)")
+    parser.add_argument(
+        "--size",
+        type=_positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize the image first, as a bundle's preprocessing would (default: as read)",
+    )
+    parser.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 grayscale, 3 RGB")
+    parser.add_argument("--index", type=int, default=0, help="image index in an .npz archive")
+    parser.add_argument("--split", default=split, help=f"split of an .npz archive (default {split})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medaug",
@@ -1161,23 +1180,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the preset on its own (probability forced to 1) and then the whole chain, several random draws each, and "
         "draw the grid to --out. Presets: chest_xray, ct, mri, ultrasound, generic, or a YAML file of your own.",
     )
-    show.add_argument("--preset", default="generic", help="preset name or YAML file (default: generic)")
-    show.add_argument(
-        "--image", help="image file: DICOM, PNG/JPEG, NIfTI, .npz (with --index), or 'archive.npz#split/index'"
-    )
-    show.add_argument("--out", help="grid image to write (PNG; written atomically)")
+    _add_grid_image_arguments(show, split="train")
     show.add_argument("--samples", type=_positive_int, default=4, help="random draws per transform (default 4)")
     show.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    show.add_argument(
-        "--size",
-        type=_positive_int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="resize the image first, as a bundle's preprocessing would (default: as read)",
-    )
-    show.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 grayscale, 3 RGB")
-    show.add_argument("--index", type=int, default=0, help="image index in an .npz archive")
-    show.add_argument("--split", default="train", help="split of an .npz archive (default train)")
     show.add_argument("--overrides", help='JSON, as augment#overrides: {"affine": {"prob": 1.0}}')
     show.add_argument("--allow", nargs="*", default=[], metavar="RULE", help="'if_allowed' anatomy rules to lift")
     show.set_defaults(handler=show_augmentations)
@@ -1192,25 +1197,11 @@ def build_parser() -> argparse.ArgumentParser:
         "corrupted as evaluate#robustness corrupts a test image: seeded by its reference and --seed (the "
         "bundle's evaluate#robustness#seed), so the same image looks the same in every run.",
     )
-    corr.add_argument("--preset", default="generic", help="preset name or YAML file (default: generic)")
-    corr.add_argument(
-        "--image", help="image file: DICOM, PNG/JPEG, NIfTI, .npz (with --index), or 'archive.npz#split/index'"
-    )
-    corr.add_argument("--out", help="grid image to write (PNG; written atomically)")
+    _add_grid_image_arguments(corr, split="test")
     corr.add_argument(
         "--corruptions", nargs="+", metavar="NAME", help="draw only these corruptions (default: the preset's suite)"
     )
     corr.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0, as the bundles')")
-    corr.add_argument(
-        "--size",
-        type=_positive_int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="resize the image first, as a bundle's preprocessing would (default: as read)",
-    )
-    corr.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 grayscale, 3 RGB")
-    corr.add_argument("--index", type=int, default=0, help="image index in an .npz archive")
-    corr.add_argument("--split", default="test", help="split of an .npz archive (default test)")
     corr.set_defaults(handler=show_corruptions)
     pre = commands.add_parser(
         "pretrain",
