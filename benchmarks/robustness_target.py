@@ -140,7 +140,11 @@ def main() -> int:
     args = parser.parse_args()
     uri = args.tracking_uri or f"sqlite:///{args.runs_dir / 'mlflow.db'}"
     rows = compare(load_runs(uri, args.experiment))
-    meta = {"source": f"MLflow experiment {args.experiment} ({uri})", "date": time.strftime("%Y-%m-%d")}
+    # the study's run folder is machine-local: the results name the experiment and study, not the path
+    meta = {
+        "source": f"MLflow experiment {args.experiment} (`medaug study run bundles/{args.experiment} --seeds 5`)",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = markdown(rows, meta)

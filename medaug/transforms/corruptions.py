@@ -100,7 +100,9 @@ def _physics(transform) -> Apply:
     built: dict[float, Randomizable] = {}
 
     def apply(img, level, rng):
-        t = built.setdefault(level, transform(level))
+        if level not in built:  # setdefault would build a new transform on every call
+            built[level] = transform(level)
+        t = built[level]
         t.set_random_state(state=rng)
         return plain(convert_to_tensor(t(img)))
 
