@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Configuration D of Simonyan & Zisserman: output channels of each 3x3 convolution, "M" = 2x2 max-pool.
@@ -41,6 +42,37 @@ VGG16_LAYERS: tuple[int | str, ...] = (
 
 # Five 2x2 max-pools: a 32 px image leaves a 1 px map, anything smaller leaves none.
 VGG_MIN_INPUT_SIZE = 32
+# torchvision's adaptive pool output: a 224 px image's 7 x 7 map.
+TORCHVISION_POOLED_SIZE = 7
+
+
+def pooled_size_for(spatial_size: Sequence[int] | None) -> int:
+    """The last feature map's side (input side // 32), capped at torchvision's 7.
+
+    torchvision pools every map to 7 x 7; below 224 px that upsamples it, so at 32 px the head's first
+    layer reads 49 copies of each of 512 values (a 25,088-wide input, 103 M weights) and at 64 px
+    the 2 x 2 map 12 times over. Pooling to the map's own size is the same network with a 1/49
+    (32 px) or 1/12 (64 px) first head layer: on a CPU the epoch takes half the time, and the
+    103 M-weight layer no longer dominates AdamW's updates. ImageNet heads still load, folded by
+    :func:`fold_head_weight`.
+    """
+    if not spatial_size:
+        return TORCHVISION_POOLED_SIZE
+    return max(1, min(TORCHVISION_POOLED_SIZE, min(int(s) for s in spatial_size) // 32))
+
+
+def fold_head_weight(weight: torch.Tensor, channels: int, from_size: int, to_size: int) -> torch.Tensor:
+    r"""The first head layer of a network pooled to ``from_size`` re-expressed for ``to_size``.
+
+    Adaptive average pooling is linear: the ``from_size``\ :sup:`2` cells are averages ``A x`` of the
+    ``to_size``\ :sup:`2` cells of the feature map. When ``to_size`` is the map's own size (no pooling),
+    ``W A`` on the map is exactly the layer ``W`` on the pooled map, so the folded weight computes the
+    same logits as the original network at that input size. ``weight``: (out, channels * from_size**2).
+    """
+    basis = torch.eye(to_size * to_size, dtype=weight.dtype).reshape(-1, 1, to_size, to_size)
+    pool = F.adaptive_avg_pool2d(basis, from_size).reshape(to_size * to_size, from_size * from_size).T
+    per_channel = weight.reshape(weight.shape[0], channels, from_size * from_size)
+    return (per_channel @ pool).reshape(weight.shape[0], channels * to_size * to_size)
 
 
 class VGG(nn.Module):
@@ -56,7 +88,8 @@ class VGG(nn.Module):
             must stay 4096 for ImageNet weights to load into them).
         dropout: dropout before each hidden fully connected layer's successor, as in the paper.
         pooled_size: the adaptive average pool's output side (7 in torchvision: a 224 px image gives a
-            7 x 7 map; smaller images are upsampled by the pool, which keeps the head's shape fixed).
+            7 x 7 map; smaller images are upsampled by the pool, which keeps the head's shape fixed;
+            :func:`medaug.models.build_classifier` uses the map's own side, :func:`pooled_size_for`).
     """
 
     def __init__(
@@ -82,6 +115,8 @@ class VGG(nn.Module):
             modules.append(nn.ReLU(inplace=True))
             channels = int(layer)
         self.features = nn.Sequential(*modules)
+        self.feature_channels = channels
+        self.pooled_size = pooled_size
         self.avgpool = nn.AdaptiveAvgPool2d((pooled_size, pooled_size))
         self.classifier = nn.Sequential(
             nn.Linear(channels * pooled_size * pooled_size, hidden_features),
@@ -107,6 +142,19 @@ class VGG(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0, 0.01)
                 nn.init.zeros_(module.bias)
+
+    def adapt_state_dict(self, source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint pooled to another size (torchvision's 7) with its first head layer folded to this
+        network's pooled size (:func:`fold_head_weight`); everything else unchanged."""
+        key = "classifier.0.weight"
+        weight = source.get(key)
+        if weight is None or weight.ndim != 2 or weight.shape[1] % self.feature_channels:
+            return source
+        cells = weight.shape[1] // self.feature_channels
+        from_size = round(cells**0.5)
+        if from_size * from_size != cells or from_size == self.pooled_size:
+            return source
+        return {**source, key: fold_head_weight(weight, self.feature_channels, from_size, self.pooled_size)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))

@@ -134,3 +134,20 @@ def test_batch_norm_statistics_settle_within_a_small_datasets_iterations(name):
     model = build_classifier(name, 1, 2, spatial_size=(size, size))
     momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
     assert all(m is None or m >= 0.1 for m in momenta), momenta
+
+
+@pytest.mark.parametrize("side,pooled", [(32, 1), (64, 2), (96, 3)])
+def test_vgg_pools_to_its_feature_maps_own_size_and_folds_torchvision_heads_exactly(tmp_path, side, pooled):
+    # torchvision pools to 7 x 7 (upsampling small maps); medaug pools to the map's own side, and a
+    # checkpoint in torchvision's 7 x 7 layout loads folded, computing the same logits at that size.
+    torch.manual_seed(0)
+    small_head = {"in_channels": 1, "num_classes": 2, "hidden_features": 16}  # the fold does not depend on it
+    torchvision_like = build_classifier("vgg16_bn", pooled_size=7, **small_head).eval()
+    torch.save(torchvision_like.state_dict(), tmp_path / "vgg16_bn.pth")
+    net = build_classifier("vgg16_bn", spatial_size=(side, side), **small_head)
+    assert net.classifier[0].in_features == 512 * pooled * pooled
+    report = load_pretrained(net, tmp_path / "vgg16_bn.pth")
+    assert report == {"missing": [], "unexpected": [], "mismatched": []}
+    images = torch.rand(3, 1, side, side)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(images), torchvision_like(images), rtol=1e-4, atol=1e-5)
