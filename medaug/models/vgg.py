@@ -47,7 +47,8 @@ TORCHVISION_POOLED_SIZE = 7
 
 
 def pooled_size_for(spatial_size: Sequence[int] | None) -> int:
-    """The last feature map's side (input side // 32), capped at torchvision's 7.
+    """The last feature map's side (input side // 32; the shorter side of a non-square input, whose
+    map the pool then still averages along the longer side), capped at torchvision's 7.
 
     torchvision pools every map to 7 x 7; below 224 px that upsamples it, so at 32 px the head's first
     layer reads 49 copies of each of 512 values (a 25,088-wide input, 103 M weights) and at 64 px
@@ -67,7 +68,8 @@ def fold_head_weight(weight: torch.Tensor, channels: int, from_size: int, to_siz
     Adaptive average pooling is linear: the ``from_size``\ :sup:`2` cells are averages ``A x`` of the
     ``to_size``\ :sup:`2` cells of the feature map. When ``to_size`` is the map's own size (no pooling),
     ``W A`` on the map is exactly the layer ``W`` on the pooled map, so the folded weight computes the
-    same logits as the original network at that input size. ``weight``: (out, channels * from_size**2).
+    same logits as the original network at that input size (square inputs; for a non-square one the
+    fold is the nearest square equivalent). ``weight``: (out, channels * from_size**2).
     """
     basis = torch.eye(to_size * to_size, dtype=weight.dtype).reshape(-1, 1, to_size, to_size)
     pool = F.adaptive_avg_pool2d(basis, from_size).reshape(to_size * to_size, from_size * from_size).T
