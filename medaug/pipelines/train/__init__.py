@@ -1,7 +1,7 @@
 """Training helpers for MONAI's ``SupervisedTrainer``: take the (oversampled) train datalist, give
 the loss and sampler of the rebalancing baseline, the mixing batch preparation, the epoch metrics and
 model selection criterion, the optimizer's parameter groups and warm-up schedule, the weights' moving
-average and the augmentation grid the bundle's ``train`` section wires in (and the test-time corruption
+average, the precise batch-norm statistics before validation and the augmentation grid the bundle's ``train`` section wires in (and the test-time corruption
 grid of ``medaug show-corruptions``).
 """
 
@@ -22,12 +22,14 @@ from medaug.pipelines.train.engine_metrics import (
 )
 from medaug.pipelines.train.mixing import make_prepare_batch
 from medaug.pipelines.train.optim import classification_head, make_lr_scheduler, param_groups
+from medaug.pipelines.train.precise_bn import PreciseBatchNormHandler, recompute_batchnorm_statistics
 from medaug.pipelines.train.rebalance import make_distributed_sampler, make_loss, make_sampler
 
 __all__ = [
     "SELECTION_CRITERIA",
     "AugmentationGridHandler",
     "EMAHandler",
+    "PreciseBatchNormHandler",
     "classification_head",
     "corruption_rows",
     "epoch_metric",
@@ -41,6 +43,7 @@ __all__ = [
     "param_groups",
     "plot_augmentation_grid",
     "plot_corruption_grid",
+    "recompute_batchnorm_statistics",
     "selection_score",
     "validation_metrics",
 ]
