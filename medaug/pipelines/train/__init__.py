@@ -1,8 +1,8 @@
 """Training helpers for MONAI's ``SupervisedTrainer``: take the (oversampled) train datalist, give
 the loss and sampler of the rebalancing baseline, the mixing batch preparation, the epoch metrics and
 model selection criterion, the optimizer's parameter groups and warm-up schedule, the weights' moving
-average, the precise batch-norm statistics before validation and the augmentation grid the bundle's ``train`` section wires in (and the test-time corruption
-grid of ``medaug show-corruptions``).
+average, the batch-norm statistics re-estimated before validation and the augmentation grid the
+bundle's ``train`` section wires in (and the test-time corruption grid of ``medaug show-corruptions``).
 """
 
 from medaug.pipelines.train.augmentation_grid import (
