@@ -31,11 +31,9 @@ class EMAHandler:
     """
 
     def __init__(self, network: torch.nn.Module, decay: float = 0.99, enabled: bool = False) -> None:
-        if not isinstance(enabled, bool):  # a CLI "false" is a non-empty string, i.e. true
-            raise TypeError(f"ema#enabled must be true or false, got {enabled!r}")
         if not 0.0 < float(decay) < 1.0:
             raise ValueError(f"ema#decay must be in (0, 1), got {decay}")
-        self.network, self.decay, self.enabled = network, float(decay), enabled
+        self.network, self.decay, self.enabled = network, float(decay), bool(enabled)
         self.averaged = (
             AveragedModel(unwrap(network), multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
             if self.enabled

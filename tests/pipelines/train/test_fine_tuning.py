@@ -114,10 +114,3 @@ def test_disabled_ema_changes_nothing():
     trainer = Engine(lambda engine, batch: None)
     ema.attach(trainer)
     assert ema.eval_network is network and not trainer.has_event_handler(ema.update)
-
-
-@pytest.mark.parametrize("enabled", ["false", "False", 0, None])
-def test_ema_refuses_a_switch_that_is_not_a_boolean(enabled):
-    # `--ema#enabled false` on the monai.bundle CLI arrives as the string "false", which is truthy
-    with pytest.raises(TypeError, match="true or false"):
-        EMAHandler(_net(), enabled=enabled)
