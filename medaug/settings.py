@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 
-__all__ = ["SettingsError", "check_choice", "did_you_mean", "unknown_keys"]
+__all__ = ["SettingsError", "check_choice", "config_flag", "did_you_mean", "unknown_keys"]
 
 _UNSET = object()
 
@@ -56,6 +56,23 @@ def check_choice(key: str, value, choices: Iterable, what: str = "one of", norma
     guess = did_you_mean(value, choices, **({"normalize": normalize} if normalize else {}))
     fix = f"did you mean {guess!r}?" if guess else f"set {key} to one of them"
     raise SettingsError(key, f"not {what} {', '.join(choices)}", fix, value=value)
+
+
+_FLAG_WORDS = {"true": True, "false": False}
+
+
+def config_flag(key: str, value) -> bool:
+    """``value`` as a boolean: a bool, or the words ``true`` / ``false`` in any case.
+
+    Python Fire, behind ``monai.bundle run``, passes ``--ema#enabled false`` as the string
+    ``"false"``, which ``bool()`` reads as true; the words are converted here and anything else
+    (another string, a number, None) is a :class:`SettingsError` rather than a silent guess.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _FLAG_WORDS:
+        return _FLAG_WORDS[value.strip().lower()]
+    raise SettingsError(key, "must be true or false", "write true or false", value=value)
 
 
 def _children(node) -> list[str]:

@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medaug.pipelines.distributed import unwrap
+from medaug.settings import config_flag
 
 
 class EMAHandler:
@@ -24,7 +25,8 @@ class EMAHandler:
             without communicating, and validates with it on its shard of the validation set).
         decay: weight of the running average per update (``ema = decay * ema + (1 - decay) * weights``);
             0.99 averages over roughly the last 100 iterations.
-        enabled: False makes the handler a no-op whose :attr:`eval_network` is ``network``.
+        enabled: False makes the handler a no-op whose :attr:`eval_network` is ``network``; the
+            strings ``"true"`` / ``"false"`` (as the CLI passes them) are read as the booleans.
 
     The averaged copy (:attr:`eval_network`) has the network's own parameter layout, so the checkpoint
     saved from it loads strictly into the bundle's network (test, ``evaluate.json``, ``inference.json``).
@@ -33,7 +35,8 @@ class EMAHandler:
     def __init__(self, network: torch.nn.Module, decay: float = 0.99, enabled: bool = False) -> None:
         if not 0.0 < float(decay) < 1.0:
             raise ValueError(f"ema#decay must be in (0, 1), got {decay}")
-        self.network, self.decay, self.enabled = network, float(decay), bool(enabled)
+        self.network, self.decay = network, float(decay)
+        self.enabled = config_flag("ema#enabled", enabled)
         self.averaged = (
             AveragedModel(unwrap(network), multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
             if self.enabled

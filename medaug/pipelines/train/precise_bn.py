@@ -23,6 +23,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from medaug.pipelines.distributed import unwrap
+from medaug.settings import config_flag
 
 
 def batchnorm_layers(network: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -73,7 +74,8 @@ class PreciseBatchNormHandler:
     Args:
         network: the module validated, checkpointed and tested (the bundle's ``eval_network``: the
             EMA copy when ``ema#enabled``, the trained network otherwise).
-        enabled: False makes the handler a no-op.
+        enabled: False makes the handler a no-op; the strings ``"true"`` / ``"false"`` are read as
+            the booleans, anything else is a settings error.
         max_batches: training batches to average over (None: the whole train loader, one forward
             pass without gradients, about a third of a training epoch's compute).
         interval: every how many epochs; the bundle passes ``val_interval`` so it runs right before
@@ -88,13 +90,11 @@ class PreciseBatchNormHandler:
     def __init__(
         self, network: torch.nn.Module, enabled: bool = False, max_batches: int | None = None, interval: int = 1
     ) -> None:
-        if not isinstance(enabled, bool):  # a CLI "false" is a non-empty string, i.e. true
-            raise TypeError(f"precise_bn#enabled must be true or false, got {enabled!r}")
         if max_batches is not None and int(max_batches) < 1:
             raise ValueError(f"precise_bn#max_batches must be a positive number or null, got {max_batches}")
         if int(interval) < 1:
             raise ValueError(f"precise_bn interval must be at least 1, got {interval}")
-        self.network, self.enabled = network, bool(enabled)
+        self.network, self.enabled = network, config_flag("precise_bn#enabled", enabled)
         self.max_batches = None if max_batches is None else int(max_batches)
         self.interval = int(interval)
 

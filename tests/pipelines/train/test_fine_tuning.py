@@ -9,6 +9,7 @@ from torch import nn
 from medaug.models import CLASSIFIERS, build_classifier
 from medaug.models.classifiers import MIN_INPUT_SIZE
 from medaug.pipelines.train import EMAHandler, classification_head, make_lr_scheduler, param_groups
+from medaug.settings import SettingsError
 
 # the classification head of each zoo network, by parameter name
 HEADS = {
@@ -114,3 +115,11 @@ def test_disabled_ema_changes_nothing():
     trainer = Engine(lambda engine, batch: None)
     ema.attach(trainer)
     assert ema.eval_network is network and not trainer.has_event_handler(ema.update)
+
+
+def test_ema_reads_the_cli_words_and_refuses_anything_else():
+    # `--ema#enabled false` reaches the handler as the string "false"; bool("false") would switch EMA on
+    assert EMAHandler(_net(), enabled="false").averaged is None
+    assert EMAHandler(_net(), enabled="true").averaged is not None
+    with pytest.raises(SettingsError, match="ema#enabled"):
+        EMAHandler(_net(), enabled="no")

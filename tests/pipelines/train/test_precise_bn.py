@@ -6,6 +6,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from medaug.pipelines.train import PreciseBatchNormHandler, recompute_batchnorm_statistics
+from medaug.settings import SettingsError
 
 
 def _net():
@@ -74,6 +75,10 @@ def test_a_disabled_handler_leaves_the_statistics_alone():
     assert net[1].running_mean.abs().max().item() == 0.0
 
 
-def test_enabled_must_be_a_boolean_not_the_string_false():
-    with pytest.raises(TypeError, match="true or false"):
-        PreciseBatchNormHandler(_net(), enabled="false")
+def test_the_cli_words_true_and_false_are_read_as_booleans_and_other_values_refused():
+    # monai.bundle run passes `--precise_bn#enabled false` as the string "false", which bool() calls true
+    assert PreciseBatchNormHandler(_net(), enabled="false").enabled is False
+    assert PreciseBatchNormHandler(_net(), enabled="True").enabled is True
+    for bad in ("off", 0, None):
+        with pytest.raises(SettingsError, match="true or false"):
+            PreciseBatchNormHandler(_net(), enabled=bad)
