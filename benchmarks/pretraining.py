@@ -188,7 +188,27 @@ def summarise(records: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["dataset"], order.get(r["network"], 99), init_order.get(r["init"], 9)))
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
+def paired_against_peer(records: list[dict]) -> list[dict]:
+    """Each medaug ResNet-18 cell minus the plain MONAI peer on the same dataset and seeds: mean
+    difference, its t-interval over seeds and the paired t-test p, for AUC and balanced accuracy."""
+    peer = {(r["dataset"], r["seed"]): r for r in records if r["init"] == "monai_peer"}
+    cells: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["init"] != "monai_peer" and r["network"] == "resnet18" and (r["dataset"], r["seed"]) in peer:
+            cells.setdefault((r["dataset"], r["init"]), []).append(r)
+    out = []
+    for (dataset, init), group in sorted(cells.items()):
+        row = {"dataset": dataset, "init": init, "seeds": sorted(r["seed"] for r in group)}
+        for name in ("auc", "balanced_accuracy"):
+            diff = np.array([r["metrics"][name] - peer[(dataset, r["seed"])]["metrics"][name] for r in group])
+            row[name] = mean_ci(diff)
+            row[name]["p"] = round(float(stats.ttest_1samp(diff, 0.0).pvalue), 4) if len(diff) > 1 else None
+            row[name]["better_seeds"] = int((diff > 0).sum())
+        out.append(row)
+    return out
+
+
+def markdown(rows: list[dict], meta: dict, paired: list[dict] = ()) -> str:
     fmt = lambda m: f"{m['mean']:.3f} ± {m['sd']:.3f}"  # noqa: E731
     ci = lambda m: f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"  # noqa: E731
     lines = [
@@ -210,6 +230,23 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {ci(row['balanced_accuracy'])} | {fmt(row['accuracy'])} | {row['seconds_per_model']:.0f} "
             f"| {row['pretrain_seconds'] if row['pretrain_seconds'] is not None else ''} |"
         )
+    if paired:
+        delta = lambda m: f"{m['mean']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]"  # noqa: E731
+        p = lambda m: "" if m["p"] is None else f"{m['p']:.3f}"  # noqa: E731
+        lines += [
+            "",
+            "Paired over seeds against the peer (medaug ResNet-18 minus `monai_peer`, same dataset and seed): "
+            "mean difference [95% t-interval], paired t-test p, seeds on which medaug is higher.",
+            "",
+            "| dataset | init | seeds | Δ test AUC | p | higher | Δ balanced ACC | p | higher |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in paired:
+            a, b, n = row["auc"], row["balanced_accuracy"], len(row["seeds"])
+            lines.append(
+                f"| {row['dataset']} | {row['init']} | {n} | {delta(a)} | {p(a)} | {a['better_seeds']}/{n} "
+                f"| {delta(b)} | {p(b)} | {b['better_seeds']}/{n} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -279,10 +316,10 @@ def main() -> int:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%d"),
     }
-    rows = summarise(chosen)
-    payload = {"meta": meta, "summary": rows, "runs": chosen}
+    rows, paired = summarise(chosen), paired_against_peer(chosen)
+    payload = {"meta": meta, "summary": rows, "paired_against_peer": paired, "runs": chosen}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2))
-    table = markdown(rows, meta)
+    table = markdown(rows, meta, paired)
     (RESULTS / f"{args.name}.md").write_text(table)
     print("\n" + table)
     return 0
