@@ -10,6 +10,9 @@ MLflow into a temporary store, checkpoints into a temporary folder) is split wit
   ``GET_BATCH_COMPLETED``: the ``DataLoader`` running the augmentation on cached images);
 * **validation**: the validation evaluator's iterations (fetching a batch to the end of its
   ``ITERATION_COMPLETED`` handlers: forward, softmax, metric updates);
+* **precise BN**: the batch-norm statistics recomputed before each validation (``precise_bn``: a
+  forward pass over the training loader, its augmentation included);
+* **EMA**: folding the weights into their moving average after each iteration (``ema``);
 * **bookkeeping**: everything else in the epoch (handlers: validation metrics computed at the epoch's
   end, checkpoint, early stopping, learning-rate schedule, MLflow, console, progress bar).
 
@@ -24,6 +27,7 @@ gives per network. overhead = (epoch - forward/backward) / epoch.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -89,6 +93,29 @@ def overrides(case: Case, out: Path, epochs: int, transform_threads="default") -
     }
 
 
+_COLLECTING: list = []  # the EpochTimer that the wrapped recipe steps report to
+
+
+def _time_into(owner, name: str, part: str) -> None:
+    """Wrap ``owner.name`` (once) so its wall time adds to ``part`` of the collecting timer: the
+    precise-BN pass and the EMA update run inside Ignite handlers, which events alone cannot split."""
+    original = getattr(owner, name)
+    if getattr(original, "_epoch_time_part", None):
+        return
+
+    @functools.wraps(original)
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if _COLLECTING:
+                _COLLECTING[-1]._parts[part] += time.perf_counter() - start
+
+    timed._epoch_time_part = part
+    setattr(owner, name, timed)
+
+
 class EpochTimer:
     """Per-epoch wall time of a trainer and its parts (see the module docstring), from Ignite events.
 
@@ -97,9 +124,15 @@ class EpochTimer:
 
     def __init__(self, trainer, evaluator) -> None:
         from ignite.engine import Events
+        from torch.optim.swa_utils import AveragedModel
+
+        import medaug.pipelines.train.precise_bn as precise_bn
 
         self.epochs: list[dict] = []
-        self._parts = {"forward_backward": 0.0, "data": 0.0, "validation": 0.0}
+        self._parts = {"forward_backward": 0.0, "data": 0.0, "validation": 0.0, "precise_bn": 0.0, "ema": 0.0}
+        _time_into(precise_bn, "recompute_batchnorm_statistics", "precise_bn")
+        _time_into(AveragedModel, "update_parameters", "ema")
+        _COLLECTING[:] = [self]
         self._mark = self._batch = self._val = 0.0
         process = trainer._process_function
 
@@ -202,7 +235,7 @@ def reference_images_per_s(case: Case, batch_size: int = 32, seconds: float = 6.
     return done * batch_size / (time.perf_counter() - start)
 
 
-PARTS = ("forward_backward", "data", "validation", "bookkeeping")
+PARTS = ("forward_backward", "data", "validation", "precise_bn", "ema", "bookkeeping")
 
 
 def summarise(case: Case, run: dict, reference: float) -> dict:
@@ -263,13 +296,14 @@ def table(rows: list[dict], meta: dict) -> str:
         f"image size and data; the last of {meta['epochs']} epochs, {meta['threads']} CPU threads, batch "
         f"{rows[0]['batch_size'] if rows and 'batch_size' in rows[0] else 32}. Seconds and share of the epoch. "
         "forward/backward = the trainer's iteration function; data = waiting for the next batch; validation = "
-        "the validation evaluator's iterations; bookkeeping = the rest (epoch-end metrics, checkpoint, early "
+        "the validation evaluator's iterations; precise BN = batch-norm statistics recomputed before validation; "
+        "EMA = the weight average's updates; bookkeeping = the rest (epoch-end metrics, checkpoint, early "
         "stop, LR schedule, MLflow, console). Reference = pure forward+backward+AdamW at batch 32 on random "
         "images, same run; issue = the issue's numbers from a quiet machine.",
         "",
-        "| network | px | data | train / val images | epoch s | fwd/bwd s | data s | validation s | bookkeeping s "
-        "| overhead | fwd/bwd img/s in epoch | reference img/s | issue img/s |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| network | px | data | train / val images | epoch s | fwd/bwd s | data s | validation s | precise BN s "
+        "| EMA s | bookkeeping s | overhead | fwd/bwd img/s in epoch | reference img/s | issue img/s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         parts = " | ".join(f"{r[f'{p}_s']} ({r[f'{p}_share']:.0%})" for p in PARTS)
@@ -323,8 +357,8 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_before": [round(x, 2) for x in os.getloadavg()],
-        "recipe": "select_on auc, class-weighted loss, AdamW + cosine, ultrasound/chest_xray preset, CacheDataset, "
-        "num_workers 0, transform_threads 1",
+        "recipe": "select_on auc, class-weighted loss, AdamW + cosine, EMA of the weights, precise BN, "
+        "ultrasound/chest_xray preset, CacheDataset, num_workers 0, transform_threads 1",
         "note": args.note or "no other note",
         "platform": platform.platform(),
         "python": platform.python_version(),
