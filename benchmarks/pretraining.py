@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -37,6 +38,8 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from baselines import run_bundle  # noqa: E402  (the one bundle-run helper of the benchmarks)
+
+from medaug.pipelines.evaluate.stats import paired_seed_test  # noqa: E402
 
 DATASETS = {
     "breastmnist_64": {
@@ -200,10 +203,10 @@ def paired_against_peer(records: list[dict]) -> list[dict]:
     for (dataset, init), group in sorted(cells.items()):
         row = {"dataset": dataset, "init": init, "seeds": sorted(r["seed"] for r in group)}
         for name in ("auc", "balanced_accuracy"):
-            diff = np.array([r["metrics"][name] - peer[(dataset, r["seed"])]["metrics"][name] for r in group])
-            row[name] = mean_ci(diff)
-            row[name]["p"] = round(float(stats.ttest_1samp(diff, 0.0).pvalue), 4) if len(diff) > 1 else None
-            row[name]["better_seeds"] = int((diff > 0).sum())
+            ours = [r["metrics"][name] for r in group]
+            theirs = [peer[(dataset, r["seed"])]["metrics"][name] for r in group]
+            row[name] = paired_seed_test(ours, theirs)
+            row[name]["better_seeds"] = sum(a > b for a, b in zip(ours, theirs, strict=True))
         out.append(row)
     return out
 
@@ -231,8 +234,8 @@ def markdown(rows: list[dict], meta: dict, paired: list[dict] = ()) -> str:
             f"| {row['pretrain_seconds'] if row['pretrain_seconds'] is not None else ''} |"
         )
     if paired:
-        delta = lambda m: f"{m['mean']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]"  # noqa: E731
-        p = lambda m: "" if m["p"] is None else f"{m['p']:.3f}"  # noqa: E731
+        delta = lambda m: f"{m['diff']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"  # noqa: E731
+        p = lambda m: "" if math.isnan(m["p"]) else f"{m['p']:.3f}"  # noqa: E731
         lines += [
             "",
             "Paired over seeds against the peer (medaug ResNet-18 minus `monai_peer`, same dataset and seed): "
