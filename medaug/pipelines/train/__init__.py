@@ -11,6 +11,7 @@ from medaug.pipelines.train.augmentation_grid import (
     plot_augmentation_grid,
     plot_corruption_grid,
 )
+from medaug.pipelines.train.batching import drop_single_sample_batch
 from medaug.pipelines.train.ema import EMAHandler
 from medaug.pipelines.train.engine_metrics import (
     SELECTION_CRITERIA,
@@ -32,6 +33,7 @@ __all__ = [
     "PreciseBatchNormHandler",
     "classification_head",
     "corruption_rows",
+    "drop_single_sample_batch",
     "epoch_metric",
     "lower_is_better",
     "make_distributed_sampler",
