@@ -101,6 +101,7 @@ def run_medaug(dataset: str, network: str, init: str, seed: int, args, out_dir: 
         "network": network,
         "init": init,
         "seed": seed,
+        "bundle_version": bundle_version(),
         "image_size": size,
         # a pretraining fitted in this process is its own cost, reported once per network and dataset
         "seconds": round(seconds - (pretrain["seconds"] if fitted else 0.0), 1),
@@ -108,6 +109,12 @@ def run_medaug(dataset: str, network: str, init: str, seed: int, args, out_dir: 
         "metrics": {k: results["metrics"][k] for k in REPORTED},
         "n_test": results["metrics"].get("n"),
     }
+
+
+def bundle_version() -> str:
+    """The default bundle's version, kept with each record: results are pooled across sessions, and
+    a recipe change bumps it."""
+    return json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
 
 
 def pretraining_record(out_dir: Path, run_name: str) -> dict | None:
@@ -218,7 +225,8 @@ def markdown(rows: list[dict], meta: dict, paired: list[dict] = ()) -> str:
         "# Pretraining: from scratch vs SimCLR, beside the plain MONAI peer (CPU)",
         "",
         f"Default bundle recipe, {meta['epochs']}; official test split; {meta['cpu_threads']} CPU threads "
-        f"({meta['machine']}), {meta['date']}. Mean ± sd over seeds, 95% CI of the mean (t). "
+        f"({meta['machine']}), {meta['date']}; default bundle {', '.join(meta.get('bundle_versions', []))}. "
+        "Mean ± sd over seeds, 95% CI of the mean (t). "
         "`monai_peer`: benchmarks/monai_peer.py, measured in the same run. s/model excludes the pretraining, "
         "which is cached and reported once (pretrain s).",
         "",
@@ -318,6 +326,8 @@ def main() -> int:
         "torch": torch.__version__,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%d"),
+        # records written before the version was kept have none
+        "bundle_versions": sorted({r.get("bundle_version", "unrecorded") for r in chosen}),
     }
     rows, paired = summarise(chosen), paired_against_peer(chosen)
     payload = {"meta": meta, "summary": rows, "paired_against_peer": paired, "runs": chosen}
